@@ -1,0 +1,219 @@
+"""The ``isobuild`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from builder import __version__, doctor, lock, log
+from builder.config import Project, load_project
+from builder.errors import ExitCode, IsobuildError
+
+EXIT_CODES = """exit codes:
+  0    success (or: already up to date)
+  1    internal error in isobuild (a bug: please report the traceback)
+  2    user error: bad config, bad patch or series, dropped config option,
+       compile error, missing input file
+  3    infrastructure error: missing host tool, disk full, unreachable
+       source, QEMU could not run, work dir locked by another run
+  4    a check ran and failed (e.g. the booted kernel is not the patched one)
+  130  interrupted (Ctrl-C / SIGTERM); the last good artifacts are kept
+"""
+
+
+def _project(args: argparse.Namespace) -> Project:
+    return load_project(Path(args.config))
+
+
+def _stage_log(project: Project, name: str) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return project.logs_dir / f"{name}-{stamp}.log"
+
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    from builder import kernel
+
+    project = _project(args)
+    p = kernel.plan(project, args.profile)
+    meta = None if args.force else kernel.built(p)
+    if meta is not None:
+        log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
+                       release=meta.get("kernel_release"))
+        print(f"kernel {meta.get('kernel_release')} ({p.layout.profile}) is up to date: {p.artifact}")
+    else:
+        with lock.held(project.work_dir):
+            log_path = _stage_log(project, f"kernel-{p.layout.profile}")
+            with log.stage("kernel", profile=p.layout.profile, key=p.key[:12], log=str(log_path)):
+                meta = kernel.build(p, log_path)
+        print(f"kernel {meta['kernel_release']} ({p.layout.profile}) built: {p.artifact}")
+    if args.boot:
+        return _boot(project, p)
+    return 0
+
+
+def _boot(project: Project, p: object) -> int:
+    from builder import kernelboot
+    from builder.kernel import Plan
+
+    assert isinstance(p, Plan)
+    with lock.held(project.work_dir):
+        verdict = kernelboot.boot(p, _stage_log(project, f"boot-kernel-{p.layout.profile}"))
+    print(f"boot check ({verdict.extra.get('accel')}): {verdict.status} in {verdict.seconds:.1f} s"
+          + (f" -- uname {verdict.markers.get('UNAME')}, marker {verdict.markers.get('MARKER')}"
+             if verdict.status == "pass" else ""))
+    kernelboot.raise_for(verdict)
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from builder import kernel
+
+    project = _project(args)
+    return _boot(project, kernel.plan(project, args.profile))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from builder import status
+
+    rows = status.rows(_project(args))
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    else:
+        print(status.table(rows))
+    if args.check and any(r.state != "built" and r.state != "pass" for r in rows):
+        return ExitCode.CHECK_FAILED
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    missing = doctor.missing()
+    if args.install and missing:
+        doctor.install(missing, Path(args.log or "/tmp/isobuild-doctor-install.log"))
+        missing = doctor.missing()
+    rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()}
+            for t in doctor.TOOLS]
+    if args.json:
+        print(json.dumps({"tools": rows, "install": doctor.apt_line(missing)}, indent=2))
+    else:
+        width = max(len(r["tool"]) for r in rows)  # type: ignore[arg-type]
+        for r in rows:
+            mark = "ok     " if r["present"] else "MISSING"
+            print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(18)} {r['used_by']}")
+        if missing:
+            print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
+        else:
+            print("\nall host tools are present")
+    return ExitCode.INFRA if missing else 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from builder import clean
+
+    project = _project(args)
+    with lock.held(project.work_dir):
+        removed = clean.clean(project.work_dir, dry_run=args.dry_run)
+    total = sum(size for _, size in removed)
+    verb = "would remove" if args.dry_run else "removed"
+    for path, size in removed:
+        print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
+    print(f"{verb} {len(removed)} item(s), {total / 2**20:.1f} MiB; kept source cache and last good kernels")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build a kernel from a quilt patch series, verify its config, and boot-test it.",
+        epilog=EXIT_CODES)
+    top.add_argument("--version", action="version", version=f"isobuild {__version__}")
+    top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
+                     help="project settings (default: ./isobuild.yaml); paths in it are relative to its directory")
+    top.add_argument("-v", "--verbose", action="store_true", help="also show every command run and debug events")
+    top.add_argument("--log-format", choices=["console", "json"], default=None,
+                     help="stderr event format (default: json when $CI is set, else console); "
+                          "logs/isobuild.jsonl always gets JSON")
+    verbs = top.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return verbs.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    k = verb("kernel", "build the kernel (if its inputs changed)",
+             "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
+             "requested CONFIG_* did not land, build bzImage + modules out of tree and a linux-image .deb. "
+             "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.")
+    k.add_argument("--profile", help="config profile from profiles/kernel/ (default: kernel.profile)")
+    k.add_argument("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and check "
+                   "the release and the patched marker")
+    k.add_argument("--force", action="store_true", help="rebuild even if an artifact with this key exists")
+    k.set_defaults(func=cmd_kernel)
+
+    t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
+    t.add_argument("target", choices=["kernel"], help="what to test")
+    t.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    t.set_defaults(func=cmd_test)
+
+    s = verb("status", "show every stage: built / stale (what changed) / missing / failed",
+             "Recompute each stage key from the inputs on disk and compare with what was built. Builds nothing.")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--check", action="store_true", help="exit 4 unless every stage is built and every check passed")
+    s.set_defaults(func=cmd_status)
+
+    d = verb("doctor", "check the host tools the pipeline needs",
+             "List every host tool, whether it is present, and the apt-get line that installs what is missing. "
+             "Exits 3 when something is missing.")
+    d.add_argument("--json", action="store_true", help="machine-readable output")
+    d.add_argument("--install", action="store_true", help="apt-get install what is missing (as root)")
+    d.add_argument("--log", help="log file for --install")
+    d.set_defaults(func=cmd_doctor)
+
+    c = verb("clean", "remove build trees and superseded artifacts",
+             "Remove build trees and artifacts no profile's 'current' points at. Keeps the source cache and "
+             "the last good kernel of each profile.")
+    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    c.set_defaults(func=cmd_clean)
+    return top
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _report(exc: IsobuildError) -> None:
+    print(f"isobuild: error: {exc.message}", file=sys.stderr)
+    for line in exc.details:
+        print(f"  {line}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    json_console = None if args.log_format is None else args.log_format == "json"
+    log.setup(verbose=args.verbose, json_console=json_console)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        if args.verb != "doctor":
+            try:
+                logs = load_project(Path(args.config)).logs_dir
+                log.open_jsonl(logs / "isobuild.jsonl")
+            except IsobuildError:
+                pass  # the verb reports the bad config itself
+        return int(args.func(args))
+    except IsobuildError as exc:
+        log.get().error("isobuild.error", kind=type(exc).__name__, message=exc.message)
+        _report(exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        print("isobuild: interrupted; the last good artifacts are kept", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        traceback.print_exc()
+        return int(ExitCode.INTERNAL)

@@ -1,0 +1,96 @@
+"""Project settings: ``isobuild.yaml`` at the project root.
+
+The dataclasses below are the schema (see builder.schema).  ``Project`` adds
+the resolved paths every stage uses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from builder.schema import at_least, load_file, matches, setting
+
+SHA256 = matches(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
+
+
+@dataclass
+class SourceSettings:
+    type: Literal["debian", "tarball", "git"] = setting(
+        "debian", help="debian: Debian's linux-source package; tarball: a local file pinned by sha256; "
+        "git: a repository and ref")
+    package: str = setting("linux-source-6.1", help="debian: the package that ships /usr/src/<package>.tar.*",
+                           check=matches(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"))
+    path: str | None = setting(None, help="tarball: path to the .tar.* file (relative to the project)")
+    sha256: str | None = setting(None, help="tarball: its sha256; a mismatch refuses to build", check=SHA256)
+    url: str | None = setting(None, help="git: repository URL or path")
+    ref: str | None = setting(None, help="git: branch, tag or commit to build")
+
+    def validate(self) -> str | None:
+        if self.type == "tarball" and not (self.path and self.sha256):
+            return "type 'tarball' needs both 'path' and 'sha256'"
+        if self.type == "git" and not (self.url and self.ref):
+            return "type 'git' needs both 'url' and 'ref'"
+        return None
+
+
+@dataclass
+class BootSettings:
+    marker_file: str = setting("/sys/kernel/xsc/version",
+                               help="file the booted patched kernel exposes; its content is the marker",
+                               check=matches(r"/[A-Za-z0-9_./-]+", "an absolute path"))
+    marker_pattern: str = setting(r"\d+\.\d+\.\d+", help="regular expression the marker must match fully")
+    timeout: int = setting(300, help="seconds before the boot check gives up", check=at_least(10))
+    memory: int = setting(512, help="guest memory in MiB", check=at_least(64))
+
+
+@dataclass
+class KernelSettings:
+    source: SourceSettings = setting(factory=SourceSettings, help="where the kernel source comes from")
+    patches: str = setting("patches/kernel", help="directory with the quilt 'series' and its patches")
+    profile: str = setting("default", help="config profile: profiles/kernel/<name>.yaml",
+                           check=matches(r"[A-Za-z0-9_-]+", "a profile name"))
+    fragments: list[str] = setting(factory=lambda: ["patches/kernel/xsc.config"],
+                                   help="extra config fragments merged after the profile's")
+    localversion: str = setting("-isobuild", help="pinned LOCALVERSION appended to the kernel release",
+                                check=matches(r"[-+._a-z0-9]{0,32}", "up to 32 of a-z 0-9 - + . _"))
+    boot: BootSettings = setting(factory=BootSettings, help="the QEMU boot check")
+
+
+@dataclass
+class Settings:
+    work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
+    logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
+    arch: Literal["x86_64"] = setting("x86_64", help="target architecture")
+    jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
+    kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
+
+
+@dataclass
+class Project:
+    root: Path
+    config_file: Path
+    settings: Settings
+    work_dir: Path = field(init=False)
+    logs_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        work = os.environ.get("ISOBUILD_WORK_DIR") or self.settings.work_dir
+        self.work_dir = self.path(os.path.expanduser(work))
+        self.logs_dir = self.path(self.settings.logs_dir)
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def jobs(self) -> int:
+        return self.settings.jobs or os.cpu_count() or 1
+
+
+def load_project(config_file: Path) -> Project:
+    config_file = config_file.resolve() if config_file.exists() else config_file
+    settings = load_file(Settings, config_file)
+    return Project(root=config_file.parent, config_file=config_file, settings=settings)

@@ -1,0 +1,96 @@
+"""Reading a guest's serial console: markers in, verdict out.
+
+The guest prints ``ISOBUILD-<NAME> <value>`` lines; the host also watches
+for the kernel error patterns LAVA uses: ``Kernel panic - not syncing`` ends
+the boot as a failure; ``Oops``/``BUG:`` fail it; ``WARNING:``/``cut here``
+are reported.  Distro-neutral: the ISO smoke stage reuses it.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+PANIC = "Kernel panic - not syncing"
+_MARKER = re.compile(r"ISOBUILD-([A-Z-]+)(?: (.*))?$")
+_FATAL_FINDINGS = {"oops": re.compile(r"\bOops\b"), "bug": re.compile(r"\bBUG: ")}
+_REPORTED_FINDINGS = {"warning": re.compile(r"\bWARNING: "), "cut-here": re.compile(r"-+\[ cut here \]-+")}
+
+
+@dataclass
+class Verdict:
+    status: str  # pass | fail | error
+    reasons: list[str]
+    markers: dict[str, str]
+    findings: list[str]
+    tail: list[str]
+    seconds: float = 0.0
+    log: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "reasons": self.reasons, "markers": self.markers,
+                "findings": self.findings, "console_tail": self.tail, "seconds": round(self.seconds, 1),
+                "log": self.log, **self.extra}
+
+
+@dataclass
+class Expect:
+    """What the run must show: marker name -> regex its value must match fully."""
+
+    markers: dict[str, str]
+    done: str = "DONE"
+
+
+class Watch:
+    def __init__(self, expect: Expect):
+        self.expect = expect
+        self.markers: dict[str, str] = {}
+        self.findings: list[str] = []
+        self.panic: list[str] = []
+        self.tail: collections.deque[str] = collections.deque(maxlen=25)
+        self.done = False
+
+    def feed(self, line: str) -> bool:
+        """Take one console line; True once the verdict is known (stop the guest)."""
+        line = line.replace("\r", "")
+        self.tail.append(line)
+        if self.panic:
+            self.panic.append(line)
+            return len(self.panic) >= 8
+        if PANIC in line:
+            self.panic.append(line)
+            return False
+        for name, rx in {**_FATAL_FINDINGS, **_REPORTED_FINDINGS}.items():
+            if rx.search(line):
+                self.findings.append(f"{name}: {line.strip()}")
+        m = _MARKER.search(line)
+        if m:
+            name, value = m.group(1), (m.group(2) or "").strip()
+            if name == self.expect.done:
+                self.done = True
+                return True
+            self.markers[name] = value
+        return False
+
+    def verdict(self, timed_out: bool, exited: int | None) -> Verdict:
+        reasons: list[str] = []
+        if self.panic:
+            reasons.append("kernel panic: " + self.panic[0].strip())
+        reasons += [f"kernel {f}" for f in self.findings if f.split(":")[0] in _FATAL_FINDINGS]
+        for name, pattern in self.expect.markers.items():
+            got = self.markers.get(name)
+            if got is None:
+                missing = self.markers.get(f"{name}-MISSING")
+                reasons.append(f"marker {name} not reported" + (f" ({missing} absent in the guest)" if missing else ""))
+            elif not re.fullmatch(pattern, got):
+                reasons.append(f"marker {name}: expected {pattern!r}, got {got!r}")
+        if not self.done and not self.panic:
+            if timed_out:
+                reasons.append("timed out before the guest finished its checks")
+            else:
+                reasons.append(f"guest stopped (QEMU exit {exited}) before finishing its checks")
+        return Verdict("fail" if reasons else "pass", reasons, dict(self.markers), list(self.findings),
+                       list(self.tail))

@@ -1,0 +1,78 @@
+"""Host tools the pipeline needs: who needs them, how to check, what to install.
+
+The table is the single source for ``isobuild doctor``, the runner's
+"command not found" hint and the set-up script (``doctor --install``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import runner
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str  # a command on PATH, or an absolute file path
+    package: str  # Debian package that provides it
+    used_by: str
+
+    def present(self) -> bool:
+        if self.name.startswith("/"):
+            return Path(self.name).exists()
+        return shutil.which(self.name) is not None
+
+
+TOOLS: tuple[Tool, ...] = (
+    Tool("make", "make", "kernel"),
+    Tool("gcc", "gcc", "kernel"),
+    Tool("flex", "flex", "kernel"),
+    Tool("bison", "bison", "kernel"),
+    Tool("bc", "bc", "kernel"),
+    Tool("perl", "perl", "kernel"),
+    Tool("/usr/include/openssl/ssl.h", "libssl-dev", "kernel"),
+    Tool("/usr/include/libelf.h", "libelf-dev", "kernel"),
+    Tool("depmod", "kmod", "kernel"),
+    Tool("cpio", "cpio", "kernel"),
+    Tool("xz", "xz-utils", "kernel"),
+    Tool("zstd", "zstd", "kernel"),
+    Tool("tar", "tar", "kernel"),
+    Tool("git", "git", "kernel (git sources)"),
+    Tool("quilt", "quilt", "kernel"),
+    Tool("dpkg-deb", "dpkg-dev", "kernel (bindeb-pkg)"),
+    Tool("dpkg-architecture", "dpkg-dev", "kernel (bindeb-pkg)"),
+    Tool("dpkg-buildpackage", "dpkg-dev", "kernel (bindeb-pkg)"),
+    Tool("fakeroot", "fakeroot", "kernel (bindeb-pkg)"),
+    Tool("rsync", "rsync", "kernel (headers)"),
+    Tool("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1", "kernel (default source)"),
+    Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
+    Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
+)
+
+
+def install_hint(command: str) -> str:
+    for tool in TOOLS:
+        if tool.name == command or Path(tool.name).name == command:
+            return f"apt-get install {tool.package}  (or run: isobuild doctor)"
+    return "install it, then run: isobuild doctor"
+
+
+def missing() -> list[Tool]:
+    return [t for t in TOOLS if not t.present()]
+
+
+def apt_line(tools: list[Tool]) -> str:
+    packages = sorted({t.package for t in tools})
+    return "apt-get install -y " + " ".join(packages) if packages else ""
+
+
+def install(tools: list[Tool], log_path: Path) -> None:
+    if not tools:
+        return
+    packages = sorted({t.package for t in tools})
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    runner.run(["apt-get", "update", "-q"], log_path=log_path, env=env)
+    runner.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+               log_path=log_path, env=env)

@@ -1,0 +1,350 @@
+"""The kernel stage: source + quilt series + config -> bzImage, modules, .deb, metadata.
+
+Data flows forward: ``plan()`` resolves every input and computes the stage
+key without touching the build tree (this is all a no-op run does);
+``build()`` prepares the patched tree, configures, compiles out of tree,
+packages with ``make bindeb-pkg`` and publishes the artifacts under
+``<work>/kernel/artifacts/<key>/`` through a temp directory and a rename.
+
+One build tree per profile is kept so a changed patch costs an incremental
+make, not a cold build.  The tree carries a marker (``tree.json``) naming the
+source and the applied series; the marker is removed before the tree is
+touched and written back only once the tree is in a known state, so a run
+killed mid-patch is never mistaken for a good tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder import atomic, kconfig, log, patches, runner, sources, stagekey, state
+from builder.arch import ARCHES, Arch
+from builder.config import Project
+from builder.digest import DigestCache, sha256_file
+from builder.errors import UserError
+
+STAGE_VERSION = 1
+_WARNING = re.compile(r"\bwarning:")
+_ERROR = re.compile(r"\berror:")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the kernel stage keeps things under the work dir."""
+
+    root: Path
+    profile: str
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "trees" / self.profile
+
+    @property
+    def src(self) -> Path:
+        return self.tree / "src"
+
+    @property
+    def build(self) -> Path:
+        return self.tree / "build"
+
+    @property
+    def patch_copy(self) -> Path:
+        return self.tree / "patches"
+
+    @property
+    def marker(self) -> Path:
+        return self.tree / "tree.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state" / f"{self.profile}.json"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current" / self.profile
+
+    def artifact(self, key: str) -> Path:
+        return self.root / "artifacts" / key
+
+
+@dataclass
+class Plan:
+    project: Project
+    layout: Layout
+    arch: Arch
+    source: sources.Source
+    series: list[patches.Patch]
+    profile: kconfig.Profile
+    toolchain: str
+    inputs: dict[str, Any]
+    key: str
+
+    @property
+    def artifact(self) -> Path:
+        return self.layout.artifact(self.key)
+
+
+@dataclass
+class Phases:
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        with log.stage(f"kernel.{name}"):
+            yield
+        self.seconds[name] = round(time.monotonic() - start, 3)
+
+
+def toolchain_version() -> str:
+    return runner.output(["gcc", "--version"]).splitlines()[0].strip()
+
+
+def plan(project: Project, profile_name: str | None = None) -> Plan:
+    """Resolve every input and the stage key; reads files, changes nothing."""
+    ks = project.settings.kernel
+    name = profile_name or ks.profile
+    root = project.work_dir / "kernel"
+    digests = DigestCache(project.work_dir / "digests.json")
+    source = sources.resolve(project, ks.source, digests)
+    digests.save()
+    series = patches.read_series(project.path(ks.patches))
+    profile = kconfig.load_profile(project.root, name, ks.fragments)
+    arch = ARCHES[project.settings.arch]
+    toolchain = toolchain_version()
+    inputs: dict[str, Any] = {
+        "stage": "kernel",
+        "stage_version": STAGE_VERSION,
+        "source": source.identity,
+        "patches": [p.identity() for p in series],
+        "config": profile.identity(),
+        "localversion": ks.localversion,
+        "arch": arch.name,
+        "toolchain": toolchain,
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+    }
+    return Plan(project, Layout(root, name), arch, source, series, profile, toolchain, inputs,
+                stagekey.compute(inputs))
+
+
+def built(p: Plan) -> dict[str, Any] | None:
+    """The metadata of the artifact for this plan's key, if it was built."""
+    return state.load(p.artifact / "metadata.json")
+
+
+# --- the build ---------------------------------------------------------------------------
+
+
+def make_env(p: Plan, epoch: int) -> dict[str, str]:
+    """Variables that pin the kernel release and make the build reproducible."""
+    stamp = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
+    prefix_map = f"-ffile-prefix-map={p.layout.src}/= -ffile-prefix-map={p.layout.build}/="
+    return {
+        "ARCH": p.arch.make_arch,
+        "LOCALVERSION": p.project.settings.kernel.localversion,
+        "KBUILD_BUILD_TIMESTAMP": stamp,
+        "KBUILD_BUILD_USER": "isobuild",
+        "KBUILD_BUILD_HOST": "isobuild",
+        "KBUILD_BUILD_VERSION": "1",
+        "KCFLAGS": prefix_map,
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "KDEB_CHANGELOG_DIST": "isobuild",
+    }
+
+
+def _make(p: Plan, *targets: str) -> list[str]:
+    return ["make", f"O={p.layout.build}", *targets]
+
+
+def prepare_tree(p: Plan, log_path: Path) -> list[str]:
+    """Bring the profile's source tree to 'source + this series'; return quilt notes."""
+    lay = p.layout
+    want = [x.identity() for x in p.series]
+    marker = state.load(lay.marker)
+    touched_before: list[str] = []
+    if marker is None or marker.get("source") != p.source.identity or not lay.src.exists():
+        lay.marker.unlink(missing_ok=True)
+        shutil.rmtree(lay.src, ignore_errors=True)
+        # Objects compiled from another source are newer than the files a new tarball
+        # brings, so make would keep them: a new source starts a clean build dir.
+        shutil.rmtree(lay.build, ignore_errors=True)
+        with log.stage("kernel.extract", tarball=str(p.source.tarball)):
+            sources.extract(p.source, lay.src, log_path)
+    elif marker.get("series") == want:
+        return []
+    else:
+        touched_before = list(marker.get("touched", []))
+        lay.marker.unlink()
+        patches.pop_all(lay.src, lay.patch_copy, log_path)
+        if (lay.src / ".pc").exists():
+            raise UserError(f"{lay.src}: quilt could not unapply the previous series",
+                            hint="run 'isobuild clean' to drop the tree and rebuild it")
+    pristine = {"source": p.source.identity, "series": [], "touched": touched_before}
+    state.save(lay.marker, pristine)
+
+    touched_by = patches.vet(p.series)
+    lay.marker.unlink()
+    patches.stage_copy(p.series, lay.patch_copy)
+    try:
+        notes = patches.push(lay.src, lay.patch_copy, log_path)
+    except UserError:
+        # push rolled the tree back to pristine; remember what may be stale in build/
+        pristine["touched"] = sorted(set(touched_before) | {f for fs in touched_by.values() for f in fs})
+        state.save(lay.marker, pristine)
+        raise
+    touched = sorted({f for fs in touched_by.values() for f in fs})
+    # quilt restores unpatched files with their old mtimes; make would then keep
+    # objects built from the patched versions.  Touch every file either series
+    # touched so make rebuilds exactly those.
+    now = time.time()
+    for rel in set(touched) | set(touched_before):
+        path = lay.src / rel
+        if path.exists():
+            os.utime(path, (now, now))
+    state.save(lay.marker, {"source": p.source.identity, "series": want, "touched": touched})
+    return notes
+
+
+def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, str], str]:
+    lay = p.layout
+    lay.build.mkdir(parents=True, exist_ok=True)
+    config = lay.build / ".config"
+    if p.profile.base in kconfig.BASE_TARGETS:
+        runner.run(_make(p, p.profile.base), cwd=lay.src, env=env, log_path=log_path)
+    else:
+        shutil.copyfile(p.profile.base, config)
+    frags = [str(f.path) for f in p.profile.fragments]
+    runner.run([str(lay.src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(lay.build), str(config), *frags],
+               cwd=lay.src, env=env, log_path=log_path)
+    runner.run(_make(p, "olddefconfig"), cwd=lay.src, env=env, log_path=log_path)
+    effective = kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir)
+    release = runner.output(_make(p, "-s", "kernelrelease"), cwd=lay.src, env=env).strip().splitlines()[-1]
+    return effective, release
+
+
+def compile_kernel(p: Plan, env: dict[str, str], log_path: Path, modules: bool, expected: int | None) -> int:
+    from builder.progress import Progress
+
+    progress = Progress("kernel.compile", expected)
+    targets = [Path(p.arch.image).name] + (["modules"] if modules else [])
+    try:
+        runner.run(_make(p, f"-j{p.project.jobs}", *targets), cwd=p.layout.src, env=env,
+                   log_path=log_path, on_line=progress.line)
+    except runner.CommandFailed as exc:
+        raise UserError(
+            "kernel compile failed" + (f": {exc.error_lines[0].strip()}" if exc.error_lines else ""),
+            hint=exc.hint, details=exc.details) from None
+    finally:
+        progress.finish()
+    return progress.done
+
+
+def package(p: Plan, env: dict[str, str], log_path: Path, release: str) -> list[Path]:
+    """``make bindeb-pkg``; the .debs land in the build dir's parent."""
+    for old in list(p.layout.tree.glob("*.deb")) + list(p.layout.tree.glob("*.buildinfo")) + \
+            list(p.layout.tree.glob("*.changes")):
+        old.unlink()
+    deb_env = dict(env, KDEB_PKGVERSION=f"{release}-1")
+    runner.run(_make(p, f"-j{p.project.jobs}", "bindeb-pkg"), cwd=p.layout.src, env=deb_env, log_path=log_path)
+    return sorted(p.layout.tree.glob("*.deb"))
+
+
+def count_diagnostics(log_path: Path, since: int) -> tuple[int, int]:
+    with log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return len(_WARNING.findall(text)), len(_ERROR.findall(text))
+
+
+def build(p: Plan, log_path: Path) -> dict[str, Any]:
+    """Build the plan's kernel and publish it; return its metadata."""
+    lay = p.layout
+    phases = Phases()
+    started = state.now()
+    previous = state.load(lay.state) or {}
+    record: dict[str, Any] = {
+        "stage": "kernel", "profile": lay.profile, "key": p.key, "status": "running", "pid": os.getpid(),
+        "started": started, "log": str(log_path), "inputs": p.inputs,
+        "last_good": previous.get("last_good"), "steps_last_build": previous.get("steps_last_build"),
+    }
+    state.save(lay.state, record)
+    try:
+        with phases.phase("patch"):
+            notes = prepare_tree(p, log_path)
+        epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
+        env = make_env(p, epoch)
+        with phases.phase("config"):
+            effective, release = configure(p, env, log_path)
+        modules = kconfig.read_config(lay.build / ".config").get("CONFIG_MODULES") == "y"
+        log_offset = log_path.stat().st_size
+        with phases.phase("compile"):
+            steps = compile_kernel(p, env, log_path, modules, previous.get("steps_last_build"))
+        warnings, errors = count_diagnostics(log_path, log_offset)
+        with phases.phase("package"):
+            debs = package(p, env, log_path, release)
+        collect_start = time.monotonic()
+        with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
+            metadata = collect(p, out, env, log_path, debs, modules)
+            metadata.update({
+                "kernel_release": release,
+                "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
+                           "effective": effective},
+                "quilt_notes": notes,
+                "diagnostics": {"warnings": warnings, "errors": errors},
+                "started": started,
+                "finished": state.now(),
+                "log": str(log_path),
+            })
+            metadata["durations"] = dict(phases.seconds, collect=round(time.monotonic() - collect_start, 3))
+            atomic.write_json(out / "metadata.json", metadata)
+        atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
+    except KeyboardInterrupt:
+        state.save(lay.state, dict(record, status="interrupted", finished=state.now()))
+        raise
+    except Exception as exc:
+        state.save(lay.state, dict(record, status="failed", finished=state.now(),
+                                   error=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", None)))
+        raise
+    state.save(lay.state, dict(record, status="ok", finished=state.now(), last_good=p.key,
+                               steps_last_build=steps, durations=phases.seconds))
+    return metadata
+
+
+def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[Path],
+            modules: bool) -> dict[str, Any]:
+    lay = p.layout
+    shutil.copyfile(lay.build / p.arch.image, out / Path(p.arch.image).name)
+    shutil.copyfile(lay.build / "System.map", out / "System.map")
+    shutil.copyfile(lay.build / ".config", out / "config")
+    if modules:
+        runner.run(_make(p, "INSTALL_MOD_STRIP=1", f"INSTALL_MOD_PATH={out / 'modules'}", "modules_install"),
+                   cwd=lay.src, env=env, log_path=log_path)
+    (out / "debs").mkdir()
+    for deb in debs:
+        shutil.copyfile(deb, out / "debs" / deb.name)
+    files = sorted(f for f in out.rglob("*") if f.is_file() and "modules" not in f.relative_to(out).parts[:1])
+    return {
+        "stage": "kernel",
+        "key": p.key,
+        "profile": lay.profile,
+        "inputs": p.inputs,
+        "source": {"label": p.source.label, **p.source.identity},
+        "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
+        "toolchain": p.toolchain,
+        "arch": p.arch.name,
+        "make_env": env,
+        "artifacts": {str(f.relative_to(out)): sha256_file(f) for f in files},
+        "reproducer": {
+            "isobuild": f"isobuild kernel --profile {lay.profile}",
+            "make": runner.reproducer(_make(p, f"-j{p.project.jobs}", Path(p.arch.image).name, "modules"),
+                                      lay.src, env),
+        },
+    }

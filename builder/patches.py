@@ -1,0 +1,231 @@
+"""Quilt patch series: parse, vet, apply.
+
+``read_series`` reads ``series`` (comments, blank lines, per-line ``-pN``)
+and checks every named patch exists.  ``vet`` refuses any patch that would
+touch an absolute path or climb out of the tree with ``..`` -- before
+anything is applied.  ``push`` applies the whole series with real quilt,
+isolated from the user's quiltrc, at fuzz 0; a failure names the patch, the
+file and the hunk, and the tree is rolled back to pristine.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from builder import runner
+from builder.digest import sha256_file
+from builder.errors import UserError
+
+_HUNK = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_QUILT_ENV_KEEP = {"QUILT_PC": ".pc"}
+
+
+@dataclass(frozen=True)
+class Patch:
+    name: str
+    strip: int
+    path: Path
+    sha256: str
+    series_line: int
+
+    def identity(self) -> dict[str, object]:
+        return {"name": self.name, "strip": self.strip, "sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Failure:
+    patch: str
+    file: str | None
+    hunk: int | None
+    line: int | None
+    reason: str
+
+    def describe(self) -> str:
+        where = self.file or "?"
+        if self.hunk is not None:
+            where += f" hunk #{self.hunk}" + (f" (at line {self.line})" if self.line else "")
+        return f"{where}: {self.reason}"
+
+
+def read_series(patch_dir: Path) -> list[Patch]:
+    """The series in ``patch_dir``; a missing ``series`` file means no patches."""
+    if not patch_dir.is_dir():
+        raise UserError(f"{patch_dir}: patch directory not found",
+                        hint="create it with a 'series' file, or set kernel.patches in isobuild.yaml")
+    series = patch_dir / "series"
+    if not series.exists():
+        return []
+    patches: list[Patch] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(series.read_text(encoding="utf-8").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        where = f"{series}:{number}"
+        name, *options = line.split()
+        strip = 1
+        for opt in options:
+            m = re.fullmatch(r"-p(\d)", opt)
+            if not m:
+                raise UserError(f"{where}: unsupported option {opt!r} for {name}",
+                                hint="series lines are 'NAME' or 'NAME -pN'")
+            strip = int(m.group(1))
+        if name in seen:
+            raise UserError(f"{where}: {name} is listed twice")
+        seen.add(name)
+        path = patch_dir / name
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            raise UserError(f"{where}: patch name {name!r} must be a path inside {patch_dir}")
+        if not path.is_file():
+            raise UserError(f"{where}: patch {name} not found in {patch_dir}",
+                            hint="add the file or remove the line from the series")
+        patches.append(Patch(name, strip, path, sha256_file(path), number))
+    return patches
+
+
+def _unquote(name: str) -> str:
+    name = name.split("\t", 1)[0].rstrip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = name[1:-1].encode().decode("unicode_escape")
+    return name
+
+
+def touched_paths(patch: Patch) -> list[str]:
+    """Paths the patch names, after stripping, in the order they appear.
+
+    Refuses absolute paths and ``..`` anywhere, in the raw or stripped name.
+    Hunk bodies are skipped by their line counts, so a removed line that
+    starts with ``-- `` is not mistaken for a file header.
+    """
+    lines = patch.path.read_text(encoding="utf-8", errors="replace").splitlines()
+    paths: list[str] = []
+    old_left = new_left = 0
+    for number, line in enumerate(lines, 1):
+        if old_left > 0 or new_left > 0:
+            if line.startswith("\\"):
+                continue
+            tag = line[:1]
+            if tag in (" ", ""):
+                old_left -= 1
+                new_left -= 1
+            elif tag == "-":
+                old_left -= 1
+            elif tag == "+":
+                new_left -= 1
+            continue
+        m = _HUNK.match(line)
+        if m:
+            old_left = int(m.group(1) or 1)
+            new_left = int(m.group(2) or 1)
+            continue
+        names: list[str] = []
+        if line.startswith(("--- ", "+++ ")):
+            names = [_unquote(line[4:])]
+        elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
+            names = [line.split(" ", 2)[2]]
+        for raw in names:
+            if raw == "/dev/null":
+                continue
+            _vet_path(patch, number, raw, line.startswith(("rename", "copy")))
+            stripped = raw if line.startswith(("rename", "copy")) else "/".join(
+                PurePosixPath(raw).parts[patch.strip:])
+            if stripped and stripped not in paths:
+                paths.append(stripped)
+    return paths
+
+
+def _vet_path(patch: Patch, number: int, raw: str, git_extended: bool) -> None:
+    p = PurePosixPath(raw)
+    if p.is_absolute() or ".." in p.parts:
+        raise UserError(
+            f"{patch.path}:{number}: patch {patch.name} touches {raw!r}, outside the source tree",
+            hint="patches may only name paths inside the tree (no leading '/', no '..'); fix the patch")
+
+
+def vet(patches: list[Patch]) -> dict[str, list[str]]:
+    """Check every patch before anything is applied; return touched paths per patch."""
+    return {p.name: touched_paths(p) for p in patches}
+
+
+def stage_copy(patches: list[Patch], dest: Path) -> None:
+    """Copy the series and its patches to ``dest`` (what quilt will read)."""
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    lines = []
+    for p in patches:
+        target = dest / p.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(p.path, target)
+        lines.append(p.name if p.strip == 1 else f"{p.name} -p{p.strip}")
+    (dest / "series").write_text("".join(f"{line}\n" for line in lines))
+
+
+def quilt_env(patch_copy: Path) -> dict[str, str]:
+    return {"QUILT_PATCHES": str(patch_copy), **_QUILT_ENV_KEEP}
+
+
+def push(tree: Path, patch_copy: Path, log_path: Path) -> list[str]:
+    """Apply the staged series; return notes (offset hunks).  On failure roll
+    back every applied patch and raise UserError naming patch/file/hunk."""
+    if not (patch_copy / "series").read_text().strip():
+        return []
+    argv = ["quilt", "--quiltrc", "-", "push", "-a", "--fuzz=0"]
+    try:
+        result = runner.run(argv, cwd=tree, env=quilt_env(patch_copy), log_path=log_path, capture=True)
+    except runner.CommandFailed as exc:
+        failures = parse_push_output(_log_tail_since_last_command(log_path))
+        pop_all(tree, patch_copy, log_path)
+        if not failures:
+            raise UserError("quilt push failed", hint=exc.hint, details=exc.details) from None
+        first = failures[0]
+        raise UserError(
+            f"patch {first.patch} does not apply at fuzz 0: {first.describe()}",
+            hint="refresh the patch against this source (quilt refresh) or fix the series; "
+                 "the tree was rolled back",
+            details=[f"{f.patch}: {f.describe()}" for f in failures] + [f"full log: {log_path}"],
+        ) from None
+    return [line for line in result.output.splitlines() if "succeeded at" in line and "offset" in line]
+
+
+def pop_all(tree: Path, patch_copy: Path, log_path: Path) -> None:
+    """Unapply everything quilt applied (restoring the pristine files)."""
+    if not (tree / ".pc").exists():
+        return
+    runner.run(["quilt", "--quiltrc", "-", "pop", "-a", "-f", "-q"], cwd=tree,
+               env=quilt_env(patch_copy), log_path=log_path, check=False)
+    shutil.rmtree(tree / ".pc", ignore_errors=True)
+
+
+def _log_tail_since_last_command(log_path: Path) -> str:
+    text = log_path.read_text(errors="replace")
+    idx = text.rfind("\n$ ")
+    return text[idx:] if idx >= 0 else text
+
+
+def parse_push_output(text: str) -> list[Failure]:
+    """Failures from ``quilt push`` / GNU patch output."""
+    failures: list[Failure] = []
+    patch = "?"
+    current_file: str | None = None
+    for line in text.splitlines():
+        if m := re.match(r"Applying patch (?:patches/)?(.+)$", line):
+            patch = Path(m.group(1)).name
+            current_file = None
+        elif m := re.match(r"patching file (.+)$", line):
+            current_file = m.group(1).strip("'\"")
+        elif m := re.match(r"Hunk #(\d+) FAILED at (\d+)", line):
+            failures.append(Failure(patch, current_file, int(m.group(1)), int(m.group(2)), "hunk does not apply"))
+        elif m := re.match(r"can't find file to patch at input line (\d+)", line):
+            failures.append(Failure(patch, current_file, None, int(m.group(1)), "file to patch not found"))
+        elif m := re.search(r"malformed patch at line (\d+)", line):
+            failures.append(Failure(patch, current_file, None, int(m.group(1)), "malformed patch"))
+        elif "Reversed (or previously applied) patch detected" in line:
+            failures.append(Failure(patch, current_file, None, None, "already applied (reversed patch)"))
+        elif (m := re.match(r"Patch (?:patches/)?(\S+) does not apply", line)) and \
+                not any(f.patch == Path(m.group(1)).name for f in failures):
+            failures.append(Failure(Path(m.group(1)).name, current_file, None, None, "does not apply"))
+    return failures

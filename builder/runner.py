@@ -1,0 +1,196 @@
+"""The one way isobuild runs an external command.
+
+Every command is an argv list (never a shell string).  Its combined output
+goes to a log file, prefixed by a line that re-runs it by hand; the caller
+may watch lines as they arrive (progress) and gets the output back when it
+asks.  On failure the error carries the log path, the lines that look like
+errors (not the 10,000 lines of make around them) and the reproducer.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder import log
+from builder.errors import InfraError, IsobuildError
+
+# Lines worth showing when a command fails: compiler and make errors, patch
+# rejects, kconfig complaints.  Everything else stays in the log.
+_ERROR_LINE = re.compile(
+    r"(: (fatal )?error:|\berror: |^ERROR:|\*\*\* |undefined reference|Error \d+|"
+    r"FAILED|can't find file|No such file or directory|No space left on device|"
+    r"Traceback|not found)",
+)
+_DISK_FULL = "No space left on device"
+_MAX_ERROR_LINES = 40
+
+
+class CommandFailed(InfraError):
+    """A command exited non-zero (or timed out).  Callers that know the cause
+    is the user's input (a compile error from a patch) re-raise as UserError."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, log_path: Path | None,
+                 error_lines: list[str], tail: list[str], reproducer: str, timed_out: bool = False):
+        what = "timed out" if timed_out else f"exited {returncode}"
+        super().__init__(f"{Path(argv[0]).name} {what}", hint=f"re-run by hand: {reproducer}")
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.log_path = log_path
+        self.error_lines = error_lines
+        self.tail = tail
+        self.reproducer = reproducer
+        self.timed_out = timed_out
+        self.details = (error_lines or tail)[-_MAX_ERROR_LINES:]
+        if log_path is not None:
+            self.details.append(f"full log: {log_path}")
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    seconds: float
+    output: str
+    stopped: bool = False  # on_line asked to end the command
+    timed_out: bool = False
+
+
+def reproducer(argv: Sequence[str], cwd: Path | None, env: Mapping[str, str] | None) -> str:
+    parts = []
+    if cwd is not None:
+        parts.append(f"cd {shlex.quote(str(cwd))} &&")
+    if env:
+        parts.append("env " + " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())))
+    parts.append(shlex.join(argv))
+    return " ".join(parts)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    log_path: Path | None = None,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    check: bool = True,
+    capture: bool = False,
+    on_line: Callable[[str], bool | None] | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+) -> Result:
+    """Run ``argv``; see the module docstring.  ``env`` holds overrides only.
+
+    ``on_line`` sees each output line; returning True ends the command there
+    (its process group is killed) -- how a boot check stops QEMU once it has
+    a verdict.  ``Result.stopped`` then says so and the exit code is ignored.
+    """
+    args = [str(a) for a in argv]
+    full_env = dict(os.environ)
+    full_env["LC_ALL"] = "C.UTF-8"
+    full_env.update(env or {})
+    repro = reproducer(args, cwd, env)
+    logger = log.get()
+    logger.debug("run", argv=args, cwd=str(cwd) if cwd else None, log=str(log_path) if log_path else None)
+
+    sink = None
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        sink = log_path.open("a", encoding="utf-8", errors="replace")
+        sink.write(f"$ {repro}\n")
+        sink.flush()
+
+    captured: list[str] = []
+    tail: collections.deque[str] = collections.deque(maxlen=30)
+    error_lines: list[str] = []
+    disk_full = False
+    stopped = False
+    timed_out = threading.Event()
+    start = time.monotonic()
+    try:
+        try:
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        except FileNotFoundError:
+            from builder.doctor import install_hint
+
+            raise InfraError(f"{args[0]}: command not found", hint=install_hint(args[0])) from None
+
+        def kill() -> None:
+            timed_out.set()
+            _kill_group(proc)
+
+        timer = threading.Timer(timeout, kill) if timeout else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.decode("utf-8", errors="replace").rstrip("\n")
+                if sink:
+                    sink.write(line + "\n")
+                if capture or sink is None:
+                    captured.append(line)
+                tail.append(line)
+                if _ERROR_LINE.search(line) and len(error_lines) < 4 * _MAX_ERROR_LINES:
+                    error_lines.append(line)
+                if _DISK_FULL in line:
+                    disk_full = True
+                if on_line and on_line(line):
+                    stopped = True
+                    _kill_group(proc)
+                    break
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        finally:
+            if timer:
+                timer.cancel()
+    finally:
+        seconds = time.monotonic() - start
+        if sink:
+            sink.write(f"[exit {proc.returncode if 'proc' in locals() else '-'} after {seconds:.1f} s]\n")
+            sink.close()
+
+    rc = proc.returncode
+    logger.debug("run.done", argv0=args[0], returncode=rc, seconds=round(seconds, 3))
+    if disk_full and rc != 0:
+        raise InfraError(f"disk full while running {Path(args[0]).name}",
+                         hint="free space in the work dir (isobuild clean) and re-run",
+                         details=[f"full log: {log_path}"] if log_path else None)
+    if check and not stopped and (rc != 0 or timed_out.is_set()):
+        raise CommandFailed(args, rc, log_path, error_lines, list(tail), repro, timed_out.is_set())
+    return Result(args, rc, seconds, "\n".join(captured), stopped, timed_out.is_set())
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
+    """Run a short query command and return its stdout+stderr text."""
+    return run(argv, capture=True, **kwargs).output  # type: ignore[arg-type]
+
+
+__all__ = ["CommandFailed", "IsobuildError", "Result", "output", "reproducer", "run"]

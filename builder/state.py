@@ -1,0 +1,55 @@
+"""Stage records: what each stage last did, written atomically.
+
+A record is written when a stage starts (status ``running``, with its pid)
+and rewritten when it ends (``ok``, ``failed``, ``interrupted``).  A record
+still saying ``running`` whose pid is gone means the run was killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from builder import atomic, log
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    """The record at ``path``, or None.  A corrupt record is reported and ignored."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as exc:
+        log.get().warning("state.corrupt", path=str(path), error=str(exc))
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save(path: Path, record: dict[str, Any]) -> None:
+    atomic.write_json(path, record)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def effective_status(record: dict[str, Any]) -> str:
+    status = str(record.get("status", "unknown"))
+    if status == "running" and not pid_alive(record.get("pid")):
+        return "killed"
+    return status

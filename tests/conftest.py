@@ -1,0 +1,89 @@
+"""Shared fixtures: a throwaway isobuild project around the fake kernel tree."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder import cli
+
+FAKELINUX = Path(__file__).parent / "orchestration" / "fakelinux"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_patch(path: str, old: str, new: str, header: str = "") -> str:
+    diff = difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
+                                f"a/{path}", f"b/{path}")
+    return header + "".join(diff)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass
+class FakeProject:
+    root: Path
+    work: Path
+    tarball: Path
+
+    @property
+    def patches(self) -> Path:
+        return self.root / "patches" / "kernel"
+
+    def settings(self) -> dict:  # type: ignore[type-arg]
+        return yaml.safe_load((self.root / "isobuild.yaml").read_text())
+
+    def write_settings(self, data: dict) -> None:  # type: ignore[type-arg]
+        (self.root / "isobuild.yaml").write_text(yaml.safe_dump(data))
+
+    def set_series(self, patches: dict[str, str]) -> None:
+        for old in self.patches.glob("*.patch"):
+            old.unlink()
+        for name, text in patches.items():
+            (self.patches / name).write_text(text)
+        (self.patches / "series").write_text("".join(f"{n}\n" for n in patches))
+
+    def run(self, *args: str) -> int:
+        return cli.main(["-c", str(self.root / "isobuild.yaml"), *args])
+
+
+XSC_PATCH = make_patch("drivers/xsc.c", "/* fake driver */\nint xsc;\n",
+                       "/* fake driver */\nint xsc;\nint xsc_version = 1;\n", "Subject: xsc v1\n\n")
+
+
+@pytest.fixture
+def fake_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeProject]:
+    tarball = tmp_path / "linux-fake.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        tar.add(FAKELINUX, arcname="linux-fake")
+    root = tmp_path / "project"
+    (root / "patches" / "kernel").mkdir(parents=True)
+    (root / "profiles" / "kernel").mkdir(parents=True)
+    (root / "profiles" / "kernel" / "ci.yaml").write_text("base: tinyconfig\nfragments: [ci.config]\n")
+    (root / "profiles" / "kernel" / "ci.config").write_text(
+        "# fake ci profile\nCONFIG_FAKE_BASE=y\nCONFIG_FAKE_FEATURE=y\n")
+    (root / "patches" / "kernel" / "xsc.config").write_text("CONFIG_FAKE_XSC=y\n")
+    work = tmp_path / "work"
+    project = FakeProject(root, work, tarball)
+    project.write_settings({
+        "work_dir": str(work),
+        "kernel": {
+            "source": {"type": "tarball", "path": str(tarball), "sha256": sha256(tarball)},
+            "profile": "ci",
+            "fragments": ["patches/kernel/xsc.config"],
+        },
+    })
+    project.set_series({"0001-xsc.patch": XSC_PATCH})
+    monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)
+    monkeypatch.chdir(root)
+    yield project
+    os.chdir(REPO)

@@ -1,0 +1,2 @@
+/* fake driver */
+int net;

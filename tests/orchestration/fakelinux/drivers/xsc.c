@@ -1,0 +1,2 @@
+/* fake driver */
+int xsc;

@@ -1,0 +1,142 @@
+"""The real tier: Debian's linux-source-6.1, the example XSC series, the `ci`
+profile, real quilt, real make, real bindeb-pkg, a real QEMU boot.
+
+The work dir is shared across tests and kept between runs (outside the
+clone: $ISOBUILD_TEST_WORK_DIR, default ~/.cache/isobuild-tests), so a warm
+re-run costs seconds; from cold the module takes about ten minutes here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import cli
+from builder.errors import ExitCode
+
+pytestmark = pytest.mark.real
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "isobuild-tests"))
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A copy of the repository's project files; the shared work dir."""
+    root = tmp_path / "project"
+    root.mkdir()
+    shutil.copy(REPO / "isobuild.yaml", root)
+    shutil.copytree(REPO / "profiles", root / "profiles")
+    shutil.copytree(REPO / "patches", root / "patches")
+    monkeypatch.setenv("ISOBUILD_WORK_DIR", str(WORK))
+    monkeypatch.chdir(root)
+    yield root
+    os.chdir(REPO)
+
+
+def run(root: Path, *args: str) -> int:
+    return cli.main(["-c", str(root / "isobuild.yaml"), *args])
+
+
+def current(profile: str = "ci") -> Path:
+    return (WORK / "kernel" / "current" / profile).resolve()
+
+
+def test_ci_kernel_builds_with_the_series_and_boots(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "kernel", "--profile", "ci", "--boot") == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    meta = json.loads((current() / "metadata.json").read_text())
+    release = meta["kernel_release"]
+    assert release.startswith("6.1.") and release.endswith("-isobuild")
+    assert [p["name"] for p in meta["patches"]] == [
+        "0001-xsc-add-uapi-header.patch", "0002-xsc-add-extended-syscall-driver.patch",
+        "0003-xsc-add-trap-guard.patch"]
+    assert meta["config"]["effective"]["CONFIG_XSC"] == "y"
+    assert meta["config"]["effective"]["CONFIG_XSC_TRAP_GUARD"] == "y"
+    assert meta["config"]["effective"]["CONFIG_SQUASHFS"] == "y"
+    assert meta["diagnostics"]["warnings"] == 0, "the ci kernel with the XSC series builds warning-free"
+    image = current() / "bzImage"
+    assert image.stat().st_size > 1_000_000
+    debs = {d.name.split("_")[0]: d for d in (current() / "debs").glob("*.deb")}
+    assert f"linux-image-{release}" in debs
+    listing = subprocess.run(["dpkg-deb", "-c", str(debs[f"linux-image-{release}"])], capture_output=True,
+                             text=True, check=True).stdout
+    assert f"./boot/vmlinuz-{release}" in listing
+    assert (current() / "config").read_text().count("CONFIG_XSC=y") == 1
+    # the boot check: the patched kernel ran and the XSC driver answered
+    boot = json.loads((WORK / "kernel" / "state" / "boot-ci.json").read_text())
+    assert boot["status"] == "pass"
+    assert boot["markers"] == {"UNAME": release, "MARKER": "1.0.0"}
+    assert "boot check" in out and "pass" in out
+    assert "xsc: extended syscall interface 1.0.0 ready" in Path(boot["log"]).read_text()
+
+
+def test_unchanged_inputs_are_a_fast_noop(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "kernel", "--profile", "ci") == 0
+    capsys.readouterr()
+    start = time.monotonic()
+    assert run(project, "kernel", "--profile", "ci") == 0
+    elapsed = time.monotonic() - start
+    assert "is up to date" in capsys.readouterr().out
+    assert elapsed < 1.0, f"no-op took {elapsed:.2f} s"
+    start = time.monotonic()
+    assert run(project, "status", "--json") == 0
+    assert time.monotonic() - start < 1.0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["state"] == "built"
+
+
+def test_changed_patch_rebuilds_incrementally_and_boots_the_change(project: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "kernel", "--profile", "ci") == 0
+    cold = json.loads((current() / "metadata.json").read_text())
+    uapi = project / "patches/kernel/0001-xsc-add-uapi-header.patch"
+    uapi.write_text(uapi.read_text().replace("+#define XSC_VERSION_MINOR\t0", "+#define XSC_VERSION_MINOR\t1"))
+    capsys.readouterr()
+    assert run(project, "status", "--json") == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["state"] in ("stale", "built")  # built if an earlier run left this key's artifact
+    if row["state"] == "stale":
+        assert "0001-xsc-add-uapi-header.patch changed" in row["detail"]
+    assert run(project, "kernel", "--profile", "ci", "--boot") == 0, capsys.readouterr().err
+    meta = json.loads((current() / "metadata.json").read_text())
+    assert meta["key"] != cold["key"]
+    boot = json.loads((WORK / "kernel" / "state" / "boot-ci.json").read_text())
+    assert boot["markers"]["MARKER"] == "1.1.0", "the booted kernel carries the changed patch"
+    if row["state"] == "stale":
+        compiled = [line for line in Path(meta["log"]).read_text().splitlines() if line.startswith("  CC ")]
+        assert 0 < len(compiled) < 30, f"incremental: {len(compiled)} objects recompiled"
+
+
+def test_requested_option_with_unmet_dependency_fails_the_real_config(project: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(project / "profiles/kernel/ci.yaml", project / "profiles/kernel/ci-scratch.yaml")
+    (project / "patches/kernel/xsc.config").write_text(
+        (project / "patches/kernel/xsc.config").read_text() + "CONFIG_DRM_VIRTIO_GPU=y\n")
+    assert run(project, "kernel", "--profile", "ci-scratch") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "did not land in .config: CONFIG_DRM_VIRTIO_GPU" in err
+    assert "CONFIG_DRM_VIRTIO_GPU: requested y, got absent (patches/kernel/xsc.config)" in err
+    assert "defined at drivers/gpu/drm/virtio/Kconfig" in err and "depends on DRM" in err
+
+
+def test_patch_that_does_not_apply_to_the_real_tree(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shutil.copy(project / "profiles/kernel/ci.yaml", project / "profiles/kernel/ci-scratch.yaml")
+    bad = ("--- a/drivers/misc/Makefile\n+++ b/drivers/misc/Makefile\n@@ -1,3 +1,4 @@\n"
+           " # SPDX-License-Identifier: GPL-2.0\n #\n-# Makefile for misc devices that really don't fit\n"
+           "+# Makefile for misc devices that do not fit\n+# (changed)\n")
+    (project / "patches/kernel/0004-misc-comment.patch").write_text(bad)
+    with (project / "patches/kernel/series").open("a") as f:
+        f.write("0004-misc-comment.patch\n")
+    assert run(project, "kernel", "--profile", "ci-scratch") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "patch 0004-misc-comment.patch does not apply at fuzz 0: drivers/misc/Makefile hunk #1" in err
+    src = WORK / "kernel" / "trees" / "ci-scratch" / "src"
+    assert not (src / ".pc").exists() and not (src / "drivers/misc/xsc").exists(), "rolled back to pristine"

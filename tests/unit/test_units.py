@@ -1,0 +1,433 @@
+"""Unit tests: each module's logic on small inputs (real tools where they are quick)."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import pytest
+
+from builder import atomic, console, initramfs, kconfig, patches, progress, qemu, runner, schema, stagekey
+from builder.arch import ARCHES
+from builder.config import Settings
+from builder.digest import DigestCache
+from builder.errors import InfraError, UserError
+
+# --- schema ---------------------------------------------------------------------------
+
+
+@dataclass
+class Inner:
+    name: str = schema.setting("x", help="a name", check=schema.matches(r"[a-z]+", "lowercase letters"))
+
+
+@dataclass
+class Outer:
+    count: int = schema.setting(1, help="how many", check=schema.at_least(0))
+    mode: Literal["a", "b"] = schema.setting("a", help="which")
+    inner: Inner = schema.setting(factory=Inner, help="inner")
+    items: list[str] = schema.setting(factory=list, help="items")
+
+
+def test_schema_accepts_and_fills_defaults() -> None:
+    obj = schema.load(Outer, {"count": 3, "inner": {"name": "abc"}}, "f.yaml")
+    assert obj == Outer(count=3, mode="a", inner=Inner("abc"), items=[])
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"cont": 1}, "f.yaml: cont: unknown key"),
+    ({"count": "1"}, "f.yaml: count: expected an integer, got '1'"),
+    ({"count": True}, "f.yaml: count: expected an integer, got True"),
+    ({"count": -1}, "f.yaml: count: must be >= 0 (got -1)"),
+    ({"mode": "c"}, "f.yaml: mode: expected one of 'a', 'b', got 'c'"),
+    ({"inner": {"name": "ABC"}}, "f.yaml: inner.name: must be lowercase letters (got 'ABC')"),
+    ({"inner": {"nme": "a"}}, "f.yaml: inner.nme: unknown key"),
+    ({"items": "a"}, "f.yaml: items: expected a list, got str"),
+    ({"items": ["a", {"b": 1}]}, "f.yaml: items[1]: expected a string"),
+    ([], "f.yaml: (top level): expected a mapping, got list"),
+])
+def test_schema_names_file_and_key(data: object, message: str) -> None:
+    with pytest.raises(UserError) as exc:
+        schema.load(Outer, data, "f.yaml")
+    assert exc.value.message.startswith(message)
+
+
+def test_settings_cross_field_validation_and_yaml_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"kernel\.source: type 'tarball' needs both 'path' and 'sha256'"):
+        schema.load(Settings, {"kernel": {"source": {"type": "tarball", "path": "x"}}}, "isobuild.yaml")
+    with pytest.raises(UserError, match="sha256: must be 64 lowercase hex digits"):
+        schema.load(Settings, {"kernel": {"source": {"type": "tarball", "path": "x", "sha256": "abc"}}}, "i.yaml")
+    bad = tmp_path / "isobuild.yaml"
+    bad.write_text("kernel:\n  profile: [unclosed\n")
+    with pytest.raises(UserError, match=r"isobuild.yaml:\d+: not valid YAML"):
+        schema.load_file(Settings, bad)
+
+
+def test_repository_settings_and_profiles_are_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    settings = schema.load_file(Settings, root / "isobuild.yaml")
+    assert settings.kernel.profile == "default"
+    for name in ("ci", "default"):
+        profile = kconfig.load_profile(root, name, settings.kernel.fragments)
+        assert profile.requested()["CONFIG_XSC"] == ("y", "patches/kernel/xsc.config")
+        assert profile.requested()["CONFIG_SQUASHFS"][0] == "y"
+    assert [d for d, _, _ in schema.describe(Settings)][:2] == ["work_dir", "logs_dir"]
+
+
+# --- series and patches ---------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_series_comments_blank_lines_and_strip_levels(tmp_path: Path) -> None:
+    write(tmp_path / "a.patch", "")
+    write(tmp_path / "sub/b.patch", "")
+    write(tmp_path / "series", "# header\n\na.patch   # trailing comment\nsub/b.patch -p0\n")
+    series = patches.read_series(tmp_path)
+    assert [(p.name, p.strip, p.series_line) for p in series] == [("a.patch", 1, 3), ("sub/b.patch", 0, 4)]
+
+
+@pytest.mark.parametrize(("series", "message"), [
+    ("a.patch -R\n", "series:1: unsupported option '-R' for a.patch"),
+    ("a.patch\na.patch\n", "series:2: a.patch is listed twice"),
+    ("../a.patch\n", "series:1: patch name '../a.patch' must be a path inside"),
+    ("missing.patch\n", "series:1: patch missing.patch not found"),
+])
+def test_series_errors(tmp_path: Path, series: str, message: str) -> None:
+    write(tmp_path / "a.patch", "")
+    write(tmp_path / "series", series)
+    with pytest.raises(UserError) as exc:
+        patches.read_series(tmp_path)
+    assert message in exc.value.message
+
+
+def test_missing_series_means_no_patches_but_missing_dir_is_an_error(tmp_path: Path) -> None:
+    assert patches.read_series(tmp_path) == []
+    with pytest.raises(UserError, match="patch directory not found"):
+        patches.read_series(tmp_path / "nope")
+
+
+def one(tmp_path: Path, text: str, strip: int = 1) -> patches.Patch:
+    path = write(tmp_path / "p.patch", text)
+    return patches.Patch("p.patch", strip, path, "", 1)
+
+
+def test_touched_paths_skips_hunk_bodies(tmp_path: Path) -> None:
+    # a removed line "-- x" appears as "--- x" inside the hunk: not a header
+    text = ("--- a/doc.txt\n+++ b/doc.txt\n@@ -1 +1 @@\n--- ../../etc/passwd\n+++ /etc/shadow\n"
+            "diff --git a/x b/y\nrename from old/name.c\nrename to new/name.c\n")
+    assert patches.touched_paths(one(tmp_path, text)) == ["doc.txt", "old/name.c", "new/name.c"]
+
+
+@pytest.mark.parametrize("header", [
+    "--- a/../x\n+++ b/../x\n", "--- /abs\n+++ /abs\n", "--- a/ok\n+++ b/sub/../../x\n",
+    'rename from ../x\nrename to y\n', '--- "a/../q"\n+++ "b/../q"\n',
+])
+def test_touched_paths_refuses_escapes(tmp_path: Path, header: str) -> None:
+    with pytest.raises(UserError, match="outside the source tree"):
+        patches.touched_paths(one(tmp_path, header + "@@ -1 +1 @@\n-a\n+b\n"))
+
+
+def test_dev_null_and_strip_zero(tmp_path: Path) -> None:
+    text = "--- /dev/null\n+++ new/file.c\n@@ -0,0 +1 @@\n+x\n"
+    assert patches.touched_paths(one(tmp_path, text, strip=0)) == ["new/file.c"]
+
+
+def test_parse_push_output() -> None:
+    out = """Applying patch 0001-a.patch
+patching file x.c
+Applying patch patches/0002-b.patch
+patching file drivers/y.c
+Hunk #1 succeeded at 10 (offset 2 lines).
+Hunk #2 FAILED at 40.
+1 out of 2 hunks FAILED -- rejects in file drivers/y.c
+can't find file to patch at input line 12
+Patch patches/0002-b.patch does not apply (enforce with -f)
+"""
+    failures = patches.parse_push_output(out)
+    assert [f.describe() for f in failures] == [
+        "drivers/y.c hunk #2 (at line 40): hunk does not apply",
+        "drivers/y.c: file to patch not found"]
+    assert all(f.patch == "0002-b.patch" for f in failures)
+
+
+def test_real_quilt_push_and_rollback(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    write(tree / "f.c", "one\ntwo\nthree\n")
+    good = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n"
+    bad = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-zwei\n+ZWEI\n three\n"
+    srcdir = tmp_path / "p"
+    write(srcdir / "1.patch", good)
+    write(srcdir / "2.patch", bad)
+    write(srcdir / "series", "1.patch\n2.patch\n")
+    copy = tmp_path / "copy"
+    patches.stage_copy(patches.read_series(srcdir), copy)
+    with pytest.raises(UserError) as exc:
+        patches.push(tree, copy, tmp_path / "log")
+    assert exc.value.message == "patch 2.patch does not apply at fuzz 0: f.c hunk #1 (at line 1): hunk does not apply"
+    assert (tree / "f.c").read_text() == "one\ntwo\nthree\n", "rolled back to pristine"
+    assert not (tree / ".pc").exists()
+    write(srcdir / "series", "1.patch\n")
+    patches.stage_copy(patches.read_series(srcdir), copy)
+    patches.push(tree, copy, tmp_path / "log")
+    assert (tree / "f.c").read_text() == "one\nTWO\nthree\n"
+
+
+def test_quilt_ignores_the_users_quiltrc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    write(home / ".quiltrc", "QUILT_PUSH_ARGS='--fuzz=3'\nQUILT_PATCHES=elsewhere\n")
+    monkeypatch.setenv("HOME", str(home))
+    tree = tmp_path / "tree"
+    write(tree / "f.c", "one\ntwo\nthree\n")
+    write(tmp_path / "p/1.patch", "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n uno\n-two\n+TWO\n three\n")
+    write(tmp_path / "p/series", "1.patch\n")
+    patches.stage_copy(patches.read_series(tmp_path / "p"), tmp_path / "copy")
+    with pytest.raises(UserError, match="does not apply at fuzz 0"):
+        patches.push(tree, tmp_path / "copy", tmp_path / "log")
+
+
+# --- kconfig ---------------------------------------------------------------------------
+
+
+def test_fragment_grammar(tmp_path: Path) -> None:
+    frag = write(tmp_path / "f.config", '# c\n\nCONFIG_A=y\nCONFIG_B=m\n# CONFIG_C is not set\nCONFIG_D="x y"\n'
+                                        "CONFIG_E=-3\nCONFIG_F=0x1F\n")
+    assert kconfig.parse_fragment(frag, "f.config").options == {
+        "CONFIG_A": "y", "CONFIG_B": "m", "CONFIG_C": "n", "CONFIG_D": '"x y"', "CONFIG_E": "-3", "CONFIG_F": "0x1F"}
+
+
+@pytest.mark.parametrize("line", ["CONFIG_A=yes", "CONFIG_A = y", "A=y", "# CONFIG_A is off", 'CONFIG_A="open'])
+def test_fragment_rejects_malformed_lines(tmp_path: Path, line: str) -> None:
+    frag = write(tmp_path / "f.config", f"CONFIG_OK=y\n{line}\n")
+    with pytest.raises(UserError, match=r"f.config:2: malformed fragment line"):
+        kconfig.parse_fragment(frag, "f.config")
+
+
+def test_diff_requested_later_fragment_wins_and_n_may_be_absent(tmp_path: Path) -> None:
+    a = kconfig.parse_fragment(write(tmp_path / "a", "CONFIG_X=m\nCONFIG_Y=y\n"), "a")
+    b = kconfig.parse_fragment(write(tmp_path / "b", "CONFIG_X=y\n# CONFIG_Z is not set\nCONFIG_S=\"v\"\n"), "b")
+    prof = kconfig.Profile("p", tmp_path, "defconfig", None, [a, b])
+    final = {"CONFIG_X": "m", "CONFIG_Y": "y", "CONFIG_S": '"w"'}
+    assert [(m.option, m.requested, m.actual, m.fragment) for m in kconfig.diff_requested(prof, final)] == [
+        ("CONFIG_S", '"v"', '"w"', "b"), ("CONFIG_X", "y", "m", "b")]
+
+
+def test_explain_finds_definition_dependencies_and_enclosing_if(tmp_path: Path) -> None:
+    write(tmp_path / "Kconfig", 'menu "x"\nif OUTER # c\nsource "fs/Kconfig.sub"\nendif # OUTER\nendmenu\n')
+    write(tmp_path / "fs/Kconfig.sub", "config FOO\n\tbool \"foo\"\n\tdepends on BAR && BAZ\n")
+    write(tmp_path / "arch/s390/Kconfig", "config S390_ONLY\n\tbool\n")
+    assert kconfig.explain(tmp_path, "CONFIG_FOO") == (
+        "defined at fs/Kconfig.sub:1; depends on BAR && BAZ; inside if OUTER (Kconfig:2)")
+    assert "architecture s390, not x86" in kconfig.explain(tmp_path, "CONFIG_S390_ONLY")
+    assert "no Kconfig in this source defines it" in kconfig.explain(tmp_path, "CONFIG_NOPE")
+
+
+# --- stage keys ------------------------------------------------------------------------
+
+
+def test_stage_key_is_stable_and_changes_are_named() -> None:
+    a = {"stage": "kernel", "patches": [{"name": "1.patch", "sha256": "a" * 64}], "toolchain": "gcc 12"}
+    b = {"stage": "kernel", "patches": [{"name": "1.patch", "sha256": "b" * 64}, {"name": "2.patch"}],
+         "toolchain": "gcc 13"}
+    assert stagekey.compute(a) == stagekey.compute(json.loads(json.dumps(a)))
+    assert stagekey.compute(a) != stagekey.compute(b)
+    assert stagekey.changes(a, b) == ["patches: 2.patch added", "patches: 1.patch changed",
+                                      "toolchain: gcc 12 -> gcc 13"]
+    assert stagekey.changes({"s": "a" * 64}, {"s": "b" * 64}) == ["s: aaaaaaaaaaaa -> bbbbbbbbbbbb"]
+
+
+def test_digest_cache_rehashes_only_on_change(tmp_path: Path) -> None:
+    f = write(tmp_path / "f", "one")
+    cache = DigestCache(tmp_path / "d.json")
+    first = cache.sha256(f)
+    cache.save()
+    again = DigestCache(tmp_path / "d.json")
+    assert again.sha256(f) == first and not again._dirty
+    time.sleep(0.01)
+    f.write_text("two")
+    assert again.sha256(f) != first
+
+
+# --- initramfs -------------------------------------------------------------------------
+
+
+def test_cpio_is_readable_by_real_cpio_and_deterministic(tmp_path: Path) -> None:
+    import stat
+
+    entries = [initramfs.Entry("bin", stat.S_IFDIR | 0o755), initramfs.Entry("bin/x", stat.S_IFREG | 0o755, b"hi\n"),
+               initramfs.Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+               initramfs.Entry("bin/sh", stat.S_IFLNK | 0o777, b"x")]
+    data = initramfs.cpio(entries)
+    assert data == initramfs.cpio(list(reversed(entries)))
+    listing = subprocess.run(["cpio", "-itv"], input=data, capture_output=True, check=True).stdout.decode()
+    assert "bin/x" in listing and "bin/sh -> x" in listing
+    assert any(line.startswith("crw-------") and "5,   1" in line and "dev/console" in line
+               for line in listing.splitlines())
+
+
+def test_busybox_initramfs_refuses_a_dynamic_busybox(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="dynamically linked"):
+        initramfs.busybox_initramfs(tmp_path / "i.cpio", "/sys/x", busybox=Path("/bin/ls"))
+    with pytest.raises(InfraError, match="not found"):
+        initramfs.busybox_initramfs(tmp_path / "i.cpio", "/sys/x", busybox=tmp_path / "none")
+    assert initramfs.is_static_elf(Path("/bin/busybox").read_bytes())
+    initramfs.busybox_initramfs(tmp_path / "i.cpio", "/sys/kernel/xsc/version")
+    listing = subprocess.run(["cpio", "-it"], input=(tmp_path / "i.cpio").read_bytes(), capture_output=True,
+                             check=True).stdout.decode().split()
+    assert {"init", "bin/busybox", "dev/console"} <= set(listing)
+
+
+def test_init_script_runs_under_busybox(tmp_path: Path) -> None:
+    marker = write(tmp_path / "marker", "1.2.3\n")
+    script = initramfs.init_script(str(marker)).replace("/bin/busybox poweroff -f", "true")
+    script = "\n".join(line for line in script.splitlines() if " mount " not in line)
+    out = subprocess.run(["/bin/busybox", "sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "ISOBUILD-MARKER 1.2.3" in out and "ISOBUILD-DONE" in out and "ISOBUILD-UNAME " in out
+
+
+# --- console ---------------------------------------------------------------------------
+
+
+def watch() -> console.Watch:
+    return console.Watch(console.Expect({"UNAME": r"6\.1\.0-isobuild", "MARKER": r"\d+\.\d+\.\d+"}))
+
+
+def test_console_pass() -> None:
+    w = watch()
+    for line in ["Linux version 6.1.0", "ISOBUILD-UNAME 6.1.0-isobuild\r", "ISOBUILD-MARKER 1.0.0"]:
+        assert not w.feed(line)
+    assert w.feed("ISOBUILD-DONE")
+    v = w.verdict(False, None)
+    assert (v.status, v.reasons, v.markers) == ("pass", [], {"UNAME": "6.1.0-isobuild", "MARKER": "1.0.0"})
+
+
+def test_console_wrong_release_missing_marker_and_timeout() -> None:
+    w = watch()
+    w.feed("ISOBUILD-UNAME 6.1.0-other")
+    w.feed("ISOBUILD-MARKER-MISSING /sys/kernel/xsc/version")
+    v = w.verdict(True, None)
+    assert v.status == "fail"
+    assert v.reasons == ["marker UNAME: expected '6\\\\.1\\\\.0-isobuild', got '6.1.0-other'",
+                         "marker MARKER not reported (/sys/kernel/xsc/version absent in the guest)",
+                         "timed out before the guest finished its checks"]
+
+
+def test_console_panic_stops_after_context_and_oops_fails_warning_reports() -> None:
+    w = watch()
+    w.feed("------------[ cut here ]------------")
+    w.feed("WARNING: CPU: 0 PID: 1 at foo.c:1")
+    w.feed("BUG: kernel NULL pointer dereference, address: 0")
+    w.feed("Oops: 0000 [#1] SMP")
+    assert not w.feed("Kernel panic - not syncing: Attempted to kill init!")
+    stops = [w.feed(f"ctx {i}") for i in range(7)]
+    assert stops[-1] is True
+    v = w.verdict(False, None)
+    assert v.reasons[0] == "kernel panic: Kernel panic - not syncing: Attempted to kill init!"
+    assert any(r.startswith("kernel oops:") for r in v.reasons) and any(r.startswith("kernel bug:") for r in v.reasons)
+    assert not any("warning" in r for r in v.reasons)
+    assert any(f.startswith("warning:") for f in v.findings) and any(f.startswith("cut-here") for f in v.findings)
+
+
+# --- qemu ------------------------------------------------------------------------------
+
+
+def test_probe_image_is_a_boot_sector() -> None:
+    img = qemu.probe_image()
+    assert len(img) == 512 and img[-2:] == b"\x55\xaa"
+
+
+def test_probe_boots_under_tcg() -> None:
+    # the probe mechanism itself, on the accelerator that always works
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(suffix=".img") as f:
+        f.write(qemu.probe_image())
+        f.flush()
+        result = runner.run(qemu.probe_argv(ARCHES["x86_64"], "tcg", Path(f.name)), timeout=30, check=False)
+    assert result.returncode == 99
+
+
+def test_forced_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    qemu.accelerator.cache_clear()
+    monkeypatch.setenv("ISOBUILD_ACCEL", "tcg")
+    assert qemu.accelerator(ARCHES["x86_64"]) == "tcg"
+    qemu.accelerator.cache_clear()
+    monkeypatch.setenv("ISOBUILD_ACCEL", "xen")
+    with pytest.raises(UserError, match="expected kvm or tcg"):
+        qemu.accelerator(ARCHES["x86_64"])
+    qemu.accelerator.cache_clear()
+
+
+def test_kernel_argv() -> None:
+    argv = qemu.kernel_argv(ARCHES["x86_64"], Path("/k"), Path("/i"), "console=ttyS0", 512, "tcg")
+    assert argv[:8] == ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m"]
+    assert "-no-reboot" in argv and argv[argv.index("-append") + 1] == "console=ttyS0"
+
+
+# --- runner ----------------------------------------------------------------------------
+
+
+def test_runner_logs_command_and_output(tmp_path: Path) -> None:
+    log = tmp_path / "x.log"
+    result = runner.run(["sh", "-c", "echo out; echo err >&2"], log_path=log, capture=True, env={"A": "b c"})
+    assert result.output == "out\nerr"
+    text = log.read_text()
+    assert text.startswith("$ env A='b c' sh -c 'echo out; echo err >&2'\nout\nerr\n[exit 0 after")
+
+
+def test_runner_failure_carries_error_lines_log_and_reproducer(tmp_path: Path) -> None:
+    script = "; ".join(["echo noise"] * 50 + ["echo 'x.c:3:1: error: boom'", "exit 2"])
+    with pytest.raises(runner.CommandFailed) as exc:
+        runner.run(["sh", "-c", script], log_path=tmp_path / "x.log", cwd=tmp_path)
+    e = exc.value
+    assert e.returncode == 2 and e.error_lines == ["x.c:3:1: error: boom"]
+    assert e.details == ["x.c:3:1: error: boom", f"full log: {tmp_path / 'x.log'}"]
+    assert e.hint == f"re-run by hand: cd {tmp_path} && sh -c " + __import__("shlex").quote(script)
+
+
+def test_runner_missing_tool_and_timeout_and_stop(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="no-such-tool: command not found"):
+        runner.run(["no-such-tool"])
+    start = time.monotonic()
+    with pytest.raises(runner.CommandFailed, match="timed out"):
+        runner.run(["sleep", "30"], timeout=0.5)
+    result = runner.run(["sh", "-c", "echo a; echo STOP; sleep 30"], on_line=lambda line: line == "STOP")
+    assert result.stopped and time.monotonic() - start < 10
+
+
+def test_runner_disk_full_is_infra(tmp_path: Path) -> None:
+    with pytest.raises(InfraError, match="disk full while running sh"):
+        runner.run(["sh", "-c", "echo 'cp: No space left on device'; exit 1"], log_path=tmp_path / "l")
+
+
+# --- atomic, progress ------------------------------------------------------------------
+
+
+def test_new_dir_failure_keeps_the_old_one(tmp_path: Path) -> None:
+    final = tmp_path / "art"
+    with atomic.new_dir(final) as d:
+        (d / "f").write_text("good")
+    with pytest.raises(RuntimeError), atomic.new_dir(final) as d:
+        (d / "f").write_text("half")
+        raise RuntimeError("boom")
+    assert (final / "f").read_text() == "good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"], "no temp dirs left behind"
+
+
+def test_progress_counts_kbuild_steps_and_estimates() -> None:
+    stream = io.StringIO()
+    p = progress.Progress("kernel.compile", expected=4, stream=stream)
+    p.start -= 10
+    for line in ["  CC      a.o", "make[1]: Entering", "  LD      vmlinux"]:
+        p.line(line)
+    assert p.done == 2
+    assert p.render().startswith("kernel.compile: 2/4 steps (50%), 00:10 elapsed, ETA 00:1")
