@@ -14,7 +14,7 @@ from types import FrameType
 
 from builder import __version__, doctor, lock, log
 from builder.config import Project, load_project
-from builder.errors import ExitCode, IsobuildError
+from builder.errors import ExitCode, InfraError, IsobuildError
 
 EXIT_CODES = """exit codes:
   0    success (or: already up to date)
@@ -33,8 +33,17 @@ def _project(args: argparse.Namespace) -> Project:
 
 
 def _stage_log(project: Project, name: str) -> Path:
+    """A new, empty log file for one stage run (never shared with another run)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return project.logs_dir / f"{name}-{stamp}.log"
+    project.logs_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = project.logs_dir / (f"{name}-{stamp}.log" if n == 1 else f"{name}-{stamp}-{n}.log")
+        try:
+            path.open("x").close()
+            return path
+        except FileExistsError:
+            continue
+    raise InfraError(f"{project.logs_dir}: cannot create a log file for {name}")
 
 
 def cmd_kernel(args: argparse.Namespace) -> int:
@@ -44,8 +53,10 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     p = kernel.plan(project, args.profile)
     meta = None if args.force else kernel.built(p)
     if meta is not None:
+        with lock.held(project.work_dir):
+            switched = kernel.adopt(p)
         log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
-                       release=meta.get("kernel_release"))
+                       release=meta.get("kernel_release"), reused_earlier_build=switched)
         print(f"kernel {meta.get('kernel_release')} ({p.layout.profile}) is up to date: {p.artifact}")
     else:
         with lock.held(project.work_dir):

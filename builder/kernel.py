@@ -140,6 +140,24 @@ def built(p: Plan) -> dict[str, Any] | None:
     return state.load(p.artifact / "metadata.json")
 
 
+def adopt(p: Plan) -> bool:
+    """Make the plan's already-built artifact the profile's current one.
+
+    Inputs can return to a key built earlier (a patch reverted); reusing that
+    artifact must also make it what ``current`` and the state record name.
+    Returns True when something changed.
+    """
+    lay = p.layout
+    target = os.path.relpath(p.artifact, lay.current.parent)
+    if lay.current.is_symlink() and os.readlink(lay.current) == target:
+        return False
+    atomic.symlink(target, lay.current)
+    record = state.load(lay.state) or {"stage": "kernel", "profile": lay.profile}
+    state.save(lay.state, dict(record, key=p.key, status="ok", last_good=p.key, inputs=p.inputs,
+                               finished=state.now(), error=None, hint=None))
+    return True
+
+
 # --- the build ---------------------------------------------------------------------------
 
 

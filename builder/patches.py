@@ -192,12 +192,22 @@ def push(tree: Path, patch_copy: Path, log_path: Path) -> list[str]:
 
 
 def pop_all(tree: Path, patch_copy: Path, log_path: Path) -> None:
-    """Unapply everything quilt applied (restoring the pristine files)."""
+    """Unapply everything quilt applied (restoring the pristine files).
+
+    quilt removes the files a patch created but not the directories it made
+    for them; those are pruned too, so the tree is really pristine.
+    """
     if not (tree / ".pc").exists():
         return
     runner.run(["quilt", "--quiltrc", "-", "pop", "-a", "-f", "-q"], cwd=tree,
                env=quilt_env(patch_copy), log_path=log_path, check=False)
     shutil.rmtree(tree / ".pc", ignore_errors=True)
+    staged = read_series(patch_copy) if (patch_copy / "series").exists() else []
+    for rel in {path for p in staged for path in touched_paths(p)}:
+        parent = (tree / rel).parent
+        while parent != tree and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
 
 
 def _log_tail_since_last_command(log_path: Path) -> str:

@@ -78,8 +78,16 @@ def kernel_rows(project: Project, profile: str | None = None) -> list[Row]:
     return rows
 
 
+def kernel_profiles(project: Project) -> list[str]:
+    """The configured profile first, then every other profile that has a record."""
+    configured = project.settings.kernel.profile
+    recorded = sorted(p.stem for p in (project.work_dir / "kernel" / "state").glob("*.json")
+                      if not p.stem.startswith("boot-"))
+    return [configured, *(name for name in recorded if name != configured)]
+
+
 def rows(project: Project) -> list[Row]:
-    return kernel_rows(project)
+    return [row for name in kernel_profiles(project) for row in kernel_rows(project, name)]
 
 
 def _human(size: int | None) -> str:

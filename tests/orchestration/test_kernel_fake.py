@@ -83,6 +83,20 @@ def test_changed_patch_rebuilds_incrementally(fake_project: FakeProject) -> None
     assert b"xsc_version" not in (current / "bzImage").read_bytes()
 
 
+def test_returning_to_earlier_inputs_reuses_and_repoints_current(fake_project: FakeProject,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    assert fake_project.run("kernel") == 0
+    first = metadata(fake_project)["key"]
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("xsc_version = 1", "xsc_version = 7")})
+    assert fake_project.run("kernel") == 0
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH})
+    capsys.readouterr()
+    assert fake_project.run("kernel") == 0
+    assert "is up to date" in capsys.readouterr().out
+    assert metadata(fake_project)["key"] == first, "current points at the reused artifact"
+    assert json.loads((fake_project.work / "kernel/state/ci.json").read_text())["last_good"] == first
+
+
 def test_status_reports_built_then_names_the_changed_patch(fake_project: FakeProject,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("status", "--json") == 0

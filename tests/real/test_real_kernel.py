@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli
+from builder import cli, console, initramfs, qemu, runner
+from builder.arch import ARCHES
 from builder.errors import ExitCode
 
 pytestmark = pytest.mark.real
@@ -90,7 +92,7 @@ def test_unchanged_inputs_are_a_fast_noop(project: Path, capsys: pytest.CaptureF
     assert run(project, "status", "--json") == 0
     assert time.monotonic() - start < 1.0
     rows = json.loads(capsys.readouterr().out)
-    assert rows[0]["state"] == "built"
+    assert {(r["stage"], r["name"]): r["state"] for r in rows}[("kernel", "ci")] == "built"
 
 
 def test_changed_patch_rebuilds_incrementally_and_boots_the_change(project: Path,
@@ -101,7 +103,7 @@ def test_changed_patch_rebuilds_incrementally_and_boots_the_change(project: Path
     uapi.write_text(uapi.read_text().replace("+#define XSC_VERSION_MINOR\t0", "+#define XSC_VERSION_MINOR\t1"))
     capsys.readouterr()
     assert run(project, "status", "--json") == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = next(r for r in json.loads(capsys.readouterr().out) if (r["stage"], r["name"]) == ("kernel", "ci"))
     assert row["state"] in ("stale", "built")  # built if an earlier run left this key's artifact
     if row["state"] == "stale":
         assert "0001-xsc-add-uapi-header.patch changed" in row["detail"]
@@ -140,3 +142,81 @@ def test_patch_that_does_not_apply_to_the_real_tree(project: Path, capsys: pytes
     assert "patch 0004-misc-comment.patch does not apply at fuzz 0: drivers/misc/Makefile hunk #1" in err
     src = WORK / "kernel" / "trees" / "ci-scratch" / "src"
     assert not (src / ".pc").exists() and not (src / "drivers/misc/xsc").exists(), "rolled back to pristine"
+
+
+def boot_with_init(tmp_path: Path, init: str, expect: dict[str, str],
+                   extra: dict[str, bytes] | None = None) -> console.Verdict:
+    """Boot the built ci kernel with a custom /init (and extra files); return the verdict."""
+    entries = [initramfs.Entry(d, stat.S_IFDIR | 0o755) for d in ("bin", "dev", "proc", "sys")]
+    entries += [initramfs.Entry("bin/busybox", stat.S_IFREG | 0o755, Path("/bin/busybox").read_bytes()),
+                initramfs.Entry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)),
+                initramfs.Entry("init", stat.S_IFREG | 0o755, init.encode())]
+    entries += [initramfs.Entry(name, stat.S_IFREG | 0o755, data) for name, data in (extra or {}).items()]
+    (tmp_path / "i.cpio").write_bytes(initramfs.cpio(entries))
+    arch = ARCHES["x86_64"]
+    argv = qemu.kernel_argv(arch, current() / "bzImage", tmp_path / "i.cpio",
+                            "console=ttyS0 panic=-1 rdinit=/init", 256, qemu.accelerator(arch))
+    watch = console.Watch(console.Expect(expect))
+    result = runner.run(argv, log_path=tmp_path / "console.log", timeout=120, check=False, on_line=watch.feed)
+    return watch.verdict(result.timed_out, None if result.stopped else result.returncode)
+
+
+def test_guest_panic_is_a_failure(project: Path, tmp_path: Path) -> None:
+    assert run(project, "kernel", "--profile", "ci") == 0
+    verdict = boot_with_init(tmp_path, "#!/bin/busybox sh\nexit 1\n", {"MARKER": ".*"})
+    assert verdict.status == "fail"
+    assert verdict.reasons[0].startswith("kernel panic: Kernel panic - not syncing: Attempted to kill init!")
+
+
+def test_missing_marker_fails_the_boot_check_with_exit_4(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    settings = yaml.safe_load((project / "isobuild.yaml").read_text())
+    settings["kernel"]["boot"]["marker_file"] = "/sys/kernel/not-patched/version"
+    settings["kernel"]["boot"]["timeout"] = 120
+    (project / "isobuild.yaml").write_text(yaml.safe_dump(settings))
+    assert run(project, "kernel", "--profile", "ci") == 0
+    capsys.readouterr()
+    assert run(project, "test", "kernel", "--profile", "ci") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "boot check failed: marker MARKER not reported (/sys/kernel/not-patched/version absent in the guest)" in err
+    assert "full console log:" in err
+
+
+def test_the_xsc_ioctl_and_trap_guard_work_in_the_guest(project: Path, tmp_path: Path) -> None:
+    """The driver really works: a static program built against the patched uapi
+    header gets the version over /dev/xsc, and unknown flags are refused."""
+    assert run(project, "kernel", "--profile", "ci") == 0
+    # the header comes from the artifact's own linux-libc-dev package
+    (libc_dev,) = (current() / "debs").glob("linux-libc-dev_*.deb")
+    subprocess.run(["dpkg-deb", "-x", str(libc_dev), str(tmp_path / "root")], check=True)
+    inc = tmp_path / "inc" / "linux"
+    inc.mkdir(parents=True)
+    shutil.copy(tmp_path / "root/usr/include/linux/xsc.h", inc / "xsc.h")
+    probe = tmp_path / "xsc-probe.c"
+    probe.write_text(r'''
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <linux/xsc.h>
+int main(void)
+{
+	struct xsc_version v = {0};
+	int fd = open("/dev/xsc", O_RDONLY);
+	if (fd < 0) { perror("open /dev/xsc"); return 1; }
+	if (ioctl(fd, XSC_IOC_GET_VERSION, &v)) { perror("XSC_IOC_GET_VERSION"); return 1; }
+	printf("ISOBUILD-IOCTL %u.%u.%u features=0x%x\n", v.major, v.minor, v.patch, v.features);
+	v.flags = 0x80;
+	int rc = ioctl(fd, XSC_IOC_GET_VERSION, &v);
+	printf("ISOBUILD-GUARD %s\n", rc == -1 && errno == EINVAL ? "refused" : "served");
+	return 0;
+}
+''')
+    subprocess.run(["gcc", "-static", "-Wall", "-Werror", "-I", str(tmp_path / "inc"), "-o",
+                    str(tmp_path / "xsc-probe"), str(probe)], check=True)
+    init = ("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs d /dev\n/bin/xsc-probe\n"
+            "echo ISOBUILD-DONE\n/bin/busybox poweroff -f\n")
+    verdict = boot_with_init(tmp_path, init, {"IOCTL": r"1\.0\.0 features=0x1", "GUARD": "refused"},
+                             {"bin/xsc-probe": (tmp_path / "xsc-probe").read_bytes()})
+    assert verdict.status == "pass", (verdict.reasons, verdict.tail)

@@ -166,9 +166,10 @@ def test_real_quilt_push_and_rollback(tmp_path: Path) -> None:
     good = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n"
     bad = "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-zwei\n+ZWEI\n three\n"
     srcdir = tmp_path / "p"
+    write(srcdir / "0.patch", "--- /dev/null\n+++ b/new/dir/n.c\n@@ -0,0 +1 @@\n+n\n")
     write(srcdir / "1.patch", good)
     write(srcdir / "2.patch", bad)
-    write(srcdir / "series", "1.patch\n2.patch\n")
+    write(srcdir / "series", "0.patch\n1.patch\n2.patch\n")
     copy = tmp_path / "copy"
     patches.stage_copy(patches.read_series(srcdir), copy)
     with pytest.raises(UserError) as exc:
@@ -176,6 +177,7 @@ def test_real_quilt_push_and_rollback(tmp_path: Path) -> None:
     assert exc.value.message == "patch 2.patch does not apply at fuzz 0: f.c hunk #1 (at line 1): hunk does not apply"
     assert (tree / "f.c").read_text() == "one\ntwo\nthree\n", "rolled back to pristine"
     assert not (tree / ".pc").exists()
+    assert sorted(p.name for p in tree.iterdir()) == ["f.c"], "directories patch 0 created are gone"
     write(srcdir / "series", "1.patch\n")
     patches.stage_copy(patches.read_series(srcdir), copy)
     patches.push(tree, copy, tmp_path / "log")
@@ -431,3 +433,41 @@ def test_progress_counts_kbuild_steps_and_estimates() -> None:
         p.line(line)
     assert p.done == 2
     assert p.render().startswith("kernel.compile: 2/4 steps (50%), 00:10 elapsed, ETA 00:1")
+
+
+# --- doctor and sources ----------------------------------------------------------------
+
+
+def test_doctor_reports_missing_tools_with_the_apt_line(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from builder import cli, doctor
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    missing = doctor.missing()
+    assert {"quilt", "make", "qemu-system-x86_64"} <= {t.name for t in missing}
+    assert cli.main(["doctor", "--json"]) == 3
+    report = json.loads(capsys.readouterr().out)
+    assert report["install"].startswith("apt-get install -y ") and " quilt " in report["install"] + " "
+    assert cli.main(["doctor"]) == 3
+    out = capsys.readouterr().out
+    assert "MISSING  quilt" in out and "apt-get install -y" in out
+    assert doctor.install_hint("qemu-system-x86_64").startswith("apt-get install qemu-system-x86")
+
+
+def test_doctor_passes_on_this_host(capsys: pytest.CaptureFixture[str]) -> None:
+    from builder import cli
+
+    assert cli.main(["doctor"]) == 0, capsys.readouterr().out
+    assert "all host tools are present" in capsys.readouterr().out
+
+
+def test_missing_debian_source_package_is_an_infrastructure_error(tmp_path: Path) -> None:
+    from builder import sources
+    from builder.config import SourceSettings
+
+    settings = SourceSettings(package="linux-source-0.1")
+    with pytest.raises(InfraError) as exc:
+        sources.resolve(None, settings, DigestCache(tmp_path / "d"))  # type: ignore[arg-type]
+    assert exc.value.message == ("/usr/src/linux-source-0.1.tar.*: Debian source package linux-source-0.1 "
+                                 "is not installed")
+    assert exc.value.hint == "apt-get install linux-source-0.1"
