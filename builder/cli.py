@@ -14,7 +14,9 @@ from types import FrameType
 
 from builder import __version__, doctor, lock, log
 from builder.config import Project, load_project
+from builder.console import Verdict
 from builder.errors import ExitCode, InfraError, IsobuildError
+from builder.kernel import Plan
 
 EXIT_CODES = """exit codes:
   0    success (or: already up to date)
@@ -57,37 +59,48 @@ def cmd_kernel(args: argparse.Namespace) -> int:
             switched = kernel.adopt(p)
         log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
                        release=meta.get("kernel_release"), reused_earlier_build=switched)
-        print(f"kernel {meta.get('kernel_release')} ({p.layout.profile}) is up to date: {p.artifact}")
+        summary = f"kernel {meta.get('kernel_release')} ({p.layout.profile}) is up to date: {p.artifact}"
     else:
         with lock.held(project.work_dir):
             log_path = _stage_log(project, f"kernel-{p.layout.profile}")
             with log.stage("kernel", profile=p.layout.profile, key=p.key[:12], log=str(log_path)):
                 meta = kernel.build(p, log_path)
-        print(f"kernel {meta['kernel_release']} ({p.layout.profile}) built: {p.artifact}")
-    if args.boot:
-        return _boot(project, p)
+        summary = f"kernel {meta['kernel_release']} ({p.layout.profile}) built: {p.artifact}"
+    verdict = _boot(project, p) if args.boot else None
+    if args.json:
+        print(json.dumps({"kernel": meta, "boot": verdict.as_dict() if verdict else None}, indent=2))
+    else:
+        print(summary)
+        if verdict:
+            print(_verdict_line(verdict))
+    if verdict:
+        from builder import kernelboot
+
+        kernelboot.raise_for(verdict)
     return 0
 
 
-def _boot(project: Project, p: object) -> int:
+def _boot(project: Project, p: Plan) -> Verdict:
     from builder import kernelboot
-    from builder.kernel import Plan
 
-    assert isinstance(p, Plan)
     with lock.held(project.work_dir):
-        verdict = kernelboot.boot(p, _stage_log(project, f"boot-kernel-{p.layout.profile}"))
-    print(f"boot check ({verdict.extra.get('accel')}): {verdict.status} in {verdict.seconds:.1f} s"
-          + (f" -- uname {verdict.markers.get('UNAME')}, marker {verdict.markers.get('MARKER')}"
-             if verdict.status == "pass" else ""))
-    kernelboot.raise_for(verdict)
-    return 0
+        return kernelboot.boot(p, _stage_log(project, f"boot-kernel-{p.layout.profile}"))
+
+
+def _verdict_line(verdict: Verdict) -> str:
+    return (f"boot check ({verdict.extra.get('accel')}): {verdict.status} in {verdict.seconds:.1f} s"
+            + (f" -- uname {verdict.markers.get('UNAME')}, marker {verdict.markers.get('MARKER')}"
+               if verdict.status == "pass" else ""))
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from builder import kernel
+    from builder import kernel, kernelboot
 
     project = _project(args)
-    return _boot(project, kernel.plan(project, args.profile))
+    verdict = _boot(project, kernel.plan(project, args.profile))
+    print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
+    kernelboot.raise_for(verdict)
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -164,11 +177,13 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and check "
                    "the release and the patched marker")
     k.add_argument("--force", action="store_true", help="rebuild even if an artifact with this key exists")
+    k.add_argument("--json", action="store_true", help="print the build's metadata (and the boot verdict) as JSON")
     k.set_defaults(func=cmd_kernel)
 
     t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
     t.add_argument("target", choices=["kernel"], help="what to test")
     t.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    t.add_argument("--json", action="store_true", help="print the verdict as JSON")
     t.set_defaults(func=cmd_test)
 
     s = verb("status", "show every stage: built / stale (what changed) / missing / failed",

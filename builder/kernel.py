@@ -161,21 +161,26 @@ def adopt(p: Plan) -> bool:
 # --- the build ---------------------------------------------------------------------------
 
 
-def make_env(p: Plan, epoch: int) -> dict[str, str]:
-    """Variables that pin the kernel release and make the build reproducible."""
+def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, epoch: int) -> dict[str, str]:
+    """Variables that pin the kernel release and make the build reproducible:
+    the same inputs give the same bzImage from any directory."""
     stamp = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
-    prefix_map = f"-ffile-prefix-map={p.layout.src}/= -ffile-prefix-map={p.layout.build}/="
     return {
-        "ARCH": p.arch.make_arch,
-        "LOCALVERSION": p.project.settings.kernel.localversion,
+        "ARCH": make_arch,
+        "LOCALVERSION": localversion,
         "KBUILD_BUILD_TIMESTAMP": stamp,
         "KBUILD_BUILD_USER": "isobuild",
         "KBUILD_BUILD_HOST": "isobuild",
         "KBUILD_BUILD_VERSION": "1",
-        "KCFLAGS": prefix_map,
+        "KCFLAGS": f"-ffile-prefix-map={src}/= -ffile-prefix-map={build}/=",
         "SOURCE_DATE_EPOCH": str(epoch),
         "KDEB_CHANGELOG_DIST": "isobuild",
     }
+
+
+def make_env(p: Plan, epoch: int) -> dict[str, str]:
+    return reproducible_env(p.layout.src, p.layout.build, p.arch.make_arch,
+                            p.project.settings.kernel.localversion, epoch)
 
 
 def _make(p: Plan, *targets: str) -> list[str]:

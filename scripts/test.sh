@@ -7,6 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff check builder tests bench
+.venv/bin/ruff check builder tests bench/kernel
 .venv/bin/mypy
 exec .venv/bin/pytest tests/unit tests/orchestration tests/real "$@"

@@ -51,6 +51,25 @@ def test_build_produces_artifacts_and_metadata(fake_project: FakeProject, capsys
     assert "built:" in capsys.readouterr().out
 
 
+def test_kernel_json_prints_the_metadata(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fake_project.run("kernel", "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kernel"]["kernel_release"] == "6.1.0-isobuild" and out["boot"] is None
+    assert fake_project.run("kernel", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["kernel"]["key"] == out["kernel"]["key"]
+
+
+def test_boot_check_of_a_missing_kernel_says_what_to_do(fake_project: FakeProject,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert fake_project.run("test", "kernel") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "kernel for profile ci is missing" in first_error_line(err) and "run: isobuild kernel" in err
+    assert fake_project.run("kernel") == 0
+    fake_project.set_series({})
+    assert fake_project.run("test", "kernel") == ExitCode.USER
+    assert "kernel for profile ci is stale" in first_error_line(capsys.readouterr().err)
+
+
 def test_second_run_is_a_fast_noop(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("kernel") == 0
     capsys.readouterr()
