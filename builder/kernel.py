@@ -188,16 +188,23 @@ def _make(p: Plan, *targets: str) -> list[str]:
 
 
 def prepare_tree(p: Plan, log_path: Path) -> list[str]:
-    """Bring the profile's source tree to 'source + this series'; return quilt notes."""
+    """Bring the profile's source tree to 'source + this series'; return quilt notes.
+
+    The marker is removed before the tree is touched and written only when the
+    tree is in a known state, so a run killed mid-way leaves no marker and the
+    next run starts from a fresh extract (and a clean build dir).
+    """
     lay = p.layout
     want = [x.identity() for x in p.series]
+    touched_by = patches.vet(p.series)  # before anything is applied or unapplied
+    touched = sorted({f for files in touched_by.values() for f in files})
     marker = state.load(lay.marker)
     touched_before: list[str] = []
     if marker is None or marker.get("source") != p.source.identity or not lay.src.exists():
         lay.marker.unlink(missing_ok=True)
         shutil.rmtree(lay.src, ignore_errors=True)
-        # Objects compiled from another source are newer than the files a new tarball
-        # brings, so make would keep them: a new source starts a clean build dir.
+        # Objects in build/ may come from another source or a series we no longer
+        # know; a fresh tree's files are older than them, so make would keep them.
         shutil.rmtree(lay.build, ignore_errors=True)
         with log.stage("kernel.extract", tarball=str(p.source.tarball)):
             sources.extract(p.source, lay.src, log_path)
@@ -210,20 +217,14 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
         if (lay.src / ".pc").exists():
             raise UserError(f"{lay.src}: quilt could not unapply the previous series",
                             hint="run 'isobuild clean' to drop the tree and rebuild it")
-    pristine = {"source": p.source.identity, "series": [], "touched": touched_before}
-    state.save(lay.marker, pristine)
-
-    touched_by = patches.vet(p.series)
-    lay.marker.unlink()
     patches.stage_copy(p.series, lay.patch_copy)
     try:
         notes = patches.push(lay.src, lay.patch_copy, log_path)
     except UserError:
         # push rolled the tree back to pristine; remember what may be stale in build/
-        pristine["touched"] = sorted(set(touched_before) | {f for fs in touched_by.values() for f in fs})
-        state.save(lay.marker, pristine)
+        state.save(lay.marker, {"source": p.source.identity, "series": [],
+                                "touched": sorted(set(touched_before) | set(touched))})
         raise
-    touched = sorted({f for fs in touched_by.values() for f in fs})
     # quilt restores unpatched files with their old mtimes; make would then keep
     # objects built from the patched versions.  Touch every file either series
     # touched so make rebuilds exactly those.
