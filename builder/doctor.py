@@ -49,6 +49,20 @@ TOOLS: tuple[Tool, ...] = (
     Tool("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1", "kernel (default source)"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
     Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
+    Tool("mmdebstrap", "mmdebstrap", "debian (bootstrap)"),
+    Tool("debootstrap", "debootstrap", "debian (bootstrap: debootstrap)"),
+    Tool("mksquashfs", "squashfs-tools", "rootfs"),
+    Tool("chroot", "coreutils", "rootfs"),
+    Tool("/usr/lib/ISOLINUX/isolinux.bin", "isolinux", "iso (BIOS)"),
+    Tool("/usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common", "iso (BIOS)"),
+    Tool("grub-mkimage", "grub-efi-amd64-bin", "iso (UEFI)"),
+    Tool("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin", "iso (UEFI)"),
+    Tool("mkfs.vfat", "dosfstools", "iso (UEFI)"),
+    Tool("mmd", "mtools", "iso (UEFI)"),
+    Tool("mcopy", "mtools", "iso (UEFI)"),
+    Tool("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "smoke (UEFI)"),
+    Tool("sgdisk", "gdisk", "tests (GPT check)"),
+    Tool("xorriso", "xorriso", "tests and bench (ISO reference)"),
 )
 
 
