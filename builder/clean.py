@@ -1,8 +1,9 @@
 """``isobuild clean``: drop build trees and superseded artifacts.
 
-Keeps the source cache, the digest cache and every artifact a ``current``
-link points at (the last good kernel of each profile), so the next build is
-incremental-cold, not download-cold, and nothing good is lost.
+Keeps the source and package caches, the digest cache, every kernel a
+``current`` link points at (the last good kernel of each profile) and each
+distro's last good root filesystem, so nothing good is lost and the next
+build downloads nothing.  ISOs in the project's iso/ are never touched.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from builder import log
+from builder import log, rootfs, state
 
 
 def _size(path: Path) -> int:
@@ -27,9 +28,13 @@ def _size(path: Path) -> int:
 def targets(work_dir: Path) -> list[Path]:
     root = work_dir / "kernel"
     keep = {(root / "current" / link.name).resolve() for link in (root / "current").glob("*")}
-    out = [p for p in (root / "trees").glob("*")]
+    out = list((root / "trees").glob("*"))
     out += [p for p in (root / "artifacts").glob("*") if p.resolve() not in keep]
-    out += [p for p in (root / "boot").glob("*")]
+    out += list((root / "boot").glob("*"))
+    for distro in (work_dir / "distros").glob("*"):
+        last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
+        out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]
+        out += list(distro.glob("iso-work"))
     return sorted(out)
 
 
@@ -39,7 +44,9 @@ def clean(work_dir: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
         size = _size(path)
         removed.append((path, size))
         if not dry_run:
-            if path.is_dir() and not path.is_symlink():
+            if path.name.startswith(".root-"):
+                rootfs.remove_root(path)  # refuses while anything is mounted inside
+            elif path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()

@@ -6,16 +6,15 @@ import argparse
 import json
 import signal
 import sys
-import time
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from builder import __version__, doctor, lock, log
+from builder import __version__, doctor, isostage, lock, log, pipeline
 from builder.config import Project, load_project
 from builder.console import Verdict
-from builder.errors import ExitCode, InfraError, IsobuildError
+from builder.errors import ExitCode, IsobuildError
 from builder.kernel import Plan
 
 EXIT_CODES = """exit codes:
@@ -34,38 +33,11 @@ def _project(args: argparse.Namespace) -> Project:
     return load_project(Path(args.config))
 
 
-def _stage_log(project: Project, name: str) -> Path:
-    """A new, empty log file for one stage run (never shared with another run)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    project.logs_dir.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        path = project.logs_dir / (f"{name}-{stamp}.log" if n == 1 else f"{name}-{stamp}-{n}.log")
-        try:
-            path.open("x").close()
-            return path
-        except FileExistsError:
-            continue
-    raise InfraError(f"{project.logs_dir}: cannot create a log file for {name}")
-
-
 def cmd_kernel(args: argparse.Namespace) -> int:
-    from builder import kernel
-
     project = _project(args)
-    p = kernel.plan(project, args.profile)
-    meta = None if args.force else kernel.built(p)
-    if meta is not None:
-        with lock.held(project.work_dir):
-            switched = kernel.adopt(p)
-        log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
-                       release=meta.get("kernel_release"), reused_earlier_build=switched)
-        summary = f"kernel {meta.get('kernel_release')} ({p.layout.profile}) is up to date: {p.artifact}"
-    else:
-        with lock.held(project.work_dir):
-            log_path = _stage_log(project, f"kernel-{p.layout.profile}")
-            with log.stage("kernel", profile=p.layout.profile, key=p.key[:12], log=str(log_path)):
-                meta = kernel.build(p, log_path)
-        summary = f"kernel {meta['kernel_release']} ({p.layout.profile}) built: {p.artifact}"
+    p, meta, fresh = pipeline.ensure_kernel(project, args.profile, force=args.force)
+    verb = "built" if fresh else "is up to date"
+    summary = f"kernel {meta.get('kernel_release')} ({p.layout.profile}) {verb}: {p.artifact}"
     verdict = _boot(project, p) if args.boot else None
     if args.json:
         print(json.dumps({"kernel": meta, "boot": verdict.as_dict() if verdict else None}, indent=2))
@@ -84,7 +56,7 @@ def _boot(project: Project, p: Plan) -> Verdict:
     from builder import kernelboot
 
     with lock.held(project.work_dir):
-        return kernelboot.boot(p, _stage_log(project, f"boot-kernel-{p.layout.profile}"))
+        return kernelboot.boot(p, pipeline.stage_log(project, f"boot-kernel-{p.layout.profile}"))
 
 
 def _verdict_line(verdict: Verdict) -> str:
@@ -97,16 +69,47 @@ def cmd_test(args: argparse.Namespace) -> int:
     from builder import kernel, kernelboot
 
     project = _project(args)
-    verdict = _boot(project, kernel.plan(project, args.profile))
-    print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
-    kernelboot.raise_for(verdict)
+    if args.target == "kernel":
+        verdict = _boot(project, kernel.plan(project, args.profile))
+        print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
+        kernelboot.raise_for(verdict)
+        return 0
+    ip = pipeline.iso_plan(project, args.target, args.profile)
+    return _smoke(project, ip, args.modes, args.json, {})
+
+
+def _smoke(project: Project, ip: isostage.Plan, modes: str | None, as_json: bool, built: dict[str, object]) -> int:
+    from builder import smoke
+
+    chosen = smoke.parse_modes(modes) if modes else list(smoke.MODES)
+    distro = ip.rootfs.plugin.name
+    with lock.held(project.work_dir):
+        verdicts = smoke.run(ip, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{distro}-{mode}"))
+    if as_json:
+        print(json.dumps({**built, "smoke": [v.as_dict() for v in verdicts]}, indent=2, default=str))
+    else:
+        print(smoke.summary(verdicts))
+    smoke.raise_for(verdicts)
     return 0
+
+
+def cmd_distro(args: argparse.Namespace) -> int:
+    project = _project(args)
+    ip, record = pipeline.ensure_iso(project, args.distro, args.profile)
+    if not args.json:
+        print(f"{args.distro} ISO: {ip.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
+              f"sha256 {str(record.get('sha256'))[:16]}..., kernel {record.get('kernel_release')})")
+    if args.no_smoke:
+        if args.json:
+            print(json.dumps({"iso": record}, indent=2, default=str))
+        return 0
+    return _smoke(project, ip, args.modes, args.json, {"iso": record})
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from builder import status
 
-    rows = status.rows(_project(args))
+    rows = status.rows(_project(args), args.profile)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
@@ -147,14 +150,16 @@ def cmd_clean(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for path, size in removed:
         print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
-    print(f"{verb} {len(removed)} item(s), {total / 2**20:.1f} MiB; kept source cache and last good kernels")
+    print(f"{verb} {len(removed)} item(s), {total / 2**20:.1f} MiB; "
+          "kept the caches, the last good kernels and root filesystems")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Build a kernel from a quilt patch series, verify its config, and boot-test it.",
+        description="Build a kernel from a quilt patch series (verifying every requested config option), "
+                    "Debian live ISOs that carry it, and boot-test them in QEMU (BIOS/UEFI x CD/USB).",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
@@ -180,9 +185,20 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the build's metadata (and the boot verdict) as JSON")
     k.set_defaults(func=cmd_kernel)
 
+    d = verb("debian", "build the Debian live ISO (kernel, rootfs, ISO as needed) and boot-test it",
+             "Build what changed of kernel -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
+             "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS "
+             "and UEFI and check the running kernel is the patched one and systemd has no failed units.")
+    d.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    d.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
+    d.add_argument("--no-smoke", action="store_true", help="build the ISO only")
+    d.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
+    d.set_defaults(func=cmd_distro, distro="debian")
+
     t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
-    t.add_argument("target", choices=["kernel"], help="what to test")
+    t.add_argument("target", choices=["kernel", "debian"], help="what to test")
     t.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    t.add_argument("--modes", help="ISO boot modes, comma-separated (default: all four)")
     t.add_argument("--json", action="store_true", help="print the verdict as JSON")
     t.set_defaults(func=cmd_test)
 
@@ -190,6 +206,7 @@ def parser() -> argparse.ArgumentParser:
              "Recompute each stage key from the inputs on disk and compare with what was built. Builds nothing.")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--check", action="store_true", help="exit 4 unless every stage is built and every check passed")
+    s.add_argument("--profile", help="kernel profile the distro rows are computed for (default: kernel.profile)")
     s.set_defaults(func=cmd_status)
 
     d = verb("doctor", "check the host tools the pipeline needs",

@@ -60,12 +60,20 @@ class KernelSettings:
 
 
 @dataclass
+class SmokeSettings:
+    timeout: int = setting(300, help="seconds per boot before it counts as hung", check=at_least(10))
+    memory: int = setting(1536, help="guest memory in MiB (systemd wants about 1.5 GiB)", check=at_least(256))
+    parallel: int = setting(0, help="boots at once; 0 means one per two CPUs", check=at_least(0))
+
+
+@dataclass
 class Settings:
     work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
     logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
     arch: Literal["x86_64"] = setting("x86_64", help="target architecture")
     jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
+    smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
 
 
 @dataclass

@@ -51,6 +51,12 @@ class DigestCache:
         self._dirty = True
         return value
 
+    def remember(self, path: Path, sha256: str) -> None:
+        """Record a digest computed elsewhere (e.g. of the temp file renamed to ``path``)."""
+        st = path.stat()
+        self._load()[str(path.resolve())] = [st.st_size, st.st_mtime_ns, st.st_ino, sha256]
+        self._dirty = True
+
     def save(self) -> None:
         if self._dirty and self._entries is not None:
             atomic.write_json(self.path, self._entries)

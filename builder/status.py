@@ -32,6 +32,40 @@ class Row:
         return asdict(self)
 
 
+def _record_row(row: Row, record: dict[str, Any], key: str, last_inputs: dict[str, Any] | None,
+                inputs: dict[str, Any]) -> Row:
+    """Fill a row that has no artifact for ``key`` from the stage's last record."""
+    status = state.effective_status(record) if record else ""
+    if status == "running":
+        row.state, row.detail = "running", f"pid {record.get('pid')}, log {record.get('log')}"
+    elif record.get("key") == key and status in ("failed", "interrupted", "killed"):
+        row.state = status
+        row.when = str(record.get("finished") or record.get("started", ""))
+        row.detail = (str(record.get("error")) + "; " if record.get("error") else "") + f"log {record.get('log')}"
+    elif last_inputs is not None:
+        row.state = "stale"
+        row.when = str(record.get("finished", ""))
+        row.detail = "; ".join(stagekey.changes(last_inputs, inputs)) or "inputs changed"
+    return row
+
+
+def _check_row(stage: str, name: str, path: Path, key: str, changed: str) -> Row:
+    """A boot-check row: its verdict if it checked this key, else stale or missing."""
+    record = state.load(path)
+    row = Row(stage, name, "missing")
+    if record is None:
+        return row
+    row.key = str(record.get("key", ""))[:12]
+    row.when = str(record.get("finished", ""))
+    row.seconds = record.get("seconds")
+    if record.get("key") != key:
+        row.state, row.detail = "stale", changed
+    else:
+        row.state = str(record.get("status", "?"))
+        row.detail = "; ".join(record.get("reasons", [])) or f"{record.get('accel')}, log {record.get('log')}"
+    return row
+
+
 def kernel_rows(project: Project, profile: str | None = None) -> list[Row]:
     try:
         p = kernel.plan(project, profile)
@@ -40,11 +74,8 @@ def kernel_rows(project: Project, profile: str | None = None) -> list[Row]:
     lay = p.layout
     meta = kernel.built(p)
     rec = state.load(lay.state) or {}
-    status = state.effective_status(rec) if rec else ""
     row = Row("kernel", lay.profile, "missing", key=p.key[:12])
-    if status == "running":
-        row.state, row.detail = "running", f"pid {rec.get('pid')}, log {rec.get('log')}"
-    elif meta is not None:
+    if meta is not None and state.effective_status(rec) != "running":
         image = p.artifact / Path(p.arch.image).name
         row.state = "built"
         row.when = str(meta.get("finished", ""))
@@ -52,42 +83,69 @@ def kernel_rows(project: Project, profile: str | None = None) -> list[Row]:
         row.size = image.stat().st_size if image.exists() else None
         row.sha256 = str(meta.get("artifacts", {}).get(image.name, ""))[:12]
         row.detail = f"{meta.get('kernel_release')} in {p.artifact}"
-    elif rec.get("key") == p.key and status in ("failed", "interrupted", "killed"):
-        row.state = status
-        row.when = str(rec.get("finished") or rec.get("started", ""))
-        row.detail = (str(rec.get("error")) + "; " if rec.get("error") else "") + f"log {rec.get('log')}"
     else:
         last = state.load(lay.artifact(str(rec.get("last_good"))) / "metadata.json") if rec.get("last_good") else None
-        if last is not None:
-            row.state = "stale"
-            row.when = str(last.get("finished", ""))
-            row.detail = "; ".join(stagekey.changes(last.get("inputs", {}), p.inputs)) or "inputs changed"
-    rows = [row]
-    boot = state.load(lay.root / "state" / f"boot-{lay.profile}.json")
-    boot_row = Row("kernel-boot", lay.profile, "missing")
-    if boot is not None:
-        fresh = boot.get("key") == p.key
-        boot_row.state = (boot.get("status", "?") if fresh else "stale")
-        boot_row.key = str(boot.get("key", ""))[:12]
-        boot_row.when = str(boot.get("finished", ""))
-        boot_row.seconds = boot.get("seconds")
-        boot_row.detail = "; ".join(boot.get("reasons", [])) or f"{boot.get('accel')}, log {boot.get('log')}"
-        if not fresh:
-            boot_row.detail = "kernel changed since this boot check"
-    rows.append(boot_row)
+        _record_row(row, rec, p.key, last.get("inputs", {}) if last else None, p.inputs)
+    boot = _check_row("kernel-boot", lay.profile, lay.root / "state" / f"boot-{lay.profile}.json", p.key,
+                      "kernel changed since this boot check")
+    return [row, boot]
+
+
+def distro_rows(project: Project, name: str, profile: str | None) -> list[Row]:
+    from builder import isostage, pipeline, rootfs, smoke
+
+    try:
+        ip = pipeline.iso_plan(project, name, profile)
+    except IsobuildError as exc:
+        return [Row("rootfs", name, "blocked", detail=exc.message)]
+    rp = ip.rootfs
+    rec = state.load(rp.state_path) or {}
+    meta = rootfs.built(rp)
+    row = Row("rootfs", name, "missing", key=rp.key[:12])
+    if meta is not None:
+        row.state, row.when = "built", str(meta.get("finished", ""))
+        row.seconds = round(sum(meta.get("durations", {}).values()), 1)
+        row.size = meta.get("sizes", {}).get("filesystem.squashfs")
+        row.detail = f"{len(meta.get('packages', []))} packages, kernel {meta.get('kernel_release')}"
+    else:
+        last = rootfs.built_key(rp, str(rec.get("last_good"))) if rec.get("last_good") else None
+        _record_row(row, rec, rp.key, last.get("inputs", {}) if last else None, rp.inputs)
+    iso_rec = state.load(ip.state_path) or {}
+    iso_row = Row("iso", name, "missing", key=ip.key[:12])
+    done = isostage.built(ip)
+    if done is not None:
+        iso_row.state, iso_row.when = "built", str(done.get("finished", ""))
+        iso_row.size, iso_row.sha256 = done.get("size"), str(done.get("sha256", ""))[:12]
+        iso_row.seconds = done.get("seconds")
+        iso_row.detail = str(ip.out)
+    elif iso_rec.get("status") == "ok" and iso_rec.get("key") == ip.key:
+        iso_row.state, iso_row.detail = "stale", f"{ip.out} was changed or removed since it was built"
+    else:
+        _record_row(iso_row, iso_rec, ip.key, iso_rec.get("inputs") if iso_rec.get("status") == "ok" else None,
+                    ip.inputs)
+    rows = [row, iso_row]
+    rows += [_check_row("smoke", f"{name}/{mode}", smoke.state_path(ip, mode), ip.key,
+                        "ISO changed since this boot check") for mode in smoke.MODES]
     return rows
 
 
 def kernel_profiles(project: Project) -> list[str]:
     """The configured profile first, then every other profile that has a record."""
     configured = project.settings.kernel.profile
+    # profiles built earlier whose file is gone from the project are not this project's any more
     recorded = sorted(p.stem for p in (project.work_dir / "kernel" / "state").glob("*.json")
-                      if not p.stem.startswith("boot-"))
+                      if not p.stem.startswith("boot-")
+                      and (project.root / "profiles" / "kernel" / f"{p.stem}.yaml").exists())
     return [configured, *(name for name in recorded if name != configured)]
 
 
-def rows(project: Project) -> list[Row]:
-    return [row for name in kernel_profiles(project) for row in kernel_rows(project, name)]
+def rows(project: Project, profile: str | None = None) -> list[Row]:
+    from builder import distros
+
+    out = [row for name in kernel_profiles(project) for row in kernel_rows(project, name)]
+    for name in distros.names(project):
+        out += distro_rows(project, name, profile)
+    return out
 
 
 def _human(size: int | None) -> str:

@@ -2,11 +2,13 @@
 # The tests: install what is needed, lint and type-check, then every tier in
 # one pytest run, fastest first: unit (seconds), orchestration on a fake
 # kernel tree (seconds), real (the real 6.1 source with the `ci` profile and
-# the example series, built and booted in QEMU: ~10 min cold, seconds warm).
+# the example series, built and booted in QEMU; the Debian live ISO built from
+# the host's mirror and booted BIOS-CD and UEFI-USB: ~20 min cold, minutes warm).
+# ISOBUILD_FULL=1 boots the ISO in all four modes.
 # Pass pytest arguments to narrow it, e.g. scripts/test.sh -m "not real".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff check builder tests bench/kernel
+.venv/bin/ruff check builder tests bench/kernel bench/debian
 .venv/bin/mypy
 exec .venv/bin/pytest tests/unit tests/orchestration tests/real "$@"

@@ -11,7 +11,6 @@ Each boot takes 5-15 s under TCG here.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import stat
@@ -19,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from builder import cli, console, initramfs, iso, isoboot
+from builder import console, initramfs, iso, isoboot
 from builder.arch import ARCHES
+from tests.real.conftest import WORK, copy_project, run
 
 pytestmark = pytest.mark.real
 
-REPO = Path(__file__).resolve().parents[2]
-WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "isobuild-tests"))
 CMDLINE = "console=ttyS0,115200 panic=-1 rdinit=/init"
 MARKER_FILE = "/sys/kernel/xsc/version"
 BOOT_LIMIT = 60.0  # seconds per boot under TCG; the hard timeout is twice that
@@ -35,15 +33,11 @@ BOOT_LIMIT = 60.0  # seconds per boot under TCG; the hard timeout is twice that
 def kernel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ci kernel's artifact dir, built through the CLI (a no-op when warm)."""
     tmp = tmp_path_factory.mktemp("real-iso-kernel")
-    project = tmp / "project"
-    project.mkdir()
-    shutil.copy(REPO / "isobuild.yaml", project)
-    shutil.copytree(REPO / "profiles", project / "profiles")
-    shutil.copytree(REPO / "patches", project / "patches")
+    project = copy_project(tmp / "project")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ISOBUILD_WORK_DIR", str(WORK))
         mp.chdir(project)
-        assert cli.main(["-c", str(project / "isobuild.yaml"), "kernel", "--profile", "ci"]) == 0
+        assert run(project, "kernel", "--profile", "ci") == 0
     return (WORK / "kernel" / "current" / "ci").resolve()
 
 

@@ -9,43 +9,20 @@ re-run costs seconds; from cold the module takes about ten minutes here.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from builder import cli, console, initramfs, qemu, runner
+from builder import console, initramfs, qemu, runner
 from builder.arch import ARCHES
 from builder.errors import ExitCode
+from tests.real.conftest import WORK, run
 
 pytestmark = pytest.mark.real
-
-REPO = Path(__file__).resolve().parents[2]
-WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "isobuild-tests"))
-
-
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A copy of the repository's project files; the shared work dir."""
-    root = tmp_path / "project"
-    root.mkdir()
-    shutil.copy(REPO / "isobuild.yaml", root)
-    shutil.copytree(REPO / "profiles", root / "profiles")
-    shutil.copytree(REPO / "patches", root / "patches")
-    monkeypatch.setenv("ISOBUILD_WORK_DIR", str(WORK))
-    monkeypatch.chdir(root)
-    yield root
-    os.chdir(REPO)
-
-
-def run(root: Path, *args: str) -> int:
-    return cli.main(["-c", str(root / "isobuild.yaml"), *args])
-
 
 def current(profile: str = "ci") -> Path:
     return (WORK / "kernel" / "current" / profile).resolve()

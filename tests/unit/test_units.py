@@ -414,6 +414,11 @@ def test_runner_disk_full_is_infra(tmp_path: Path) -> None:
 # --- atomic, progress ------------------------------------------------------------------
 
 
+def test_atomic_writes_are_readable_by_everyone(tmp_path: Path) -> None:
+    atomic.write_text(tmp_path / "f", "x")
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
+
+
 def test_new_dir_failure_keeps_the_old_one(tmp_path: Path) -> None:
     final = tmp_path / "art"
     with atomic.new_dir(final) as d:

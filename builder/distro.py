@@ -1,0 +1,74 @@
+"""Distribution plugins: what every distro implements for a live ISO.
+
+A plugin turns settings (``distros/<name>.yaml``) and the kernel artifact
+into a root filesystem and says how it boots live.  The rootfs, ISO and
+smoke stages are distro-neutral and only talk to this interface, so Debian
+and the EL family are one module each (``builder/distros/``), and AlmaLinux
+and Rocky are data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from builder.config import Project
+
+
+@dataclass(frozen=True)
+class LiveLayout:
+    """Where the live system's pieces go on the ISO and how it boots."""
+
+    kernel: str  # path inside the ISO, e.g. live/vmlinuz
+    initrd: str
+    squashfs: str
+    cmdline: str
+    label: str
+
+
+class Plugin(ABC):
+    family: ClassVar[str]
+
+    def __init__(self, name: str, settings: Any, project: Project):
+        self.name = name
+        self.settings = settings
+        self.project = project
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """Everything about this distro's settings that changes the rootfs (for the stage key)."""
+
+    @abstractmethod
+    def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
+        """Create a minimal root filesystem with the configured packages in ``root``."""
+
+    @abstractmethod
+    def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path) -> None:
+        """Install locally built packages (our kernel, our glibc) together with the distro's
+        package manager, and hold them so the image stays consistent with it."""
+
+    @abstractmethod
+    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
+        """Install the built kernel (its packages in ``kernel_dir``) so the initramfs is made for it."""
+
+    @abstractmethod
+    def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
+        """Hostname, fstab, accounts, locale, timezone, the boot-check unit."""
+
+    @abstractmethod
+    def boot_files(self, root: Path, release: str) -> tuple[Path, Path]:
+        """(kernel image, initramfs) inside ``root`` for ``release``."""
+
+    @abstractmethod
+    def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]:
+        """Every installed package with its version."""
+
+    @abstractmethod
+    def cleanup(self, root: Path, log_path: Path) -> None:
+        """Remove what differs between builds and is not needed live (caches, logs, ids)."""
+
+    @abstractmethod
+    def layout(self) -> LiveLayout:
+        """The live layout and kernel command line."""

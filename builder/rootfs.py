@@ -1,0 +1,181 @@
+"""The rootfs stage: a distro plugin's root filesystem as a live squashfs.
+
+Keyed by the distro's settings, the mirror, the kernel's key and the boot
+check script; the artifact (``<work>/distros/<name>/rootfs/<key>/``) holds
+``filesystem.squashfs``, the kernel and initramfs to boot it, the package
+manifest and ``metadata.json``.  The unpacked root is a temporary directory
+deleted once the squashfs is made, never while anything is mounted in it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder import atomic, log, runner, stagekey, state
+from builder.distro import Plugin
+from builder.errors import InfraError, UserError
+from builder.kernel import Plan as KernelPlan
+
+STAGE_VERSION = 2  # 2: the kernel package is held
+
+
+def smoke_script(marker_file: str) -> str:
+    """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit)."""
+    return f"""#!/bin/sh
+# isobuild boot check, started by isobuild-smoke.service only when QEMU passes
+# -fw_cfg name=opt/isobuild/smoke: it does nothing on real machines.
+say() {{ echo "ISOBUILD-$*" > /dev/ttyS0; }}
+state=$(systemctl is-system-running --wait 2>/dev/null)
+say "UNAME $(uname -r)"
+if [ -r {marker_file} ]; then say "MARKER $(cat {marker_file})"; else say "MARKER-MISSING {marker_file}"; fi
+say "SYSTEM ${{state:-unknown}}"
+failed=""
+for unit in $(systemctl list-units --state=failed --plain --no-legend --no-pager | cut -d' ' -f1); do
+  failed="$failed$unit,"
+done
+say "FAILED ${{failed:-none}}"
+say DONE
+"""
+
+
+@dataclass(frozen=True)
+class DistroLayout:
+    root: Path  # <work>/distros/<name>
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    def rootfs(self, key: str) -> Path:
+        return self.root / "rootfs" / key
+
+
+@dataclass
+class Plan:
+    plugin: Plugin
+    kernel: KernelPlan
+    layout: DistroLayout
+    cache: Path
+    script: str
+    inputs: dict[str, Any]
+    key: str
+
+    @property
+    def artifact(self) -> Path:
+        return self.layout.rootfs(self.key)
+
+    @property
+    def state_path(self) -> Path:
+        return self.layout.state_dir / "rootfs.json"
+
+
+def plan(plugin: Plugin, kernel: KernelPlan) -> Plan:
+    project = plugin.project
+    script = smoke_script(project.settings.kernel.boot.marker_file)
+    inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": plugin.identity(),
+              "kernel": kernel.key, "arch": kernel.arch.name,
+              "smoke_script": stagekey.compute({"script": script})}
+    layout = DistroLayout(project.work_dir / "distros" / plugin.name)
+    cache = project.work_dir / "cache" / plugin.family / str(plugin.identity().get("suite", "default"))
+    return Plan(plugin, kernel, layout, cache, script, inputs, stagekey.compute(inputs))
+
+
+def built(p: Plan) -> dict[str, Any] | None:
+    return built_key(p, p.key)
+
+
+def built_key(p: Plan, key: str) -> dict[str, Any] | None:
+    """The metadata of the rootfs artifact with ``key``, if it exists."""
+    return state.load(p.layout.rootfs(key) / "metadata.json")
+
+
+def _mounted_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if (line.split()[1] + "/").startswith(prefix)]
+
+
+def remove_root(root: Path) -> None:
+    """Delete a build root, refusing while anything is mounted inside it."""
+    if not root.exists():
+        return
+    busy = _mounted_under(root)
+    if busy:
+        raise InfraError(f"{root}: still mounted inside ({', '.join(busy)}); not deleting it",
+                         hint="unmount them (umount -R) and run isobuild clean")
+    shutil.rmtree(root)
+
+
+def squashfs_argv(root: Path, out: Path, compression: str, level: int | None, epoch: int) -> list[str]:
+    argv = ["mksquashfs", str(root), str(out), "-noappend", "-comp", compression, "-no-progress",
+            "-e", "boot", "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+    if level is not None:
+        argv += ["-Xcompression-level", str(level)]
+    return argv
+
+
+def build(p: Plan, log_path: Path) -> dict[str, Any]:
+    kernel_meta = state.load(p.kernel.artifact / "metadata.json")
+    if kernel_meta is None:
+        raise UserError(f"kernel for profile {p.kernel.layout.profile} is missing or stale",
+                        hint="run: isobuild kernel")
+    release = str(kernel_meta["kernel_release"])
+    epoch = int(kernel_meta["make_env"]["SOURCE_DATE_EPOCH"])
+    plugin = p.plugin
+    started = state.now()
+    record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "status": "running",
+                              "pid": os.getpid(), "started": started, "log": str(log_path), "inputs": p.inputs,
+                              "last_good": (state.load(p.state_path) or {}).get("last_good")}
+    state.save(p.state_path, record)
+    durations: dict[str, float] = {}
+    root = p.layout.root / "rootfs" / f".root-{p.key[:16]}"
+    try:
+        remove_root(root)
+        with atomic.new_dir(p.artifact) as out:
+            try:
+                steps: list[tuple[str, Callable[[], None]]] = [
+                    ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
+                    ("kernel", lambda: plugin.install_kernel(root, p.kernel.artifact, release, log_path)),
+                    ("configure", lambda: plugin.configure(root, log_path, p.script)),
+                ]
+                for name, step in steps:
+                    start = time.monotonic()
+                    with log.stage(f"rootfs.{name}", distro=plugin.name):
+                        step()
+                    durations[name] = round(time.monotonic() - start, 3)
+                manifest = plugin.manifest(root, log_path)
+                kernel, initrd = plugin.boot_files(root, release)
+                shutil.copyfile(kernel, out / "vmlinuz")
+                shutil.copyfile(initrd, out / "initrd.img")
+                plugin.cleanup(root, log_path)
+                start = time.monotonic()
+                with log.stage("rootfs.squashfs", distro=plugin.name):
+                    sq = plugin.identity().get("squashfs") or ["zstd", None]
+                    runner.run(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1], epoch),
+                               log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
+                durations["squashfs"] = round(time.monotonic() - start, 3)
+            finally:
+                remove_root(root)
+            metadata = {
+                "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
+                "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,
+                "packages": manifest, "durations": durations, "started": started, "finished": state.now(),
+                "log": str(log_path),
+                "sizes": {f.name: f.stat().st_size for f in out.iterdir()},
+            }
+            atomic.write_json(out / "metadata.json", metadata)
+    except KeyboardInterrupt:
+        state.save(p.state_path, dict(record, status="interrupted", finished=state.now()))
+        raise
+    except Exception as exc:
+        state.save(p.state_path, dict(record, status="failed", finished=state.now(),
+                                      error=getattr(exc, "message", str(exc))))
+        raise
+    state.save(p.state_path, dict(record, status="ok", finished=state.now(), last_good=p.key, durations=durations))
+    return metadata

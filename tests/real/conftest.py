@@ -1,0 +1,38 @@
+"""Shared by the real tier: a copy of the repository's project files and one
+work dir kept between runs, outside the clone ($ISOBUILD_TEST_WORK_DIR,
+default ~/.cache/isobuild-tests), so a warm re-run rebuilds nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from builder import cli
+
+REPO = Path(__file__).resolve().parents[2]
+WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "isobuild-tests"))
+
+
+def copy_project(root: Path) -> Path:
+    root.mkdir(parents=True)
+    shutil.copy(REPO / "isobuild.yaml", root)
+    for sub in ("profiles", "patches", "distros"):
+        shutil.copytree(REPO / sub, root / sub)
+    return root
+
+
+def run(root: Path, *args: str) -> int:
+    return cli.main(["-c", str(root / "isobuild.yaml"), *args])
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    root = copy_project(tmp_path / "project")
+    monkeypatch.setenv("ISOBUILD_WORK_DIR", str(WORK))
+    monkeypatch.chdir(root)
+    yield root
+    os.chdir(REPO)

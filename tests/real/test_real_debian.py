@@ -1,0 +1,150 @@
+"""The real Debian ISO: mmdebstrap from the host's mirror, the ci kernel's .deb
+installed with dpkg, live-boot, the pycdlib hybrid ISO, QEMU boots under
+SeaBIOS and OVMF from CD and USB, and every fault the stage must report.
+
+CI boots BIOS-CD and UEFI-USB; set ISOBUILD_FULL=1 for all four modes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+import yaml
+
+from builder import iso
+from builder.errors import ExitCode
+from tests.real.conftest import WORK, run
+
+MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
+
+pytestmark = pytest.mark.real
+
+
+def edit(path: Path, **changes: object) -> None:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "debian", "--profile", "ci", "--modes", MODES) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    image = project / "iso/debian/isobuild-debian.iso"
+    sha = (project / "iso/debian/isobuild-debian.iso.sha256").read_text().split()
+    assert sha == [hashlib.sha256(image.read_bytes()).hexdigest(), image.name]
+    manifest = json.loads((project / "iso/debian/isobuild-debian.manifest.json").read_text())
+    kernel_meta = json.loads((WORK / "kernel/current/ci/metadata.json").read_text())
+    release = kernel_meta["kernel_release"]
+    assert manifest["kernel_release"] == release
+    packages = {p["package"]: p["version"] for p in manifest["packages"]}
+    assert {f"linux-image-{release}", "live-boot", "systemd-sysv"} <= set(packages)
+    assert [p["name"] for p in manifest["patches"]] == [p["name"] for p in kernel_meta["patches"]]
+    # the kernel was installed with dpkg in the root and is held there
+    squashfs = WORK / "distros/debian/rootfs" / manifest["rootfs_key"] / "filesystem.squashfs"
+    status = subprocess.run(["unsquashfs", "-cat", str(squashfs), "var/lib/dpkg/status"], capture_output=True,
+                            text=True, check=True).stdout
+    stanza = next(s for s in status.split("\n\n") if s.startswith(f"Package: linux-image-{release}\n"))
+    assert "Status: hold ok installed" in stanza
+    info = iso.describe(image)
+    assert info["label"] == "ISOBUILD_DEBIAN" and info["hybrid_mbr"]
+    assert [(e["platform"], e["emulation"]) for e in info["eltorito"]] == [("bios", "noemul"), ("uefi", "noemul")]
+    assert "No problems found" in subprocess.run(["sgdisk", "-v", str(image)], capture_output=True,
+                                                 text=True).stdout
+    for mode in MODES.split(","):
+        assert f"smoke {mode}: pass" in out
+    results = json.loads((project / "logs/smoke-debian.json").read_text())
+    assert [r["markers"] for r in results] == [
+        {"UNAME": release, "MARKER": "1.0.0", "SYSTEM": "running", "FAILED": "none"}] * len(MODES.split(","))
+    assert ET.parse(project / "logs/smoke-debian.xml").getroot().get("failures") == "0"
+
+
+def test_unchanged_inputs_rebuild_nothing_and_the_iso_is_reproducible(project: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    image = project / "iso/debian/isobuild-debian.iso"
+    first = hashlib.sha256(image.read_bytes()).hexdigest()
+    start = time.monotonic()
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    assert time.monotonic() - start < 2.0
+    image.unlink()  # the ISO stage redoes its work from the cached rootfs: the same bytes
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    assert hashlib.sha256(image.read_bytes()).hexdigest() == first
+    capsys.readouterr()
+    assert run(project, "status", "--profile", "ci", "--json") == 0
+    rows = {(r["stage"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows[("rootfs", "debian")]["state"] == "built" and rows[("iso", "debian")]["state"] == "built"
+
+
+def test_test_debian_reruns_only_the_boot_check(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    capsys.readouterr()
+    assert run(project, "test", "debian", "--profile", "ci", "--modes", "bios-usb") == 0, capsys.readouterr().err
+    assert "smoke bios-usb: pass" in capsys.readouterr().out
+
+
+def test_kernel_panic_in_the_guest_fails_the_check(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the same rootfs (cmdline is not part of it), another ISO: no initramfs to run -> no root -> panic
+    edit(project / "distros/debian.yaml", cmdline="console=ttyS0,115200 rdinit=/nonexistent panic=-1")
+    assert run(project, "debian", "--profile", "ci", "--modes", "bios-cd") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "boot check failed in bios-cd: kernel panic: Kernel panic - not syncing" in err
+    assert "console log:" in err
+
+
+def test_boot_timeout_shows_the_console_tail_and_log(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    edit(project / "isobuild.yaml", smoke={"timeout": 10})
+    capsys.readouterr()
+    assert run(project, "test", "debian", "--profile", "ci", "--modes", "bios-cd") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "boot check failed in bios-cd: marker UNAME not reported" in err
+    assert "timed out before the guest finished its checks" in err
+    assert "console log: " in err and "  " in err.split("console log:")[0].splitlines()[-1]
+
+
+def test_a_failed_systemd_unit_fails_the_check(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    overlay = project / "overlay"
+    units = overlay / "etc/systemd/system"
+    (units / "multi-user.target.wants").mkdir(parents=True)
+    (units / "isobuild-broken.service").write_text(
+        "[Unit]\nDescription=a unit that fails\n[Service]\nType=oneshot\nExecStart=/bin/false\n")
+    (units / "multi-user.target.wants/isobuild-broken.service").symlink_to("../isobuild-broken.service")
+    edit(project / "distros/debian.yaml", overlay="overlay")
+    assert run(project, "debian", "--profile", "ci", "--modes", "bios-cd") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "marker FAILED: expected 'none', got 'isobuild-broken.service,'" in err
+    assert "marker SYSTEM: expected 'running', got 'degraded'" in err
+
+
+def test_unknown_package_is_named(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit(project / "distros/debian.yaml", packages=["systemd-sysv", "live-boot", "initramfs-tools", "zstd",
+                                                    "no-such-package-isobuild"])
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "distros/debian.yaml: package 'no-such-package-isobuild' does not exist in bookworm" in err
+
+
+def test_unreachable_mirror_is_an_infrastructure_error_after_retries(project: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    good = project / "iso/debian/isobuild-debian.iso"
+    edit(project / "distros/debian.yaml", mirror="http://127.0.0.1:9/debian")
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == ExitCode.INFRA
+    err = capsys.readouterr().err
+    assert "the Debian mirror http://127.0.0.1:9/debian is unreachable (3 attempts)" in err
+    assert not good.exists()
+    assert not list((WORK / "distros/debian/rootfs").glob(".root-*")), "no half-made root left behind"
+
+
+def test_stale_kernel_means_no_boot_check_of_an_old_iso(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    xsc = project / "patches/kernel/0003-xsc-add-trap-guard.patch"
+    xsc.write_text(xsc.read_text().replace("Say Y.", "Say Y!"))
+    assert run(project, "test", "debian", "--profile", "ci") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "the debian ISO is missing or stale" in err and "run: isobuild debian" in err
