@@ -74,14 +74,20 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
         kernelboot.raise_for(verdict)
         return 0
+    modes = _modes(args.modes)
     ip = pipeline.iso_plan(project, args.target, args.profile)
-    return _smoke(project, ip, args.modes, args.json, {})
+    return _smoke(project, ip, modes, args.json, {})
 
 
-def _smoke(project: Project, ip: isostage.Plan, modes: str | None, as_json: bool, built: dict[str, object]) -> int:
+def _modes(text: str | None) -> list[str]:
     from builder import smoke
 
-    chosen = smoke.parse_modes(modes) if modes else list(smoke.MODES)
+    return smoke.parse_modes(text) if text else list(smoke.MODES)
+
+
+def _smoke(project: Project, ip: isostage.Plan, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
+    from builder import smoke
+
     distro = ip.rootfs.plugin.name
     with lock.held(project.work_dir):
         verdicts = smoke.run(ip, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{distro}-{mode}"))
@@ -95,6 +101,7 @@ def _smoke(project: Project, ip: isostage.Plan, modes: str | None, as_json: bool
 
 def cmd_distro(args: argparse.Namespace) -> int:
     project = _project(args)
+    modes = _modes(args.modes)  # a typo must not wait for the build
     ip, record = pipeline.ensure_iso(project, args.distro, args.profile)
     if not args.json:
         print(f"{args.distro} ISO: {ip.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
@@ -103,7 +110,7 @@ def cmd_distro(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"iso": record}, indent=2, default=str))
         return 0
-    return _smoke(project, ip, args.modes, args.json, {"iso": record})
+    return _smoke(project, ip, modes, args.json, {"iso": record})
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -71,6 +71,13 @@ def test_boot_check_of_a_missing_kernel_says_what_to_do(fake_project: FakeProjec
     assert "kernel for profile ci is stale" in first_error_line(capsys.readouterr().err)
 
 
+def test_bad_boot_modes_are_refused_before_any_build(fake_project: FakeProject,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert fake_project.run("debian", "--modes", "bios-floppy") == ExitCode.USER
+    assert "boot mode(s) bios-floppy unknown" in first_error_line(capsys.readouterr().err)
+    assert not (fake_project.work / "kernel").exists(), "nothing was built"
+
+
 def test_second_run_is_a_fast_noop(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("kernel") == 0
     capsys.readouterr()
