@@ -134,10 +134,10 @@ def test_unknown_package_is_named(project: Path, capsys: pytest.CaptureFixture[s
 def test_unreachable_mirror_is_an_infrastructure_error_after_retries(project: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     good = project / "iso/debian/isobuild-debian.iso"
-    edit(project / "distros/debian.yaml", mirror="http://127.0.0.1:9/debian")
+    edit(project / "distros/debian.yaml", mirror="http://127.0.0.1:9/archive")
     assert run(project, "debian", "--profile", "ci", "--no-smoke") == ExitCode.INFRA
     err = capsys.readouterr().err
-    assert "the Debian mirror http://127.0.0.1:9/debian is unreachable (3 attempts)" in err
+    assert "the Debian mirror http://127.0.0.1:9/archive is unreachable (3 attempts)" in err
     assert not good.exists()
     assert not list((WORK / "distros/debian/rootfs").glob(".root-*")), "no half-made root left behind"
 

@@ -10,8 +10,8 @@ from builder import aptsources
 from builder.errors import UserError
 
 # Placeholders only: the repository never names a real archive host.
-MIRROR = "http://mirror.invalid/debian"
-SECURITY = "http://mirror.invalid/debian-security"
+MIRROR = "http://mirror.invalid/archive"
+SECURITY = "http://mirror.invalid/archive-security"
 
 
 def apt_dir(tmp_path: Path, sources: str | None = None, one_line: str | None = None) -> Path:

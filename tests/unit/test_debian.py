@@ -17,7 +17,7 @@ from builder.distros.debian import DebianPlugin, DebianSettings, tree_digest
 from builder.errors import CheckFailed, InfraError, UserError
 
 REPO = Path(__file__).resolve().parents[2]
-MIRROR = "http://mirror.invalid/debian"
+MIRROR = "http://mirror.invalid/archive"
 
 
 def project(tmp_path: Path, distro_yaml: str | None = None) -> Project:
