@@ -225,8 +225,9 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_doctor)
 
     c = verb("clean", "remove build trees and superseded artifacts",
-             "Remove build trees and artifacts no profile's 'current' points at. Keeps the source cache and "
-             "the last good kernel of each profile.")
+             "Remove kernel build trees, kernel artifacts no profile's 'current' points at, superseded root "
+             "filesystems and ISO scratch dirs. Keeps the source and package caches, the last good kernel of each "
+             "profile, each distro's last good root filesystem, and everything in iso/.")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.set_defaults(func=cmd_clean)
     return top
