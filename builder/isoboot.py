@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from builder import console, log, qemu, runner
+from builder import console, log, qemu
 from builder.arch import Arch
 from builder.errors import InfraError, UserError
 
@@ -104,8 +103,6 @@ def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: co
     if not iso.is_file():
         raise UserError(f"ISO {iso} not found")
     accel = qemu.accelerator(arch)
-    watch = console.Watch(expect)
-    start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="isobuild-boot-") as scratch:
         vars_copy = None
         if firmware == "uefi":
@@ -113,13 +110,6 @@ def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: co
             shutil.copyfile(ovmf().vars, vars_copy)
         argv = iso_argv(arch, accel, iso, firmware, media, memory, vars_copy, fw_cfg)
         with log.stage("iso.boot", iso=str(iso), firmware=firmware, media=media, accel=accel, log=str(log_path)):
-            result = runner.run(argv, log_path=log_path, timeout=timeout, check=False, on_line=watch.feed)
-    verdict = watch.verdict(result.timed_out, None if result.stopped else result.returncode)
-    if not watch.markers and not watch.panic and not result.stopped and not result.timed_out \
-            and result.returncode != 0:
-        verdict.status = "error"
-        verdict.reasons = [f"QEMU failed to start (exit {result.returncode}); see {log_path}"]
-    verdict.seconds = time.monotonic() - start
-    verdict.log = str(log_path)
+            verdict = qemu.watch(argv, expect, log_path, timeout)
     verdict.extra = {"accel": accel, "firmware": firmware, "media": media, "iso": str(iso)}
     return verdict

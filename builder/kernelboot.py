@@ -10,11 +10,10 @@ host once the verdict is known; a hard timeout always applies.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
-from builder import atomic, console, initramfs, log, qemu, runner, state
+from builder import atomic, console, initramfs, log, qemu, state
 from builder.errors import CheckFailed, InfraError, UserError
 from builder.kernel import Plan
 
@@ -33,17 +32,8 @@ def boot(p: Plan, log_path: Path) -> console.Verdict:
     append = f"console={p.arch.console},115200 panic=-1 rdinit=/init"
     argv = qemu.kernel_argv(p.arch, image, initrd, append, settings.memory, accel)
     expect = console.Expect({"UNAME": re.escape(meta["kernel_release"]), "MARKER": settings.marker_pattern})
-    watch = console.Watch(expect)
-    start = time.monotonic()
     with log.stage("kernel.boot", accel=accel, log=str(log_path)):
-        result = runner.run(argv, log_path=log_path, timeout=settings.timeout, check=False, on_line=watch.feed)
-        verdict = watch.verdict(result.timed_out, None if result.stopped else result.returncode)
-        if not watch.markers and not watch.panic and not result.stopped and not result.timed_out \
-                and result.returncode not in (0,):
-            verdict.status = "error"
-            verdict.reasons = [f"QEMU failed to start (exit {result.returncode})"]
-    verdict.seconds = time.monotonic() - start
-    verdict.log = str(log_path)
+        verdict = qemu.watch(argv, expect, log_path, settings.timeout)
     verdict.extra = {"accel": accel, "kernel_release": meta["kernel_release"], "key": p.key}
     record: dict[str, Any] = {"stage": "kernel-boot", "profile": p.layout.profile, "key": p.key,
                               "finished": state.now(), **verdict.as_dict()}

@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import time
 from pathlib import Path
 
-from builder import log, runner
+from builder import console, log, runner
 from builder.arch import Arch
 from builder.errors import UserError
 
@@ -63,3 +64,23 @@ def kernel_argv(arch: Arch, kernel: Path, initrd: Path, append: str, memory: int
             "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
             "-serial", "stdio", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", append]
+
+
+def watch(argv: list[str], expect: console.Expect, log_path: Path, timeout: float) -> console.Verdict:
+    """Run a guest, read its serial console (our stdout) and return the verdict.
+
+    QEMU is ended as soon as the verdict is known; ``timeout`` is a hard limit.
+    A QEMU that exits non-zero before the guest said anything is an
+    infrastructure ``error``, not a guest failure.
+    """
+    watcher = console.Watch(expect)
+    start = time.monotonic()
+    result = runner.run(argv, log_path=log_path, timeout=timeout, check=False, on_line=watcher.feed)
+    verdict = watcher.verdict(result.timed_out, None if result.stopped else result.returncode)
+    if not watcher.markers and not watcher.panic and not result.stopped and not result.timed_out \
+            and result.returncode != 0:
+        verdict.status = "error"
+        verdict.reasons = [f"QEMU failed to start (exit {result.returncode}); see {log_path}"]
+    verdict.seconds = time.monotonic() - start
+    verdict.log = str(log_path)
+    return verdict

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import console, initramfs, qemu, runner
+from builder import console, initramfs, qemu
 from builder.arch import ARCHES
 from builder.errors import ExitCode
 from tests.real.conftest import WORK, run
@@ -133,9 +133,7 @@ def boot_with_init(tmp_path: Path, init: str, expect: dict[str, str],
     arch = ARCHES["x86_64"]
     argv = qemu.kernel_argv(arch, current() / "bzImage", tmp_path / "i.cpio",
                             "console=ttyS0 panic=-1 rdinit=/init", 256, qemu.accelerator(arch))
-    watch = console.Watch(console.Expect(expect))
-    result = runner.run(argv, log_path=tmp_path / "console.log", timeout=120, check=False, on_line=watch.feed)
-    return watch.verdict(result.timed_out, None if result.stopped else result.returncode)
+    return qemu.watch(argv, console.Expect(expect), tmp_path / "console.log", 120)
 
 
 def test_guest_panic_is_a_failure(project: Path, tmp_path: Path) -> None:
