@@ -78,11 +78,12 @@ class Plan:
 def plan(plugin: Plugin, kernel: KernelPlan) -> Plan:
     project = plugin.project
     script = smoke_script(project.settings.kernel.boot.marker_file)
-    inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": plugin.identity(),
+    identity = plugin.identity()  # reads the apt config and hashes the overlay: once per plan
+    inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
               "kernel": kernel.key, "arch": kernel.arch.name,
               "smoke_script": stagekey.compute({"script": script})}
     layout = DistroLayout(project.work_dir / "distros" / plugin.name)
-    cache = project.work_dir / "cache" / plugin.family / str(plugin.identity().get("suite", "default"))
+    cache = project.work_dir / "cache" / plugin.family / str(identity.get("suite", "default"))
     return Plan(plugin, kernel, layout, cache, script, inputs, stagekey.compute(inputs))
 
 
@@ -156,7 +157,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 plugin.cleanup(root, log_path)
                 start = time.monotonic()
                 with log.stage("rootfs.squashfs", distro=plugin.name):
-                    sq = plugin.identity().get("squashfs") or ["zstd", None]
+                    sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
                     runner.run(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1], epoch),
                                log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
                 durations["squashfs"] = round(time.monotonic() - start, 3)
