@@ -74,54 +74,46 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                         hint=f"run: isobuild {p.rootfs.plugin.name}")
     kernel_meta = state.load(p.rootfs.kernel.artifact / "metadata.json") or {}
     work = p.rootfs.layout.root / "iso-work"
-    record: dict[str, Any] = {"stage": "iso", "distro": p.rootfs.plugin.name, "key": p.key, "status": "running",
-                              "pid": os.getpid(), "started": state.now(), "log": str(log_path), "inputs": p.inputs}
-    state.save(p.state_path, record)
+    record: dict[str, Any] = {"stage": "iso", "distro": p.rootfs.plugin.name, "key": p.key, "log": str(log_path),
+                              "inputs": p.inputs}
     staged: list[tuple[Path, Path]] = []
     start = time.monotonic()
-    try:
-        shutil.rmtree(work, ignore_errors=True)
-        tree = work / "tree"
-        for src, rel in (("vmlinuz", p.layout.kernel), ("initrd.img", p.layout.initrd),
-                         ("filesystem.squashfs", p.layout.squashfs)):
-            target = tree / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(p.rootfs.artifact / src, target)  # same filesystem: no 100 MB copy
-        spec = iso.BootSpec(p.layout.label, p.layout.kernel, p.layout.initrd, p.layout.cmdline,
-                            f"isobuild {p.rootfs.plugin.name} live ({meta['kernel_release']})")
-        iso_tmp = p.out.with_name(f".{p.out.name}.staged")
-        iso.master(tree, iso_tmp, spec, work, log_path, int(meta["epoch"]))
-        staged.append((iso_tmp, p.out))
-        sha = DigestCache(p.rootfs.plugin.project.work_dir / "digests.json")
-        digest = sha.sha256(iso_tmp)
-        manifest = {
-            "distro": p.rootfs.plugin.name, "iso": p.out.name, "sha256": digest, "size": iso_tmp.stat().st_size,
-            "label": p.layout.label, "cmdline": p.layout.cmdline, "kernel_release": meta["kernel_release"],
-            "kernel_key": meta["kernel_key"], "rootfs_key": p.rootfs.key, "iso_key": p.key,
-            "patches": kernel_meta.get("patches", []), "packages": meta["packages"],
-        }
-        for final, text in ((p.sha_path, f"{digest}  {p.out.name}\n"),
-                            (p.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")):
-            tmp = final.with_name(f".{final.name}.staged")
-            atomic.write_text(tmp, text)
-            staged.append((tmp, final))
-        for tmp, final in staged:  # the ISO first: a reader never sees a new sum for an old ISO for long
-            os.replace(tmp, final)
-        staged.clear()
-        shutil.rmtree(work, ignore_errors=True)
-        sha.remember(p.out, digest)  # os.replace kept inode and mtime: no need to read 100 MB again
-        sha.save()
-    except KeyboardInterrupt:
-        state.save(p.state_path, dict(record, status="interrupted", finished=state.now()))
-        raise
-    except Exception as exc:
-        state.save(p.state_path, dict(record, status="failed", finished=state.now(),
-                                      error=getattr(exc, "message", str(exc))))
-        raise
-    finally:
-        for tmp, _ in staged:
-            tmp.unlink(missing_ok=True)
-    done = dict(record, status="ok", finished=state.now(), sha256=digest, size=manifest["size"],
-                iso=str(p.out), kernel_release=meta["kernel_release"], seconds=round(time.monotonic() - start, 3))
-    state.save(p.state_path, done)
-    return done
+    with state.recorded(p.state_path, record) as done:
+        try:
+            shutil.rmtree(work, ignore_errors=True)
+            tree = work / "tree"
+            for src, rel in (("vmlinuz", p.layout.kernel), ("initrd.img", p.layout.initrd),
+                             ("filesystem.squashfs", p.layout.squashfs)):
+                target = tree / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.link(p.rootfs.artifact / src, target)  # same filesystem: no 100 MB copy
+            spec = iso.BootSpec(p.layout.label, p.layout.kernel, p.layout.initrd, p.layout.cmdline,
+                                f"isobuild {p.rootfs.plugin.name} live ({meta['kernel_release']})")
+            iso_tmp = p.out.with_name(f".{p.out.name}.staged")
+            iso.master(tree, iso_tmp, spec, work, log_path, int(meta["epoch"]))
+            staged.append((iso_tmp, p.out))
+            sha = DigestCache(p.rootfs.plugin.project.work_dir / "digests.json")
+            digest = sha.sha256(iso_tmp)
+            manifest = {
+                "distro": p.rootfs.plugin.name, "iso": p.out.name, "sha256": digest, "size": iso_tmp.stat().st_size,
+                "label": p.layout.label, "cmdline": p.layout.cmdline, "kernel_release": meta["kernel_release"],
+                "kernel_key": meta["kernel_key"], "rootfs_key": p.rootfs.key, "iso_key": p.key,
+                "patches": kernel_meta.get("patches", []), "packages": meta["packages"],
+            }
+            for final, text in ((p.sha_path, f"{digest}  {p.out.name}\n"),
+                                (p.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")):
+                tmp = final.with_name(f".{final.name}.staged")
+                atomic.write_text(tmp, text)
+                staged.append((tmp, final))
+            for tmp, final in staged:  # the ISO first: a reader never sees a new sum for an old ISO for long
+                os.replace(tmp, final)
+            staged.clear()
+            shutil.rmtree(work, ignore_errors=True)
+            sha.remember(p.out, digest)  # os.replace kept inode and mtime: no need to read 100 MB again
+            sha.save()
+        finally:
+            for tmp, _ in staged:
+                tmp.unlink(missing_ok=True)
+        done.update(sha256=digest, size=manifest["size"], iso=str(p.out), kernel_release=meta["kernel_release"],
+                    seconds=round(time.monotonic() - start, 3))
+    return state.load(p.state_path) or dict(record, **done, status="ok")

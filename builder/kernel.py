@@ -295,12 +295,11 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     started = state.now()
     previous = state.load(lay.state) or {}
     record: dict[str, Any] = {
-        "stage": "kernel", "profile": lay.profile, "key": p.key, "status": "running", "pid": os.getpid(),
-        "started": started, "log": str(log_path), "inputs": p.inputs,
-        "last_good": previous.get("last_good"), "steps_last_build": previous.get("steps_last_build"),
+        "stage": "kernel", "profile": lay.profile, "key": p.key, "started": started, "log": str(log_path),
+        "inputs": p.inputs, "last_good": previous.get("last_good"),
+        "steps_last_build": previous.get("steps_last_build"),
     }
-    state.save(lay.state, record)
-    try:
+    with state.recorded(lay.state, record) as done:
         with phases.phase("patch"):
             notes = prepare_tree(p, log_path)
         epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
@@ -330,15 +329,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             metadata["durations"] = dict(phases.seconds, collect=round(time.monotonic() - collect_start, 3))
             atomic.write_json(out / "metadata.json", metadata)
         atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
-    except KeyboardInterrupt:
-        state.save(lay.state, dict(record, status="interrupted", finished=state.now()))
-        raise
-    except Exception as exc:
-        state.save(lay.state, dict(record, status="failed", finished=state.now(),
-                                   error=getattr(exc, "message", str(exc)), hint=getattr(exc, "hint", None)))
-        raise
-    state.save(lay.state, dict(record, status="ok", finished=state.now(), last_good=p.key,
-                               steps_last_build=steps, durations=phases.seconds))
+        done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
     return metadata
 
 

@@ -9,7 +9,6 @@ deleted once the squashfs is made, never while anything is mounted in it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -130,13 +129,12 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     epoch = int(kernel_meta["make_env"]["SOURCE_DATE_EPOCH"])
     plugin = p.plugin
     started = state.now()
-    record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "status": "running",
-                              "pid": os.getpid(), "started": started, "log": str(log_path), "inputs": p.inputs,
+    record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "started": started,
+                              "log": str(log_path), "inputs": p.inputs,
                               "last_good": (state.load(p.state_path) or {}).get("last_good")}
-    state.save(p.state_path, record)
     durations: dict[str, float] = {}
     root = p.layout.root / "rootfs" / f".root-{p.key[:16]}"
-    try:
+    with state.recorded(p.state_path, record) as done:
         remove_root(root)
         with atomic.new_dir(p.artifact) as out:
             try:
@@ -171,12 +169,5 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 "sizes": {f.name: f.stat().st_size for f in out.iterdir()},
             }
             atomic.write_json(out / "metadata.json", metadata)
-    except KeyboardInterrupt:
-        state.save(p.state_path, dict(record, status="interrupted", finished=state.now()))
-        raise
-    except Exception as exc:
-        state.save(p.state_path, dict(record, status="failed", finished=state.now(),
-                                      error=getattr(exc, "message", str(exc))))
-        raise
-    state.save(p.state_path, dict(record, status="ok", finished=state.now(), last_good=p.key, durations=durations))
+        done.update(last_good=p.key, durations=durations)
     return metadata

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,26 @@ def effective_status(record: dict[str, Any]) -> str:
     if status == "running" and not pid_alive(record.get("pid")):
         return "killed"
     return status
+
+
+@contextmanager
+def recorded(path: Path, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Keep a stage's record while it runs.
+
+    Written at once as ``running`` with this pid (a killed run then explains
+    itself), rewritten as ``ok`` with the fields the stage put in the yielded
+    dict, or as ``failed`` (with the error and its hint) or ``interrupted``.
+    """
+    running = dict(record, status="running", pid=os.getpid(), started=record.get("started") or now())
+    save(path, running)
+    done: dict[str, Any] = {}
+    try:
+        yield done
+    except KeyboardInterrupt:
+        save(path, dict(running, status="interrupted", finished=now()))
+        raise
+    except Exception as exc:
+        save(path, dict(running, status="failed", finished=now(), error=getattr(exc, "message", str(exc)),
+                        hint=getattr(exc, "hint", None)))
+        raise
+    save(path, dict(running, **done, status="ok", finished=now()))
