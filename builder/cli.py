@@ -113,6 +113,73 @@ def cmd_distro(args: argparse.Namespace) -> int:
     return _smoke(project, ip, modes, args.json, {"iso": record})
 
 
+def cmd_glibc(args: argparse.Namespace) -> int:
+    project = _project(args)
+    tests = [t.strip() for t in (args.tests or "").split(",") if t.strip()]
+    p, meta, fresh = pipeline.ensure_glibc(project, force=args.force, tests=tests)
+    if args.json:
+        print(json.dumps({"glibc": meta}, indent=2, default=str))
+    else:
+        verb = "built" if fresh else "is up to date"
+        names = ", ".join(str(x["package"]) for x in meta.get("packages", []))
+        print(f"glibc {meta.get('version')} {verb}: {p.artifact}/debs ({names})")
+        for test, result in meta.get("tests", {}).items():
+            print(f"  test {test}: {result}")
+    return 0
+
+
+def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> list[pipeline.Stage]:
+    """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks."""
+    from builder import distros, smoke
+
+    modes = _modes(args.modes)  # a typo must not wait for the builds
+    plugins = {name: distros.load(project, name) for name in distros_}  # bad distro files fail first
+    stages = [pipeline.Stage("kernel", [], lambda: pipeline.ensure_kernel(project, args.profile)[1]
+                             .get("kernel_release", ""))]
+    glibc_for = [n for n, plugin in plugins.items() if pipeline.wants_glibc(project, plugin)]
+    if glibc_for:
+        stages.append(pipeline.Stage("glibc", [], lambda: pipeline.ensure_glibc(project)[1].get("version", "")))
+    for name in distros_:
+        deps = ["kernel", *(["glibc"] if name in glibc_for else [])]
+
+        def iso(name: str = name) -> str:
+            ip, record = pipeline.ensure_iso(project, name, args.profile)
+            return f"{ip.out} ({int(record.get('size', 0)) // 2**20} MiB)"
+
+        def check(name: str = name) -> str:
+            ip = pipeline.iso_plan(project, name, args.profile)
+            with lock.held(project.work_dir):
+                verdicts = smoke.run(ip, modes, lambda m: pipeline.stage_log(project, f"smoke-{name}-{m}"))
+            smoke.raise_for(verdicts)
+            return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
+
+        stages.append(pipeline.Stage(f"{name}-iso", deps, iso))
+        if not args.no_smoke:
+            stages.append(pipeline.Stage(f"{name}-smoke", [f"{name}-iso"], check))
+    return stages
+
+
+def _run_stages(project: Project, distros_: list[str], args: argparse.Namespace) -> int:
+    outcomes = pipeline.run_stages(_stages(project, distros_, args), keep_going=args.keep_going)
+    if args.json:
+        print(json.dumps([o.as_dict() for o in outcomes], indent=2))
+    else:
+        for o in outcomes:
+            print(f"{o.name:<16} {o.status:<8} {o.seconds:7.1f} s  {o.detail}")
+    return next((o.exit_code for o in outcomes if o.exit_code), 0)
+
+
+def cmd_all(args: argparse.Namespace) -> int:
+    return _run_stages(_project(args), ["debian"], args)
+
+
+def cmd_isos(args: argparse.Namespace) -> int:
+    from builder import distros
+
+    project = _project(args)
+    return _run_stages(project, distros.enabled(project), args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from builder import status
 
@@ -126,25 +193,55 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _glibc_build_deps(args: argparse.Namespace) -> list[str] | None:
+    """Unmet build dependencies of the configured glibc packaging (None: not installed yet)."""
+    from builder import glibc
+
+    try:
+        gs = _project(args).settings.glibc
+    except IsobuildError:
+        from builder.config import GlibcSettings
+
+        gs = GlibcSettings()
+    if not gs.enabled:
+        return []
+    return doctor.glibc_build_deps(glibc.DEBIAN_GLIBC / "debian" / "control", gs.profiles)
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    from builder import glibc
+
     missing = doctor.missing()
+    log_file = Path(args.log or "/tmp/isobuild-doctor-install.log")
     if args.install and missing:
-        doctor.install(missing, Path(args.log or "/tmp/isobuild-doctor-install.log"))
+        doctor.install(missing, log_file)
         missing = doctor.missing()
+    deps = _glibc_build_deps(args)
+    if args.install and deps:
+        glibc.install_build_deps(glibc.DEBIAN_GLIBC, _project(args).settings.glibc.profiles, log_file)
+        deps = _glibc_build_deps(args)
     rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()}
             for t in doctor.TOOLS]
     if args.json:
-        print(json.dumps({"tools": rows, "install": doctor.apt_line(missing)}, indent=2))
+        print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps}, indent=2))
     else:
         width = max(len(r["tool"]) for r in rows)  # type: ignore[arg-type]
         for r in rows:
             mark = "ok     " if r["present"] else "MISSING"
             print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(18)} {r['used_by']}")
+        if deps is None:
+            print("\nglibc build dependencies: not checked (glibc-source or dpkg-dev is not installed)")
+        elif deps:
+            print(f"\nglibc build dependencies missing: {' '.join(deps)}\n"
+                  f"  install them: apt-get build-dep --arch-only {glibc.DEBIAN_GLIBC}/  "
+                  "(or isobuild doctor --install)")
+        else:
+            print("\nglibc build dependencies: all present")
         if missing:
             print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
         else:
             print("\nall host tools are present")
-    return ExitCode.INFRA if missing else 0
+    return ExitCode.INFRA if missing or deps else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -201,6 +298,35 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--no-smoke", action="store_true", help="build the ISO only")
     d.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
     d.set_defaults(func=cmd_distro, distro="debian")
+
+    g = verb("glibc", "build the patched glibc packages (if their inputs changed)",
+             "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
+             "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "
+             "give it the version <distro's>+isobuild1, install missing build dependencies, and build the "
+             "distribution's own packages (libc6, libc-bin, libc6-dev, ...) with dpkg-buildpackage. "
+             "isobuild debian installs them in the ISO and its boot check proves the patched glibc runs.")
+    g.add_argument("--force", action="store_true", help="rebuild even if packages with this key exist")
+    g.add_argument("--tests", metavar="T1,T2", help="then run these glibc tests (with glibc.tests) in the kept "
+                   "build tree, e.g. string/test-strlen,elf/tst-auxv; exit 4 if one fails")
+    g.add_argument("--json", action="store_true", help="print the build's metadata as JSON")
+    g.set_defaults(func=cmd_glibc)
+
+    for name, func, help_, desc in (
+            ("all", cmd_all, "kernel + glibc + the Debian ISO + its boot checks",
+             "The product's default job: build what changed of the kernel, the glibc packages and the Debian "
+             "live ISO, then boot-test the ISO in every mode. Stages run in dependency order, each only if its "
+             "key changed."),
+            ("isos", cmd_isos, "kernel + glibc + every enabled distro's ISO + boot checks",
+             "Like 'all' for every distro in distros/*.yaml that is enabled.")):
+        a = verb(name, help_, desc)
+        a.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+        a.add_argument("--modes", help="boot modes, comma-separated (default: all four)")
+        a.add_argument("--no-smoke", action="store_true", help="build only, no boot checks")
+        a.add_argument("--keep-going", action="store_true",
+                       help="after a failure, still run the stages that do not depend on the failed one; "
+                            "exit with the first failure's code")
+        a.add_argument("--json", action="store_true", help="print each stage's outcome as JSON")
+        a.set_defaults(func=func)
 
     t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
     t.add_argument("target", choices=["kernel", "debian"], help="what to test")

@@ -37,6 +37,40 @@ class SourceSettings:
 
 
 @dataclass
+class GlibcSourceSettings(SourceSettings):
+    package: str = setting("glibc-source", help="debian: the package that ships /usr/src/glibc/ (the upstream "
+                           "tarball with Debian's series applied, and debian/)",
+                           check=matches(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"))
+    debian_dir: str | None = setting(None, help="tarball/git: the Debian packaging (a debian/ directory) to build "
+                                     "with; default: the glibc-source package's /usr/src/glibc/debian")
+
+
+@dataclass
+class GlibcSettings:
+    enabled: bool = setting(True, help="build the patched glibc and install it in the Debian ISO "
+                            "(false: the ISO keeps the distribution's glibc)")
+    source: GlibcSourceSettings = setting(factory=GlibcSourceSettings, help="where the glibc source comes from")
+    patches: str = setting("patches/glibc", help="directory with the quilt 'series' applied after Debian's own")
+    packaging_patches: str | None = setting(
+        "patches/glibc-debian", help="directory with a 'series' of patches to Debian's packaging (paths start "
+        "with debian/), applied before the build; the default one defines the pkg.glibc.nolocalesall profile")
+    suffix: str = setting("+isobuild1", help="appended to the distribution's version (must sort higher: '+...')",
+                          check=matches(r"[+~][A-Za-z0-9.+~]{1,32}", "'+' or '~' then up to 32 of A-Z a-z 0-9 . + ~"))
+    profiles: list[str] = setting(factory=lambda: ["nobiarch", "noudeb", "pkg.glibc.nolocalesall"],
+                                  help="DEB_BUILD_PROFILES: skip the 32-bit/x32 libraries, the installer udeb and "
+                                  "locales-all (two thirds of the build; no live ISO installs it)")
+    options: list[str] = setting(factory=lambda: ["nocheck", "noautodbgsym"],
+                                 help="DEB_BUILD_OPTIONS besides parallel=N: skip the test suite and debug packages")
+    install_build_deps: bool = setting(True, help="apt-get build-dep what dpkg-checkbuilddeps finds missing "
+                                       "(false: fail naming it)")
+    tests: list[str] = setting(factory=list, help="glibc tests to run after the build, e.g. string/test-strlen "
+                               "(isobuild glibc --tests adds more)")
+    marker: str = setting("XSC extensions:", help="text the patched libc.so.6 prints when run as a program; "
+                          "the boot check looks for it in the booted system",
+                          check=matches(r"[^'\\\n]{1,80}", "1 to 80 characters without quotes or backslashes"))
+
+
+@dataclass
 class BootSettings:
     marker_file: str = setting("/sys/kernel/xsc/version",
                                help="file the booted patched kernel exposes; its content is the marker",
@@ -73,6 +107,7 @@ class Settings:
     arch: Literal["x86_64"] = setting("x86_64", help="target architecture")
     jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
+    glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
     smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
 
 

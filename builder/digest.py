@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 from builder import atomic
@@ -19,6 +20,20 @@ def sha256_file(path: Path) -> str:
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_tree(path: Path) -> str:
+    """sha256 over a directory's relative paths, modes, link targets and file bytes."""
+    h = hashlib.sha256()
+    for item in sorted(path.rglob("*")):
+        rel = item.relative_to(path).as_posix()
+        st = item.lstat()
+        h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+        if item.is_symlink():
+            h.update(os.readlink(item).encode())
+        elif item.is_file():
+            h.update(item.read_bytes())
     return h.hexdigest()
 
 
@@ -48,6 +63,23 @@ class DigestCache:
             return str(hit[3])
         value = sha256_file(path)
         entries[key] = [*stamp, value]
+        self._dirty = True
+        return value
+
+    def tree(self, path: Path) -> str:
+        """``sha256_tree(path)``, recomputed only when a stat walk (names, sizes, mtimes,
+        inodes) differs from the one remembered: status stays fast over a 1,500-file dir."""
+        h = hashlib.sha256()
+        for item in sorted(path.rglob("*")):
+            st = item.lstat()
+            h.update(f"{item}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}\0{st.st_mode}\n".encode())
+        key, stamp = f"tree:{path.resolve()}", h.hexdigest()
+        entries = self._load()
+        hit = entries.get(key)
+        if hit is not None and hit[0] == stamp:
+            return str(hit[1])
+        value = sha256_tree(path)
+        entries[key] = [stamp, value]
         self._dirty = True
         return value
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from builder.config import Project
+from builder.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class LiveLayout:
 
 class Plugin(ABC):
     family: ClassVar[str]
+    # the package format of the glibc stage's output this plugin installs; None: the
+    # distribution's own glibc stays (the glibc stage is not run for it)
+    glibc_format: ClassVar[str | None] = None
 
     def __init__(self, name: str, settings: Any, project: Project):
         self.name = name
@@ -48,6 +52,12 @@ class Plugin(ABC):
     def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path) -> None:
         """Install locally built packages (our kernel, our glibc) together with the distro's
         package manager, and hold them so the image stays consistent with it."""
+
+    def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
+        """Replace the root's glibc packages with the glibc stage's (``glibc_dir``, described by
+        ``meta``) -- never a downgrade.  Only called when ``glibc_format`` is set."""
+        raise UserError(f"the {self.family} plugin has no glibc_format, so it cannot install the glibc stage's "
+                        "packages", hint="a bug in isobuild: rootfs.plan must not give it a glibc plan")
 
     @abstractmethod
     def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:

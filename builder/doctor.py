@@ -47,6 +47,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("fakeroot", "fakeroot", "kernel (bindeb-pkg)"),
     Tool("rsync", "rsync", "kernel (headers)"),
     Tool("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1", "kernel (default source)"),
+    Tool("/usr/src/glibc/debian/control", "glibc-source", "glibc (default source)"),
+    Tool("patch", "patch", "glibc (is Debian's series applied?)"),
+    Tool("dpkg-checkbuilddeps", "dpkg-dev", "glibc (build dependencies)"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
     Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
     Tool("mmdebstrap", "mmdebstrap", "debian (bootstrap)"),
@@ -90,3 +93,13 @@ def install(tools: list[Tool], log_path: Path) -> None:
     runner.run(["apt-get", "update", "-q"], log_path=log_path, env=env)
     runner.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
                log_path=log_path, env=env)
+
+
+def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
+    """glibc's unmet build dependencies (None: its packaging or dpkg-checkbuilddeps is not installed yet;
+    the tool table says so)."""
+    from builder import glibc
+
+    if not control.exists() or shutil.which("dpkg-checkbuilddeps") is None:
+        return None
+    return glibc.unmet_build_deps(control, profiles)

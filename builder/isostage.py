@@ -98,7 +98,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 "distro": p.rootfs.plugin.name, "iso": p.out.name, "sha256": digest, "size": iso_tmp.stat().st_size,
                 "label": p.layout.label, "cmdline": p.layout.cmdline, "kernel_release": meta["kernel_release"],
                 "kernel_key": meta["kernel_key"], "rootfs_key": p.rootfs.key, "iso_key": p.key,
-                "patches": kernel_meta.get("patches", []), "packages": meta["packages"],
+                "patches": kernel_meta.get("patches", []), "glibc": meta.get("glibc"), "packages": meta["packages"],
             }
             for final, text in ((p.sha_path, f"{digest}  {p.out.name}\n"),
                                 (p.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")):
@@ -115,5 +115,6 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             for tmp, _ in staged:
                 tmp.unlink(missing_ok=True)
         done.update(sha256=digest, size=manifest["size"], iso=str(p.out), kernel_release=meta["kernel_release"],
+                    glibc=meta.get("glibc"),
                     seconds=round(time.monotonic() - start, 3))
     return state.load(p.state_path) or dict(record, **done, status="ok")

@@ -168,24 +168,27 @@ def quilt_env(patch_copy: Path) -> dict[str, str]:
     return {"QUILT_PATCHES": str(patch_copy), **_QUILT_ENV_KEEP}
 
 
-def push(tree: Path, patch_copy: Path, log_path: Path) -> list[str]:
+def push(tree: Path, patch_copy: Path, log_path: Path, *, rollback: bool = True, onto: str | None = None) -> list[str]:
     """Apply the staged series; return notes (offset hunks).  On failure roll
-    back every applied patch and raise UserError naming patch/file/hunk."""
+    back every applied patch (unless the tree is scratch: ``rollback=False``)
+    and raise UserError naming patch/file/hunk and, if given, what it was
+    applied ``onto``."""
     if not (patch_copy / "series").read_text().strip():
         return []
     argv = ["quilt", "--quiltrc", "-", "push", "-a", "--fuzz=0"]
     try:
         result = runner.run(argv, cwd=tree, env=quilt_env(patch_copy), log_path=log_path, capture=True)
     except runner.CommandFailed as exc:
-        failures = parse_push_output(_log_tail_since_last_command(log_path))
-        pop_all(tree, patch_copy, log_path)
+        failures = parse_push_output(_log_tail_since_last_command(log_path), patch_copy)
+        if rollback:
+            pop_all(tree, patch_copy, log_path)
         if not failures:
             raise UserError("quilt push failed", hint=exc.hint, details=exc.details) from None
         first = failures[0]
         raise UserError(
-            f"patch {first.patch} does not apply at fuzz 0: {first.describe()}",
-            hint="refresh the patch against this source (quilt refresh) or fix the series; "
-                 "the tree was rolled back",
+            f"patch {first.patch} does not apply at fuzz 0{f' to {onto}' if onto else ''}: {first.describe()}",
+            hint="refresh the patch against this source (quilt refresh) or fix the series"
+                 + ("; the tree was rolled back" if rollback else ""),
             details=[f"{f.patch}: {f.describe()}" for f in failures] + [f"full log: {log_path}"],
         ) from None
     return [line for line in result.output.splitlines() if "succeeded at" in line and "offset" in line]
@@ -216,14 +219,21 @@ def _log_tail_since_last_command(log_path: Path) -> str:
     return text[idx:] if idx >= 0 else text
 
 
-def parse_push_output(text: str) -> list[Failure]:
-    """Failures from ``quilt push`` / GNU patch output."""
+def parse_push_output(text: str, patch_dir: Path | None = None) -> list[Failure]:
+    """Failures from ``quilt push`` / GNU patch output, patches named as in the
+    series (quilt prints them relative to QUILT_PATCHES, ``patch_dir``)."""
+
+    def name(raw: str) -> str:
+        if patch_dir is not None and raw.startswith(f"{patch_dir}/"):
+            return raw[len(str(patch_dir)) + 1:]
+        return raw
+
     failures: list[Failure] = []
     patch = "?"
     current_file: str | None = None
     for line in text.splitlines():
         if m := re.match(r"Applying patch (?:patches/)?(.+)$", line):
-            patch = Path(m.group(1)).name
+            patch = name(m.group(1))
             current_file = None
         elif m := re.match(r"patching file (.+)$", line):
             current_file = m.group(1).strip("'\"")
@@ -236,6 +246,6 @@ def parse_push_output(text: str) -> list[Failure]:
         elif "Reversed (or previously applied) patch detected" in line:
             failures.append(Failure(patch, current_file, None, None, "already applied (reversed patch)"))
         elif (m := re.match(r"Patch (?:patches/)?(\S+) does not apply", line)) and \
-                not any(f.patch == Path(m.group(1)).name for f in failures):
-            failures.append(Failure(Path(m.group(1)).name, current_file, None, None, "does not apply"))
+                not any(f.patch == name(m.group(1)) for f in failures):
+            failures.append(Failure(name(m.group(1)), current_file, None, None, "does not apply"))
     return failures

@@ -1,6 +1,7 @@
-"""Compile progress from kbuild's quiet output: objects done / expected, ETA.
+"""Compile progress: build steps done / expected (from the last build), ETA.
 
-kbuild prints one line per step (``  CC      init/main.o``).  We count them
+kbuild prints one line per step (``  CC      init/main.o``), other builds
+one compiler command per object (the caller passes its ``step`` pattern).  We count them
 and compare with the count of the last build of the same profile.  On a
 terminal the line is redrawn in place; otherwise an event is logged every
 ``interval`` seconds so CI logs show the build is alive.
@@ -24,8 +25,10 @@ def _clock(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, label: str, expected: int | None, stream: TextIO | None = None, interval: float = 60.0):
+    def __init__(self, label: str, expected: int | None, stream: TextIO | None = None, interval: float = 60.0,
+                 step: re.Pattern[str] = _STEP):
         self.label = label
+        self.step = step
         self.expected = expected
         self.done = 0
         self.start = time.monotonic()
@@ -35,7 +38,7 @@ class Progress:
         self._last_emit = self.start
 
     def line(self, text: str) -> None:
-        if not _STEP.match(text):
+        if not self.step.match(text):
             return
         self.done += 1
         now = time.monotonic()

@@ -19,13 +19,23 @@ from typing import Any
 from builder import atomic, log, runner, stagekey, state
 from builder.distro import Plugin
 from builder.errors import InfraError, UserError
+from builder.glibc import Plan as GlibcPlan
 from builder.kernel import Plan as KernelPlan
 
 STAGE_VERSION = 2  # 2: the kernel package is held
 
 
-def smoke_script(marker_file: str) -> str:
-    """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit)."""
+def smoke_script(marker_file: str, libc_marker: str | None = None) -> str:
+    """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit).
+
+    With ``libc_marker`` it also reports the installed libc6 version and the
+    line of libc.so.6's banner (the library run as a program) holding the marker.
+    """
+    libc = "" if libc_marker is None else f"""say "GLIBC $(dpkg-query -W -f='${{Version}}' libc6 2>/dev/null)"
+for lib in /lib/*-linux-gnu/libc.so.6 /lib64/libc.so.6; do
+  if [ -x "$lib" ]; then say "LIBC $("$lib" | grep -m1 -F -- '{libc_marker}')"; break; fi
+done
+"""
     return f"""#!/bin/sh
 # isobuild boot check, started by isobuild-smoke.service only when QEMU passes
 # -fw_cfg name=opt/isobuild/smoke: it does nothing on real machines.
@@ -33,7 +43,7 @@ say() {{ echo "ISOBUILD-$*" > /dev/ttyS0; }}
 state=$(systemctl is-system-running --wait 2>/dev/null)
 say "UNAME $(uname -r)"
 if [ -r {marker_file} ]; then say "MARKER $(cat {marker_file})"; else say "MARKER-MISSING {marker_file}"; fi
-say "SYSTEM ${{state:-unknown}}"
+{libc}say "SYSTEM ${{state:-unknown}}"
 failed=""
 for unit in $(systemctl list-units --state=failed --plain --no-legend --no-pager | cut -d' ' -f1); do
   failed="$failed$unit,"
@@ -59,6 +69,7 @@ class DistroLayout:
 class Plan:
     plugin: Plugin
     kernel: KernelPlan
+    glibc: GlibcPlan | None  # None: the distribution's own glibc
     layout: DistroLayout
     cache: Path
     script: str
@@ -74,16 +85,17 @@ class Plan:
         return self.layout.state_dir / "rootfs.json"
 
 
-def plan(plugin: Plugin, kernel: KernelPlan) -> Plan:
+def plan(plugin: Plugin, kernel: KernelPlan, glibc: GlibcPlan | None = None) -> Plan:
     project = plugin.project
-    script = smoke_script(project.settings.kernel.boot.marker_file)
+    script = smoke_script(project.settings.kernel.boot.marker_file,
+                          project.settings.glibc.marker if glibc else None)
     identity = plugin.identity()  # reads the apt config and hashes the overlay: once per plan
     inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
-              "kernel": kernel.key, "arch": kernel.arch.name,
+              "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch.name,
               "smoke_script": stagekey.compute({"script": script})}
     layout = DistroLayout(project.work_dir / "distros" / plugin.name)
     cache = project.work_dir / "cache" / plugin.family / str(identity.get("suite", "default"))
-    return Plan(plugin, kernel, layout, cache, script, inputs, stagekey.compute(inputs))
+    return Plan(plugin, kernel, glibc, layout, cache, script, inputs, stagekey.compute(inputs))
 
 
 def built(p: Plan) -> dict[str, Any] | None:
@@ -127,6 +139,11 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                         hint="run: isobuild kernel")
     release = str(kernel_meta["kernel_release"])
     epoch = int(kernel_meta["make_env"]["SOURCE_DATE_EPOCH"])
+    glibc_meta = None
+    if p.glibc is not None:
+        glibc_meta = state.load(p.glibc.artifact / "metadata.json")
+        if glibc_meta is None:
+            raise UserError("the glibc packages are missing or stale", hint="run: isobuild glibc")
     plugin = p.plugin
     started = state.now()
     record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "started": started,
@@ -140,6 +157,12 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             try:
                 steps: list[tuple[str, Callable[[], None]]] = [
                     ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
+                ]
+                if p.glibc is not None and glibc_meta is not None:
+                    # before the kernel: its initramfs then carries the patched libc
+                    glibc_dir, meta_ = p.glibc.artifact, glibc_meta
+                    steps.append(("glibc", lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path)))
+                steps += [
                     ("kernel", lambda: plugin.install_kernel(root, p.kernel.artifact, release, log_path)),
                     ("configure", lambda: plugin.configure(root, log_path, p.script)),
                 ]
@@ -164,6 +187,9 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             metadata = {
                 "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
                 "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,
+                "glibc": None if glibc_meta is None else {
+                    "version": glibc_meta["version"], "key": glibc_meta["key"],
+                    "marker": plugin.project.settings.glibc.marker, "patches": glibc_meta["patches"]},
                 "packages": manifest, "durations": durations, "started": started, "finished": state.now(),
                 "log": str(log_path),
                 "sizes": {f.name: f.stat().st_size for f in out.iterdir()},

@@ -37,9 +37,12 @@ def parse_modes(text: str) -> list[str]:
     return modes
 
 
-def expect(marker_pattern: str, release: str) -> console.Expect:
-    return console.Expect({"UNAME": re.escape(release), "MARKER": marker_pattern, "SYSTEM": "running",
-                           "FAILED": "none"})
+def expect(marker_pattern: str, release: str, glibc: dict[str, Any] | None = None) -> console.Expect:
+    """What a good boot reports; with ``glibc`` (the ISO record's) also our libc6 version and banner marker."""
+    markers = {"UNAME": re.escape(release), "MARKER": marker_pattern, "SYSTEM": "running", "FAILED": "none"}
+    if glibc:
+        markers.update(GLIBC=re.escape(str(glibc["version"])), LIBC=f".*{re.escape(str(glibc['marker']))}.*")
+    return console.Expect(markers)
 
 
 def state_path(ip: isostage.Plan, mode: str) -> Path:
@@ -53,7 +56,7 @@ def run(ip: isostage.Plan, modes: list[str], log_for: Callable[[str], Path]) -> 
         raise UserError(f"the {name} ISO is missing or stale ({ip.out})", hint=f"run: isobuild {name}")
     project = ip.rootfs.plugin.project
     smoke = project.settings.smoke
-    want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]))
+    want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
     arch = ip.rootfs.kernel.arch
     workers = smoke.parallel or max(1, (os.cpu_count() or 1) // 2)
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import kernel, stagekey, state
+from builder import glibc, kernel, stagekey, state
 from builder.config import Project
 from builder.errors import IsobuildError
 
@@ -91,11 +91,34 @@ def kernel_rows(project: Project, profile: str | None = None) -> list[Row]:
     return [row, boot]
 
 
-def distro_rows(project: Project, name: str, profile: str | None) -> list[Row]:
+def glibc_rows(project: Project, p: glibc.Plan | IsobuildError | None) -> list[Row]:
+    if p is None:
+        return []
+    if isinstance(p, IsobuildError):
+        return [Row("glibc", "glibc", "blocked", detail=p.message)]
+    meta = glibc.built(p)
+    rec = state.load(p.layout.state) or {}
+    row = Row("glibc", "glibc", "missing", key=p.key[:12])
+    if meta is not None and state.effective_status(rec) != "running":
+        libc6: dict[str, Any] = next((x for x in meta.get("packages", []) if x.get("package") == "libc6"), {})
+        debs = p.artifact / "debs"
+        row.state, row.when = "built", str(meta.get("finished", ""))
+        row.seconds = round(sum(meta.get("durations", {}).values()), 1)
+        row.size = sum(f.stat().st_size for f in debs.glob("*.deb")) if debs.is_dir() else None
+        row.sha256 = str(libc6.get("sha256", ""))[:12]
+        row.detail = f"{meta.get('version')}, {len(meta.get('packages', []))} packages in {debs}"
+    else:
+        last = state.load(p.layout.artifact(str(rec.get("last_good"))) / "metadata.json") \
+            if rec.get("last_good") else None
+        _record_row(row, rec, p.key, last.get("inputs", {}) if last else None, p.inputs)
+    return [row]
+
+
+def distro_rows(project: Project, name: str, profile: str | None, gp: glibc.Plan | None = None) -> list[Row]:
     from builder import isostage, pipeline, rootfs, smoke
 
     try:
-        ip = pipeline.iso_plan(project, name, profile)
+        ip = pipeline.iso_plan(project, name, profile, gp)
     except IsobuildError as exc:
         return [Row("rootfs", name, "blocked", detail=exc.message)]
     rp = ip.rootfs
@@ -143,8 +166,15 @@ def rows(project: Project, profile: str | None = None) -> list[Row]:
     from builder import distros
 
     out = [row for name in kernel_profiles(project) for row in kernel_rows(project, name)]
+    gp: glibc.Plan | IsobuildError | None = None
+    if project.settings.glibc.enabled:
+        try:
+            gp = glibc.plan(project)  # once: every Debian-family row needs it too
+        except IsobuildError as exc:
+            gp = exc
+    out += glibc_rows(project, gp)
     for name in distros.names(project):
-        out += distro_rows(project, name, profile)
+        out += distro_rows(project, name, profile, gp if isinstance(gp, glibc.Plan) else None)
     return out
 
 

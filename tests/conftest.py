@@ -81,6 +81,7 @@ def fake_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
             "profile": "ci",
             "fragments": ["patches/kernel/xsc.config"],
         },
+        "glibc": {"enabled": False},  # the glibc stage has its own fake (test_glibc_fake.py)
     })
     project.set_series({"0001-xsc.patch": XSC_PATCH})
     monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)

@@ -19,6 +19,11 @@ def names(project: Project) -> list[str]:
     return sorted(p.stem for p in (project.root / "distros").glob("*.yaml"))
 
 
+def enabled(project: Project) -> list[str]:
+    """The distros ``isobuild isos`` builds: every file whose settings do not say ``enabled: false``."""
+    return [name for name in names(project) if getattr(load(project, name).settings, "enabled", True)]
+
+
 def load(project: Project, name: str) -> Plugin:
     path = project.root / "distros" / f"{name}.yaml"
     if not path.exists():

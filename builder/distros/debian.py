@@ -7,8 +7,6 @@ Debian system would.  The package cache persists across builds.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,6 +15,7 @@ from typing import Any, Literal
 
 from builder import aptsources, runner
 from builder.chroot import Chroot
+from builder.digest import sha256_tree
 from builder.distro import LiveLayout, Plugin
 from builder.errors import InfraError, UserError
 from builder.schema import at_least, matches, setting
@@ -94,22 +93,9 @@ WantedBy=multi-user.target
 """
 
 
-def tree_digest(path: Path) -> str:
-    """sha256 over a directory's relative paths, modes, link targets and file bytes."""
-    h = hashlib.sha256()
-    for item in sorted(path.rglob("*")):
-        rel = item.relative_to(path).as_posix()
-        st = item.lstat()
-        h.update(f"{rel}\0{st.st_mode:o}\0".encode())
-        if item.is_symlink():
-            h.update(os.readlink(item).encode())
-        elif item.is_file():
-            h.update(item.read_bytes())
-    return h.hexdigest()
-
-
 class DebianPlugin(Plugin):
     family = "debian"
+    glibc_format = "deb"
     settings: DebianSettings
 
     def mirror(self) -> str:
@@ -122,7 +108,7 @@ class DebianPlugin(Plugin):
                 "bootstrap": s.bootstrap, "packages": s.packages, "hostname": s.hostname, "locale": s.locale,
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "ssh_authorized_key": s.ssh_authorized_key,
-                "overlay": tree_digest(overlay) if overlay else None}
+                "overlay": sha256_tree(overlay) if overlay else None}
 
     def overlay_dir(self) -> Path | None:
         if not self.settings.overlay:
@@ -196,6 +182,22 @@ class DebianPlugin(Plugin):
             finally:
                 (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
                 shutil.rmtree(staged, ignore_errors=True)
+
+    def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
+        from builder import glibc
+
+        installed = {row["package"]: row["version"] for row in self.manifest(root, log_path)}
+        ours = str(meta["version"])
+        if "libc6" in installed:
+            glibc.check_not_downgrade(
+                ours, installed["libc6"], f"libc6 in the {self.name} root (from its mirror):",
+                hint="the mirror has a newer glibc than the source isobuild patched: update it "
+                     "(apt-get install glibc-source) and run isobuild glibc again")
+        debs = glibc.debs_for(meta, glibc_dir, set(installed))
+        if not any(d.name.startswith("libc6_") for d in debs):
+            raise UserError(f"{glibc_dir}/debs: no libc6 package to install in the {self.name} root",
+                            hint="rebuild it: isobuild glibc --force")
+        self.install_packages(root, debs, True, log_path)
 
     def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
         debs = sorted((kernel_dir / "debs").glob(f"linux-image-{release}_*.deb"))

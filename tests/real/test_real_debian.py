@@ -1,5 +1,5 @@
-"""The real Debian ISO: mmdebstrap from the host's mirror, the ci kernel's .deb
-installed with dpkg, live-boot, the pycdlib hybrid ISO, QEMU boots under
+"""The real Debian ISO: mmdebstrap from the host's mirror, the patched glibc's
+and the ci kernel's .debs installed with dpkg, live-boot, the pycdlib hybrid ISO, QEMU boots under
 SeaBIOS and OVMF from CD and USB, and every fault the stage must report.
 
 CI boots BIOS-CD and UEFI-USB; set ISOBUILD_FULL=1 for all four modes.
@@ -59,9 +59,16 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
                                                  text=True).stdout
     for mode in MODES.split(","):
         assert f"smoke {mode}: pass" in out
+    # the booted system runs the patched kernel and the patched glibc (ours, held, its banner marker)
+    glibc_meta = json.loads((WORK / "glibc/current/metadata.json").read_text())
+    assert manifest["glibc"]["version"] == glibc_meta["version"] == packages["libc6"] == packages["libc-bin"]
+    assert glibc_meta["version"].endswith("+isobuild1")
+    libc6 = next(s for s in status.split("\n\n") if s.startswith("Package: libc6\n"))
+    assert "Status: hold ok installed" in libc6
     results = json.loads((project / "logs/smoke-debian.json").read_text())
     assert [r["markers"] for r in results] == [
-        {"UNAME": release, "MARKER": "1.0.0", "SYSTEM": "running", "FAILED": "none"}] * len(MODES.split(","))
+        {"UNAME": release, "MARKER": "1.0.0", "GLIBC": glibc_meta["version"], "LIBC": "XSC extensions: xsc-glibc 1.0",
+         "SYSTEM": "running", "FAILED": "none"}] * len(MODES.split(","))
     assert ET.parse(project / "logs/smoke-debian.xml").getroot().get("failures") == "0"
 
 

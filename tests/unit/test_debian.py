@@ -13,7 +13,8 @@ import pytest
 from builder import console, distros, rootfs, schema, smoke
 from builder.chroot import Chroot
 from builder.config import Project, Settings
-from builder.distros.debian import DebianPlugin, DebianSettings, tree_digest
+from builder.digest import sha256_tree
+from builder.distros.debian import DebianPlugin, DebianSettings
 from builder.errors import CheckFailed, InfraError, UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,7 +92,7 @@ def test_identity_follows_the_overlay_content(tmp_path: Path) -> None:
     (overlay / "etc/motd").write_text("changed\n")
     assert distros.load(p, "debian").identity()["overlay"] != first["overlay"]
     os.chmod(overlay / "etc/motd", 0o600)
-    assert tree_digest(overlay) != first["overlay"]
+    assert sha256_tree(overlay) != first["overlay"]
     with pytest.raises(UserError, match=r"overlay: .* is not a directory"):
         distros.load(project(tmp_path, f"mirror: {MIRROR}\noverlay: nowhere\n"), "debian").identity()
 
