@@ -223,7 +223,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()}
             for t in doctor.TOOLS]
     if args.json:
-        print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps}, indent=2))
+        el_path, el_why = doctor.el_build()
+        print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps,
+                          "el_build": {"path": el_path, "why": el_why}}, indent=2))
     else:
         width = max(len(r["tool"]) for r in rows)  # type: ignore[arg-type]
         for r in rows:
@@ -237,6 +239,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                   "(or isobuild doctor --install)")
         else:
             print("\nglibc build dependencies: all present")
+        print("\nalma, rocky with build: auto: {} ({})".format(*doctor.el_build()))
         if missing:
             print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
         else:
@@ -263,7 +266,8 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a kernel from a quilt patch series (verifying every requested config option), "
-                    "Debian live ISOs that carry it, and boot-test them in QEMU (BIOS/UEFI x CD/USB).",
+                    "Debian, AlmaLinux and Rocky Linux live ISOs that carry it, and boot-test them in QEMU "
+                    "(BIOS/UEFI x CD/USB).",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
@@ -299,6 +303,19 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
     d.set_defaults(func=cmd_distro, distro="debian")
 
+    for name, title in (("alma", "AlmaLinux"), ("rocky", "Rocky Linux")):
+        e = verb(name, f"build the {title} live ISO (kernel, rootfs, ISO as needed) and boot-test it",
+                 f"Build what changed of kernel (and its RPM) -> {title} root filesystem -> hybrid BIOS/UEFI ISO "
+                 f"(iso/{name}/<name>.iso, .sha256, .manifest.json) from distros/{name}.yaml and its kickstart "
+                 "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf "
+                 "--installroot from the configured repositories (isobuild doctor says which); dracut's "
+                 "dmsquash-live boots it (root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.")
+        e.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+        e.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
+        e.add_argument("--no-smoke", action="store_true", help="build the ISO only")
+        e.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
+        e.set_defaults(func=cmd_distro, distro=name)
+
     g = verb("glibc", "build the patched glibc packages (if their inputs changed)",
              "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
              "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "
@@ -329,7 +346,7 @@ def parser() -> argparse.ArgumentParser:
         a.set_defaults(func=func)
 
     t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
-    t.add_argument("target", choices=["kernel", "debian"], help="what to test")
+    t.add_argument("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test")
     t.add_argument("--profile", help="kernel profile (default: kernel.profile)")
     t.add_argument("--modes", help="ISO boot modes, comma-separated (default: all four)")
     t.add_argument("--json", action="store_true", help="print the verdict as JSON")

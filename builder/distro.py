@@ -17,6 +17,22 @@ from typing import Any, ClassVar
 from builder.config import Project
 from builder.errors import UserError
 
+# The unit that runs the boot check (rootfs.smoke_script) in every distro's image.
+SMOKE_UNIT = """[Unit]
+Description=isobuild boot check (runs only under isobuild's QEMU smoke test)
+ConditionPathExists=/sys/firmware/qemu_fw_cfg/by_name/opt/isobuild/smoke/raw
+After=multi-user.target
+
+[Service]
+# exec, not oneshot: the script waits for the boot to finish, which a oneshot
+# start job would itself hold up.
+Type=exec
+ExecStart=/usr/local/sbin/isobuild-smoke
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 
 @dataclass(frozen=True)
 class LiveLayout:
@@ -43,6 +59,12 @@ class Plugin(ABC):
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """Everything about this distro's settings that changes the rootfs (for the stage key)."""
+
+    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None:
+        """Before bootstrap: check the host and stage the kernel artifact's packages where the
+        bootstrap installs from, for plugins that install the kernel with everything else in one
+        transaction (EL: a local repository for the kickstart).  Default: nothing."""
+        return None
 
     @abstractmethod
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:

@@ -45,6 +45,7 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dpkg-architecture", "dpkg-dev", "kernel (bindeb-pkg)"),
     Tool("dpkg-buildpackage", "dpkg-dev", "kernel (bindeb-pkg)"),
     Tool("fakeroot", "fakeroot", "kernel (bindeb-pkg)"),
+    Tool("rpmbuild", "rpm", "kernel (binrpm-pkg)"),
     Tool("rsync", "rsync", "kernel (headers)"),
     Tool("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1", "kernel (default source)"),
     Tool("/usr/src/glibc/debian/control", "glibc-source", "glibc (default source)"),
@@ -56,6 +57,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("debootstrap", "debootstrap", "debian (bootstrap: debootstrap)"),
     Tool("mksquashfs", "squashfs-tools", "rootfs"),
     Tool("chroot", "coreutils", "rootfs"),
+    Tool("dnf", "dnf", "alma, rocky (build: dnf)"),
+    Tool("rpm", "rpm", "alma, rocky (the root's package database)"),
+    Tool("createrepo_c", "createrepo-c", "alma, rocky (repository of our RPMs)"),
     Tool("/usr/lib/ISOLINUX/isolinux.bin", "isolinux", "iso (BIOS)"),
     Tool("/usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common", "iso (BIOS)"),
     Tool("grub-mkimage", "grub-efi-amd64-bin", "iso (UEFI)"),
@@ -103,3 +107,10 @@ def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
     if not control.exists() or shutil.which("dpkg-checkbuilddeps") is None:
         return None
     return glibc.unmet_build_deps(control, profiles)
+
+
+def el_build() -> tuple[str, str]:
+    """How ``build: auto`` installs an EL root on this host: (mock | dnf, why)."""
+    from builder.distros.el import resolve_build
+
+    return resolve_build("auto")

@@ -3,7 +3,7 @@
 Data flows forward: ``plan()`` resolves every input and computes the stage
 key without touching the build tree (this is all a no-op run does);
 ``build()`` prepares the patched tree, configures, compiles out of tree,
-packages with ``make bindeb-pkg`` and publishes the artifacts under
+packages with ``make bindeb-pkg`` (Debian) and ``make binrpm-pkg`` (EL) and publishes the artifacts under
 ``<work>/kernel/artifacts/<key>/`` through a temp directory and a rename.
 
 One build tree per profile is kept so a changed patch costs an incremental
@@ -31,7 +31,7 @@ from builder.config import Project
 from builder.digest import DigestCache, sha256_file
 from builder.errors import UserError
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: the artifact also holds the binrpm-pkg RPMs (rpms/)
 _WARNING = re.compile(r"\bwarning:")
 _ERROR = re.compile(r"\berror:")
 
@@ -281,6 +281,23 @@ def package(p: Plan, env: dict[str, str], log_path: Path, release: str) -> list[
     return sorted(p.layout.tree.glob("*.deb"))
 
 
+def package_rpm(p: Plan, env: dict[str, str], log_path: Path) -> list[Path]:
+    """``make binrpm-pkg`` in the same build dir: its make run finds everything built, so it only
+    packages (kernel-<release> and kernel-headers RPMs for the EL images).
+
+    rpmbuild reads ``$HOME/.rpmmacros``: a private HOME puts its tree beside the build dir instead
+    of ~/rpmbuild and pins the build host and time so the RPM headers do not vary.
+    """
+    home, top = p.layout.tree / "rpmhome", p.layout.tree / "rpmbuild"
+    shutil.rmtree(top, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_topdir {top}\n%_buildhost isobuild\n"
+                                     "%use_source_date_epoch_as_buildtime 1\n%clamp_mtime_to_source_date_epoch 1\n")
+    runner.run(_make(p, f"-j{p.project.jobs}", "binrpm-pkg"), cwd=p.layout.src, env=dict(env, HOME=str(home)),
+               log_path=log_path)
+    return sorted(top.glob("RPMS/*/*.rpm"))
+
+
 def count_diagnostics(log_path: Path, since: int) -> tuple[int, int]:
     with log_path.open("rb") as f:
         f.seek(since)
@@ -313,9 +330,10 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         warnings, errors = count_diagnostics(log_path, log_offset)
         with phases.phase("package"):
             debs = package(p, env, log_path, release)
+            rpms = package_rpm(p, env, log_path)
         collect_start = time.monotonic()
         with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
-            metadata = collect(p, out, env, log_path, debs, modules)
+            metadata = collect(p, out, env, log_path, debs, rpms, modules)
             metadata.update({
                 "kernel_release": release,
                 "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
@@ -333,7 +351,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     return metadata
 
 
-def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[Path],
+def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[Path], rpms: list[Path],
             modules: bool) -> dict[str, Any]:
     lay = p.layout
     shutil.copyfile(lay.build / p.arch.image, out / Path(p.arch.image).name)
@@ -345,6 +363,9 @@ def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[
     (out / "debs").mkdir()
     for deb in debs:
         shutil.copyfile(deb, out / "debs" / deb.name)
+    (out / "rpms").mkdir()
+    for rpm in rpms:
+        shutil.copyfile(rpm, out / "rpms" / rpm.name)
     files = sorted(f for f in out.rglob("*") if f.is_file() and "modules" not in f.relative_to(out).parts[:1])
     return {
         "stage": "kernel",

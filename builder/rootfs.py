@@ -156,6 +156,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         with atomic.new_dir(p.artifact) as out:
             try:
                 steps: list[tuple[str, Callable[[], None]]] = [
+                    ("prepare", lambda: plugin.prepare(p.kernel.artifact, release, log_path)),
                     ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
                 ]
                 if p.glibc is not None and glibc_meta is not None:

@@ -8,10 +8,12 @@ from builder import schema
 from builder.config import Project
 from builder.distro import Plugin
 from builder.distros.debian import DebianPlugin, DebianSettings
+from builder.distros.el import ELPlugin, ELSettings
 from builder.errors import UserError
 
 FAMILIES: dict[str, tuple[type[Plugin], type[Any]]] = {
     "debian": (DebianPlugin, DebianSettings),
+    "el": (ELPlugin, ELSettings),
 }
 
 

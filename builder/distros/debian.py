@@ -16,7 +16,7 @@ from typing import Any, Literal
 from builder import aptsources, runner
 from builder.chroot import Chroot
 from builder.digest import sha256_tree
-from builder.distro import LiveLayout, Plugin
+from builder.distro import SMOKE_UNIT, LiveLayout, Plugin
 from builder.errors import InfraError, UserError
 from builder.schema import at_least, matches, setting
 
@@ -75,22 +75,6 @@ class DebianSettings:
         if not {"live-boot", "systemd-sysv"} <= pkgs:
             return "packages must include live-boot and systemd-sysv (the live system boots with them)"
         return None
-
-
-_SMOKE_UNIT = """[Unit]
-Description=isobuild boot check (runs only under isobuild's QEMU smoke test)
-ConditionPathExists=/sys/firmware/qemu_fw_cfg/by_name/opt/isobuild/smoke/raw
-After=multi-user.target
-
-[Service]
-# exec, not oneshot: the script waits for the boot to finish, which a oneshot
-# start job would itself hold up.
-Type=exec
-ExecStart=/usr/local/sbin/isobuild-smoke
-
-[Install]
-WantedBy=multi-user.target
-"""
 
 
 class DebianPlugin(Plugin):
@@ -238,7 +222,7 @@ class DebianPlugin(Plugin):
             if overlay:
                 runner.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)], log_path=log_path)
             chroot.write("/usr/local/sbin/isobuild-smoke", smoke_script, 0o755)
-            chroot.write("/etc/systemd/system/isobuild-smoke.service", _SMOKE_UNIT)
+            chroot.write("/etc/systemd/system/isobuild-smoke.service", SMOKE_UNIT)
             chroot.run(["systemctl", "enable", "isobuild-smoke.service"])
 
     def boot_files(self, root: Path, release: str) -> tuple[Path, Path]:

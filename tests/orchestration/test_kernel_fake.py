@@ -37,6 +37,9 @@ def test_build_produces_artifacts_and_metadata(fake_project: FakeProject, capsys
         assert (current / name).is_file(), name
     debs = list((current / "debs").glob("*.deb"))
     assert [d.name for d in debs] == ["linux-image-6.1.0-isobuild_6.1.0-isobuild-1_amd64.deb"]
+    # binrpm-pkg (for the EL images): the kernel and its headers, as the real target makes them
+    assert sorted(r.name for r in (current / "rpms").glob("*.rpm")) == [
+        "kernel-6.1.0_isobuild-1.x86_64.rpm", "kernel-headers-6.1.0_isobuild-1.x86_64.rpm"]
     assert (current / "modules" / "lib" / "modules" / "6.1.0-isobuild" / "kernel" / "fake.ko").is_file()
     assert meta["kernel_release"] == "6.1.0-isobuild"
     assert meta["patches"][0]["name"] == "0001-xsc.patch"

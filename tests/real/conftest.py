@@ -20,7 +20,7 @@ WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "i
 def copy_project(root: Path) -> Path:
     root.mkdir(parents=True)
     shutil.copy(REPO / "isobuild.yaml", root)
-    for sub in ("profiles", "patches", "distros"):
+    for sub in ("profiles", "patches", "distros", "kickstart"):
         shutil.copytree(REPO / sub, root / sub)
     return root
 

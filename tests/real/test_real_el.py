@@ -1,0 +1,361 @@
+"""The EL plugin for real, as far as this machine allows: AlmaLinux and Rocky
+mirrors are unreachable here and mock/lorax are not installable on Debian.
+
+- the dnf path: ``isobuild alma`` installs a root with the real dnf, rpm and
+  createrepo_c from a repository built here with rpmbuild plus the ``ci``
+  kernel's binrpm-pkg RPM, and masters the ISO (the rpm database must land in
+  the root's /var/lib/rpm, where EL looks);
+- the EL live layout boots: EL's initramfs step (dracut with dmsquash-live),
+  configuration, ``LiveOS/squashfs.img`` and ``root=live:CDLABEL=`` over a
+  root that has dracut-live -- Debian's, the one such root this machine can
+  make -- through the same rootfs, ISO and smoke stages, in QEMU;
+- an unreachable repository and an unknown package fail clearly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import lzma
+import os
+import subprocess
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pycdlib
+import pytest
+import yaml
+
+from builder import distros, iso, isostage, kernel, lock, log, pipeline, rootfs, smoke
+from builder.config import load_project
+from builder.distros.debian import DebianPlugin, DebianSettings
+from builder.distros.el import ELPlugin, ELSettings, Repository
+from builder.errors import ExitCode
+from tests.real.conftest import WORK, run
+
+pytestmark = pytest.mark.real
+
+MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
+RELEASE_RPM = "6.1.192_isobuild"  # binrpm-pkg's Version for the ci kernel's release
+
+# Stand-ins for the distribution's packages: a shell (the kernel RPM's scriptlets need /bin/sh),
+# the account files EL's 'setup' ships, and a dracut that records how it was called.
+BASE_SPEC = """\
+Name: isobuild-test-base
+Version: 1
+Release: 1
+Summary: what isobuild's EL steps need of a root, for the test
+License: GPL
+AutoReqProv: no
+Provides: /bin/sh
+%description
+test root
+%install
+mkdir -p %{buildroot}/bin %{buildroot}/etc %{buildroot}/usr/lib
+cp /bin/busybox %{buildroot}/bin/busybox
+ln -s busybox %{buildroot}/bin/sh
+echo 'root:x:0:0:root:/root:/bin/sh' > %{buildroot}/etc/passwd
+echo 'root:*:19000:0:99999:7:::' > %{buildroot}/etc/shadow
+echo 'root:x:0:' > %{buildroot}/etc/group
+printf 'ID=isobuild-test\\nID_LIKE="rhel"\\n' > %{buildroot}/usr/lib/os-release
+%files
+/bin/busybox
+/bin/sh
+/etc/passwd
+%attr(0000,root,root) /etc/shadow
+/etc/group
+/usr/lib/os-release
+"""
+DRACUT_SPEC = """\
+Name: dracut-live
+Version: 1
+Release: 1
+Summary: stands in for EL's dracut-live: the "initramfs" records the call
+License: GPL
+AutoReqProv: no
+Requires: isobuild-test-base
+%description
+test dracut
+%install
+mkdir -p %{buildroot}/usr/bin
+cat > %{buildroot}/usr/bin/dracut <<'EOF'
+#!/bin/sh
+for a in "$@"; do case "$a" in /boot/*) out="$a";; esac; done
+echo "test-dracut $*" > "$out"
+EOF
+chmod 755 %{buildroot}/usr/bin/dracut
+%files
+/usr/bin/dracut
+"""
+
+
+def rpmbuild(spec: str, name: str, work: Path) -> Path:
+    home = work / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_topdir {work / 'top'}\n")
+    (work / f"{name}.spec").write_text(spec)
+    subprocess.run(["rpmbuild", "-bb", "--quiet", str(work / f"{name}.spec")], check=True, capture_output=True,
+                   env=dict(os.environ, HOME=str(home)))
+    (rpm,) = (work / "top/RPMS").glob(f"*/{name}-1-1.*.rpm")
+    return rpm
+
+
+@pytest.fixture(scope="module")
+def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dnf repository of the stand-in packages, made with rpmbuild and createrepo_c."""
+    work = tmp_path_factory.mktemp("el-repo")
+    repo = work / "repo"
+    repo.mkdir()
+    for name, spec in (("isobuild-test-base", BASE_SPEC), ("dracut-live", DRACUT_SPEC)):
+        rpm = rpmbuild(spec, name, work)
+        os.replace(rpm, repo / rpm.name)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
+    return repo
+
+
+def edit(path: Path, **changes: object) -> None:
+    data = yaml.safe_load(path.read_text()) or {}
+    data.update(changes)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+@pytest.fixture
+def alma(project: Path, test_repo: Path) -> Path:
+    """The project with distros/alma.yaml on the test repository, built with dnf."""
+    edit(project / "distros/alma.yaml", build="dnf",
+         repositories=[{"name": "test-base", "baseurl": f"file://{test_repo}", "gpgcheck": False}],
+         packages=["isobuild-test-base", "kernel", "dracut-live"])
+    return project
+
+
+def unpacked(initramfs: Path) -> bytes:
+    """An initramfs's cpio archive (gzip, zstd or xz compressed), file names and all."""
+    data = initramfs.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        return gzip.decompress(data)
+    if data[:4] == b"\x28\xb5\x2f\xfd":
+        return subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+    return lzma.decompress(data)
+
+
+def unsquash(squashfs: Path, into: Path) -> Path:
+    subprocess.run(["unsquashfs", "-no-progress", "-d", str(into), str(squashfs)], check=True, capture_output=True)
+    return into
+
+
+def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keeps_it(
+        alma: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(alma, "alma", "--profile", "ci", "--no-smoke") == 0, capsys.readouterr().err
+    kernel_meta = json.loads((WORK / "kernel/current/ci/metadata.json").read_text())
+    release = kernel_meta["kernel_release"]
+    assert release.replace("-", "_") == RELEASE_RPM
+    image = alma / "iso/alma/isobuild-alma.iso"
+    manifest = json.loads((alma / "iso/alma/isobuild-alma.manifest.json").read_text())
+    packages = {p["package"]: p["version"] for p in manifest["packages"]}
+    # our kernel from the local repository, the stand-ins from theirs, and never our kernel-headers
+    assert packages == {"kernel": f"{RELEASE_RPM}-1", "isobuild-test-base": "1-1", "dracut-live": "1-1"}
+    assert manifest["kernel_release"] == release and manifest["label"] == "ISOBUILD_ALMA"
+    assert manifest["cmdline"].startswith("root=live:CDLABEL=ISOBUILD_ALMA rd.live.image rd.live.overlay.overlayfs=1")
+
+    artifact = WORK / "distros/alma/rootfs" / manifest["rootfs_key"]
+    root = unsquash(artifact / "filesystem.squashfs", tmp_path / "root")
+    # the rpm database is where EL's rpm reads it, not in a ~/.rpmdb of the host's making
+    assert (root / "var/lib/rpm/rpmdb.sqlite").is_file()
+    assert not list(root.glob("root/.rpmdb")) and not list(root.glob("**/.rpmdb"))
+    query = subprocess.run(["rpm", f"--root={root}", "--dbpath=/var/lib/rpm", "-q", "kernel"], capture_output=True,
+                           text=True, check=True).stdout.split()
+    assert query == [f"kernel-{RELEASE_RPM}-1.x86_64"]
+    # EL's live steps: modules indexed, the initramfs asked for with dmsquash-live, root locked,
+    # the kernel held, the boot check enabled, no cache or log left
+    assert (root / f"lib/modules/{release}/modules.dep").is_file()
+    assert (artifact / "initrd.img").read_text().split() == [
+        "test-dracut", "--force", "--no-hostonly", "--reproducible", "--add", "dmsquash-live",
+        f"/boot/initramfs-{release}.img", release]
+    assert (root / "etc/shadow").read_text().startswith("root:!:")
+    assert "excludepkgs=kernel kernel-core" in (root / "etc/dnf/dnf.conf").read_text()
+    wants = root / "etc/systemd/system/multi-user.target.wants/isobuild-smoke.service"
+    assert os.readlink(wants) == "/etc/systemd/system/isobuild-smoke.service"
+    assert (root / "etc/fstab").read_text().startswith("#") and (root / "etc/machine-id").read_text() == ""
+    assert not list(root.glob("var/cache/dnf/*")) and not list(root.glob("var/log/dnf*"))
+
+    # the EL live layout on the ISO, with our hybrid boot loaders
+    info = iso.describe(image)
+    assert info["label"] == "ISOBUILD_ALMA" and info["hybrid_mbr"]
+    assert [e["platform"] for e in info["eltorito"]] == ["bios", "uefi"]
+    reader = pycdlib.PyCdlib()
+    reader.open(str(image))
+    try:
+        files = {f"{d}/{f}".replace("//", "/") for d, _, fs in reader.walk(rr_path="/") for f in fs}
+        assert {"/LiveOS/squashfs.img", "/images/pxeboot/vmlinuz", "/images/pxeboot/initrd.img"} <= files, files
+    finally:
+        reader.close()
+    grub = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(image), "-extract", "/boot/grub/grub.cfg",
+                           str(tmp_path / "grub.cfg")], capture_output=True)
+    assert grub.returncode == 0, grub.stderr
+    assert "linux /images/pxeboot/vmlinuz root=live:CDLABEL=ISOBUILD_ALMA rd.live.image" in \
+        (tmp_path / "grub.cfg").read_text()
+
+    # unchanged inputs: nothing is rebuilt
+    start = time.monotonic()
+    assert run(alma, "alma", "--profile", "ci", "--no-smoke") == 0
+    assert time.monotonic() - start < 3.0
+    capsys.readouterr()
+    assert run(alma, "status", "--profile", "ci", "--json") == 0
+    rows = {(r["stage"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
+    assert rows[("rootfs", "alma")]["state"] == "built" and rows[("iso", "alma")]["state"] == "built"
+    # 'isobuild test alma' boots that ISO: the stand-in dracut made no real initramfs, so the kernel
+    # finds no live root and panics -- reported as a failed check, with the console log
+    assert run(alma, "test", "alma", "--profile", "ci", "--modes", "bios-cd") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "boot check failed in bios-cd: kernel panic: Kernel panic - not syncing" in err, err
+
+
+def test_unreachable_repository_is_an_infrastructure_error_naming_it(alma: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    edit(alma / "distros/alma.yaml", repositories=[
+        {"name": "baseos", "baseurl": "http://127.0.0.1:9/el/$releasever/BaseOS/$basearch/os/", "gpgcheck": False}])
+    start = time.monotonic()
+    assert run(alma, "alma", "--profile", "ci", "--no-smoke") == ExitCode.INFRA
+    err = capsys.readouterr().err
+    assert "repository 'baseos' of distros/alma.yaml is unreachable: http://127.0.0.1:9/el/9/BaseOS/x86_64/os/" in err
+    assert "Traceback" not in err
+    assert time.monotonic() - start < 60
+    assert not list((WORK / "distros/alma/rootfs").glob(".root-*")), "no half-made root left behind"
+
+
+def test_unknown_package_is_named(alma: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    edit(alma / "distros/alma.yaml", packages=["isobuild-test-base", "kernel", "dracut-live", "no-such-package-el"])
+    assert run(alma, "alma", "--profile", "ci", "--no-smoke") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "distros/alma.yaml: package(s) no-such-package-el not found in the configured repositories" in err
+
+
+EXTRA_SPEC = """\
+Name: isobuild-test-extra
+Version: 1
+Release: 1
+Summary: a locally built package that needs one of the distribution's
+License: GPL
+AutoReqProv: no
+Requires: isobuild-test-base
+%description
+extra
+%install
+mkdir -p %{buildroot}/etc
+echo extra > %{buildroot}/etc/isobuild-extra
+%files
+/etc/isobuild-extra
+"""
+
+
+def test_install_packages_adds_local_rpms_with_dnf_and_holds_them(alma: Path, tmp_path: Path) -> None:
+    """What a glibc RPM set would take: our packages with the root's own package manager, their
+    dependencies from the distribution's repositories, and held there."""
+    plugin = distros.load(load_project(alma / "isobuild.yaml"), "alma")
+    assert isinstance(plugin, ELPlugin)
+    current = (WORK / "kernel/current/ci").resolve()
+    release = json.loads((current / "metadata.json").read_text())["kernel_release"]
+    root, log_path = tmp_path / "root", tmp_path / "log"
+    plugin.prepare(current, release, log_path)
+    plugin.bootstrap(root, tmp_path / "cache", log_path)
+    assert not plugin.local_repo.exists(), "the copy of our RPMs goes once installed"
+    extra = rpmbuild(EXTRA_SPEC, "isobuild-test-extra", tmp_path / "build")
+    plugin.install_packages(root, [extra], True, log_path)
+    assert (root / "etc/isobuild-extra").read_text() == "extra\n"
+    assert [r["package"] for r in plugin.manifest(root, log_path)] == [
+        "dracut-live", "isobuild-test-base", "isobuild-test-extra", "kernel"]
+    assert "excludepkgs=isobuild-test-extra" in (root / "etc/dnf/dnf.conf").read_text()
+
+
+class DebianRootEL(ELPlugin):
+    """EL's live steps over a Debian root with Debian's dracut and dracut-live (EL packages cannot
+    be fetched here): bootstrap, kernel package and package list are Debian's; the initramfs
+    (dracut --add dmsquash-live), configuration, cleanup of EL's leftovers, layout and kernel
+    command line are the EL plugin's own."""
+
+    def __init__(self, name: str, settings: ELSettings, project: object, debian: DebianPlugin):
+        super().__init__(name, settings, project)
+        self.debian = debian
+
+    def identity(self) -> dict[str, object]:
+        return {**super().identity(), "build": "debian-root", "debian": self.debian.identity()}
+
+    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None:
+        pass  # no local repository: the kernel comes as Debian's linux-image package
+
+    def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
+        self.debian.bootstrap(root, cache.parent.parent / "debian" / "bookworm", log_path)
+
+    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
+        (deb,) = (kernel_dir / "debs").glob(f"linux-image-{release}_*.deb")
+        self.debian.install_packages(root, [deb], True, log_path)
+        self.make_initramfs(root, release, log_path)
+
+    def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]:
+        return self.debian.manifest(root, log_path)
+
+    def cleanup(self, root: Path, log_path: Path) -> None:
+        self.debian.cleanup(root, log_path)
+        super().cleanup(root, log_path)
+
+
+@pytest.fixture
+def el_on_debian(project: Path) -> Iterator[DebianRootEL]:
+    proj = load_project(project / "isobuild.yaml")
+    settings = ELSettings(label="ISOBUILD_ELDEB", name="isobuild-eldeb",
+                          repositories=[Repository("unused", baseurl="file:///nonexistent", gpgcheck=False)],
+                          locale="C.UTF-8")
+    debian = DebianPlugin("eldeb", DebianSettings(packages=["systemd-sysv", "dracut", "dracut-live", "zstd"]), proj)
+    yield DebianRootEL("eldeb", settings, proj, debian)
+
+
+def test_el_live_layout_boots_with_dmsquash_live(el_on_debian: DebianRootEL, project: Path) -> None:
+    plugin = el_on_debian
+    proj = plugin.project
+    log.setup()  # the stages log as under the CLI (an earlier test's CLI run left its closed stream)
+    kp, kernel_meta, _ = pipeline.ensure_kernel(proj, "ci")
+    rp = rootfs.plan(plugin, kp)
+    ip = isostage.plan(rp)
+    assert ip.layout.squashfs == "LiveOS/squashfs.img"
+    assert ip.layout.cmdline.startswith("root=live:CDLABEL=ISOBUILD_ELDEB rd.live.image rd.live.overlay.overlayfs=1")
+    with lock.held(proj.work_dir):
+        if rootfs.built(rp) is None:
+            rootfs.build(rp, pipeline.stage_log(proj, "rootfs-eldeb"))
+        if isostage.built(ip) is None:
+            isostage.build(ip, pipeline.stage_log(proj, "iso-eldeb"))
+        meta = rootfs.built(rp)
+        assert meta is not None
+        assert {"dracut", "dracut-live", f"linux-image-{kernel_meta['kernel_release']}"} <= \
+            {p["package"] for p in meta["packages"]}
+        # the initramfs is dracut's with the live module: its root-finding script is in the archive
+        assert b"sbin/dmsquash-live-root" in unpacked(rp.artifact / "initrd.img")
+        verdicts = smoke.run(ip, MODES.split(","), lambda m: pipeline.stage_log(proj, f"smoke-eldeb-{m}"))
+    for v in verdicts:
+        assert v.status == "pass", (v.extra.get("mode"), v.reasons, v.tail)
+        assert v.markers == {"UNAME": kernel_meta["kernel_release"], "MARKER": "1.0.0", "SYSTEM": "running",
+                             "FAILED": "none"}
+    console = Path(verdicts[0].log).read_text(errors="replace")
+    assert "dmsquash-live" in console or "root=live:CDLABEL=ISOBUILD_ELDEB" in console
+
+
+def test_kernel_artifact_carries_the_rpms_el_needs(project: Path, tmp_path: Path) -> None:
+    """binrpm-pkg from the kernel stage's own build: the kernel RPM holds the same bzImage as the
+    artifact, and kernel-headers is made but the EL plugin never picks it."""
+    assert run(project, "kernel", "--profile", "ci") == 0
+    current = (WORK / "kernel/current/ci").resolve()
+    meta = json.loads((current / "metadata.json").read_text())
+    rpms = sorted(r.name for r in (current / "rpms").glob("*.rpm"))
+    assert rpms == [f"kernel-{RELEASE_RPM}-1.x86_64.rpm", f"kernel-headers-{RELEASE_RPM}-1.x86_64.rpm"]
+    listing = subprocess.run(["rpm", f"--dbpath={tmp_path}", "-qpl", str(current / "rpms" / rpms[0])],
+                             capture_output=True, text=True, check=True).stdout.split()
+    assert f"/boot/vmlinuz-{meta['kernel_release']}" in listing
+    plugin = ELPlugin("alma", ELSettings(repositories=[Repository("x", baseurl="file:///x", gpgcheck=False)]),
+                      kernel.plan(load_project(project / "isobuild.yaml"), "ci").project)
+    assert [p.name for p in plugin.kernel_rpms(current, meta["kernel_release"])] == [rpms[0]]
+    extracted = subprocess.run(
+        ["sh", "-c", textwrap.dedent(f"""\
+            rpm2cpio {current / 'rpms' / rpms[0]} | cpio -i --quiet --to-stdout ./boot/vmlinuz-{meta['kernel_release']}
+            """)], capture_output=True, check=True).stdout
+    assert extracted == (current / "bzImage").read_bytes()
