@@ -21,10 +21,11 @@ EXIT_CODES = """exit codes:
   0    success (or: already up to date)
   1    internal error in isobuild (a bug: please report the traceback)
   2    user error: bad config, bad patch or series, dropped config option,
-       compile error, missing input file
+       compile error, missing input file, missing signing key
   3    infrastructure error: missing host tool, disk full, unreachable
        source, QEMU could not run, work dir locked by another run
-  4    a check ran and failed (e.g. the booted kernel is not the patched one)
+  4    a check ran and failed (e.g. the booted kernel is not the patched one,
+       a release whose sums or signatures do not verify)
   130  interrupted (Ctrl-C / SIGTERM); the last good artifacts are kept
 """
 
@@ -262,6 +263,80 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from builder import release
+
+    project = _project(args)
+    with lock.held(project.work_dir):  # no ISO stage may replace an ISO while it is summed and signed
+        made = release.make(project, args.key, Path(args.out) if args.out else None,
+                            pipeline.stage_log(project, "release"))
+    for path in made.files:
+        print(f"wrote {path}")
+    print(f"release in {made.directory}: {sum(p.name.endswith('.iso.asc') for p in made.files)} ISO(s) "
+          f"signed by {made.key.describe()}; check it with: isobuild release verify {made.directory}")
+    return 0
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    from builder import release
+
+    project = _project(args)
+    where = args.dir or args.out
+    done = release.verify(project, Path(where) if where else None, args.key,
+                          pipeline.stage_log(project, "release-verify"))
+    for rel in done.files:
+        print(f"ok {rel}")
+    print(f"release in {done.directory} verifies: {len(done.files)} file(s), "
+          f"signed by {done.signer}{f' ({done.uid})' if done.uid else ''}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from builder import report
+
+    project = _project(args)
+    out = Path(args.out).absolute() if args.out else report.default_path(project)
+    report.write(project, out, args.profile)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_distclean(args: argparse.Namespace) -> int:
+    from builder import clean
+
+    project = _project(args)
+    result = clean.distclean(project, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path, size in result.removed:
+        print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
+    for path in result.kept:
+        print(f"kept {path}: not made by isobuild")
+    print(f"{verb} {len(result.removed)} item(s), {sum(s for _, s in result.removed) / 2**20:.1f} MiB, "
+          "caches and outputs included")
+    return 0
+
+
+def cmd_patches(args: argparse.Namespace) -> int:
+    from builder import patchtools
+
+    project = _project(args)
+    log_path = pipeline.stage_log(project, f"patches-{args.patches_action}")
+    if args.patches_action == "generate":
+        comp = patchtools.COMPONENTS[args.component]
+        out = Path(args.out) if args.out else comp.patch_dir(project)
+        made = patchtools.generate(Path(args.repo), args.base, args.head, out, log_path)
+        for g in made:
+            print(f"  {g.name}  ({g.commit[:12]})")
+        print(f"wrote {len(made)} patch(es) and series to {out}")
+        return 0
+    reports = [patchtools.check(project, comp, log_path, refresh=args.patches_action == "refresh",
+                                accept_fuzz=getattr(args, "accept_fuzz", False))
+               for comp in patchtools.selected(args.component, project)]
+    print(patchtools.to_json(reports) if args.json else "\n".join(patchtools.render(r) for r in reports))
+    patchtools.verdict(reports)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -373,6 +448,77 @@ def parser() -> argparse.ArgumentParser:
              "profile, each distro's last good root filesystem, and everything in iso/.")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.set_defaults(func=cmd_clean)
+
+    r = verb("release", "sum and sign the built ISOs (SHA256SUMS, GnuPG signatures)",
+             "Write SHA256SUMS over every ISO in iso/<distro>/ and its manifest (paths relative to the release "
+             "directory: 'sha256sum -c SHA256SUMS' works there), a detached ASCII-armored signature SHA256SUMS.asc "
+             "and one per ISO (<name>.iso.asc), signed with release.key from isobuild.yaml or --key. A key that "
+             "wants a passphrase reads it from $ISOBUILD_GPG_PASSPHRASE. Files are renamed into place only once "
+             "every signature is made. 'isobuild release verify' checks a release.")
+    r.add_argument("--key", help="signing key: fingerprint, key id or user id (default: release.key)")
+    r.add_argument("--out", metavar="DIR", help="assemble the release in DIR: the ISOs and manifests are linked "
+                   "(or copied) there beside the sums and signatures (default: sign in place, in iso/)")
+    r.set_defaults(func=cmd_release)
+    ra = r.add_subparsers(dest="release_action", metavar="[verify]", required=False)
+    rv = ra.add_parser("verify", help="check a release's signatures and sums",
+                       description="Check SHA256SUMS.asc, every file SHA256SUMS lists against its sha256, every "
+                                   "ISO's signature, and that no ISO in the directory is left out. With a key "
+                                   "(--key or release.key) every signature must be that key's. Exits 4 naming the "
+                                   "first missing or changed file or bad signature.",
+                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rv.add_argument("dir", nargs="?", metavar="DIR", help="release directory (default: iso/)")
+    rv.add_argument("--key", default=argparse.SUPPRESS,
+                    help="the key every signature must be made with (default: release.key; none: any key gpg knows)")
+    rv.set_defaults(func=cmd_release_verify)
+
+    rp = verb("report", "write the build report: one static HTML page",
+              "Write one self-contained HTML page (no external assets) with every stage's state, timings and key "
+              "(the rows of 'isobuild status'), each boot check's verdict with its console log, each ISO's package "
+              "manifest and the patch series with sha256s. Builds nothing.")
+    rp.add_argument("--out", metavar="FILE", help="where to write it (default: iso/report.html)")
+    rp.add_argument("--profile", help="kernel profile the distro rows are computed for (default: kernel.profile)")
+    rp.set_defaults(func=cmd_report)
+
+    dc = verb("distclean", "remove everything isobuild made: work dir (caches too), iso/, logs/",
+              "Remove what isobuild made in the work dir (build trees, artifacts, state, source and package "
+              "caches), the ISOs, sums, signatures and report in iso/, and the logs in logs/. Files isobuild does "
+              "not make are kept and listed. Refuses a work or logs dir that is /, a home directory, the project "
+              "or a parent of it. Writes no log of its own (it would remove it): what it removes is printed. "
+              "Compare 'clean', which keeps the caches and the last good outputs.")
+    dc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    dc.set_defaults(func=cmd_distclean)
+
+    pt = verb("patches", "make a quilt series from git; check or refresh the series against a fresh tree",
+              "generate: the commits between --base and --head of a git branch become NNNN-subject.patch files "
+              "(git format-patch: commit message headers) and a series, swapped in whole. check: apply each "
+              "series to a fresh pristine tree with quilt at fuzz 0 and report every patch as clean, offset, fuzz "
+              "or fails (file and hunk) in seconds, before any long build. refresh: rewrite offset patches so they "
+              "apply exactly (quilt refresh, headers kept). check and refresh exit 0 when every patch applies at "
+              "fuzz 0 (offsets are a warning: the build accepts them) and 2 when any needs fuzz or fails.")
+    pa = pt.add_subparsers(dest="patches_action", metavar="ACTION", required=True)
+
+    def action(name: str, help: str) -> argparse.ArgumentParser:
+        return pa.add_parser(name, help=help, description=help, epilog=EXIT_CODES,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    pg = action("generate", "write the series from the commits base..head of a git repository (oldest first); "
+                "refuses merge commits, empty commits and binary changes")
+    pg.add_argument("--component", choices=["kernel", "glibc"], default="kernel", help="whose series (default: kernel)")
+    pg.add_argument("--repo", required=True, metavar="PATH", help="the git repository")
+    pg.add_argument("--base", required=True, metavar="REF", help="where the branch forked (not included)")
+    pg.add_argument("--head", required=True, metavar="REF", help="the branch tip (included)")
+    pg.add_argument("--out", metavar="DIR", help="patch directory (default: the component's, e.g. kernel.patches); "
+                    "files its old series did not list are kept")
+    pc = action("check", "apply every series to a fresh tree at fuzz 0; report clean / offset / fuzz / fails per patch")
+    pr = action("refresh", "rewrite offset patches (with --accept-fuzz also fuzz ones) so they apply exactly; "
+                "patches that fail are left alone and reported")
+    pr.add_argument("--accept-fuzz", action="store_true",
+                    help="also refresh patches that only apply with fuzz (review the result: fuzz can misplace a hunk)")
+    for sub in (pc, pr):
+        sub.add_argument("--component", choices=["kernel", "glibc", "all"], default="all",
+                         help="whose series (default: all: kernel, and glibc when its stage can make a tree)")
+        sub.add_argument("--json", action="store_true", help="machine-readable report")
+    pt.set_defaults(func=cmd_patches)
     return top
 
 
@@ -394,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.setup(verbose=args.verbose, json_console=json_console)
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        if args.verb != "doctor":
+        if args.verb not in ("doctor", "distclean"):  # distclean removes logs/: it must not open a log there
             try:
                 logs = load_project(Path(args.config)).logs_dir
                 log.open_jsonl(logs / "isobuild.jsonl")

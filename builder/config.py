@@ -101,6 +101,14 @@ class SmokeSettings:
 
 
 @dataclass
+class ReleaseSettings:
+    key: str | None = setting(None, help="GnuPG key that signs releases: a fingerprint (best), key id or user id; "
+                              "isobuild release --key overrides")
+    gnupg_home: str | None = setting(None, help="GnuPG home directory holding that key (relative to the project; "
+                                     "default: $GNUPGHOME or ~/.gnupg)")
+
+
+@dataclass
 class Settings:
     work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
     logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
@@ -109,6 +117,7 @@ class Settings:
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
     glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
     smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
+    release: ReleaseSettings = setting(factory=ReleaseSettings, help="signing: isobuild release")
 
 
 @dataclass
@@ -127,6 +136,11 @@ class Project:
     def path(self, value: str) -> Path:
         p = Path(value)
         return p if p.is_absolute() else self.root / p
+
+    @property
+    def iso_dir(self) -> Path:
+        """Where the ISO stage publishes: iso/<distro>/ (release and report read it)."""
+        return self.root / "iso"
 
     @property
     def jobs(self) -> int:

@@ -39,8 +39,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("xz", "xz-utils", "kernel"),
     Tool("zstd", "zstd", "kernel"),
     Tool("tar", "tar", "kernel"),
-    Tool("git", "git", "kernel (git sources)"),
-    Tool("quilt", "quilt", "kernel"),
+    Tool("git", "git", "kernel (git sources), patches generate"),
+    Tool("quilt", "quilt", "kernel, glibc, patches check"),
     Tool("dpkg-deb", "dpkg-dev", "kernel (bindeb-pkg)"),
     Tool("dpkg-architecture", "dpkg-dev", "kernel (bindeb-pkg)"),
     Tool("dpkg-buildpackage", "dpkg-dev", "kernel (bindeb-pkg)"),
@@ -68,7 +68,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mmd", "mtools", "iso (UEFI)"),
     Tool("mcopy", "mtools", "iso (UEFI)"),
     Tool("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "smoke (UEFI)"),
+    Tool("gpg", "gnupg", "release (signing and verifying)"),
     Tool("sgdisk", "gdisk", "tests (GPT check)"),
+    Tool("chromium", "chromium", "tests (the build report renders in a browser)"),
     Tool("xorriso", "xorriso", "tests and bench (ISO reference)"),
 )
 
@@ -97,6 +99,7 @@ def install(tools: list[Tool], log_path: Path) -> None:
     runner.run(["apt-get", "update", "-q"], log_path=log_path, env=env)
     runner.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
                log_path=log_path, env=env)
+
 
 
 def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:

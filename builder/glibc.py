@@ -33,7 +33,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from builder import atomic, log, patches, runner, sources, stagekey, state
+from builder import atomic, log, patches, patchtools, runner, sources, stagekey, state
 from builder.config import GlibcSettings, Project
 from builder.digest import DigestCache, sha256_file
 from builder.errors import CheckFailed, InfraError, UserError
@@ -253,6 +253,27 @@ def patch_packaging(src: Path, series: list[patches.Patch], log_path: Path) -> N
             raise UserError(f"packaging patch {p.name} does not apply at fuzz 0 to the glibc packaging: {where}",
                             hint="refresh it against this debian/ directory or fix glibc.packaging_patches",
                             details=[f"full log: {log_path}"])
+
+
+def pristine_tree(project: Project) -> patchtools.Pristine:
+    """What ``isobuild patches check`` applies patches/glibc/series to: Debian's patched tree."""
+    digests = DigestCache(project.work_dir / "digests.json")
+    src = resolve_source(project, project.settings.glibc, digests)
+    digests.save()
+    packaging = project.settings.glibc.packaging_patches
+    packaging_series = patches.read_series(project.path(packaging)) if packaging else []
+
+    def unpack(dest: Path, log_path: Path) -> None:
+        sources.extract(sources.Source(src.tarball, src.identity, src.label), dest, log_path)
+        shutil.copytree(src.debian_dir, dest / "debian", symlinks=True)
+        patch_packaging(dest, packaging_series, log_path)
+        theirs = _debian_series(dest / "debian")
+        if not debian_series_applied(dest, theirs, log_path):
+            patches.push(dest, dest / "debian" / "patches", log_path, rollback=False,
+                         onto="the upstream glibc source")
+
+    identity = dict(src.identity, packaging=[p.identity() for p in packaging_series])
+    return patchtools.Pristine(identity, src.label, unpack)
 
 
 def append_series(debian_patches: Path, ours: list[patches.Patch]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from builder import runner
@@ -231,6 +231,7 @@ def parse_push_output(text: str, patch_dir: Path | None = None) -> list[Failure]
     failures: list[Failure] = []
     patch = "?"
     current_file: str | None = None
+    name_follows = False
     for line in text.splitlines():
         if m := re.match(r"Applying patch (?:patches/)?(.+)$", line):
             patch = name(m.group(1))
@@ -241,6 +242,10 @@ def parse_push_output(text: str, patch_dir: Path | None = None) -> list[Failure]
             failures.append(Failure(patch, current_file, int(m.group(1)), int(m.group(2)), "hunk does not apply"))
         elif m := re.match(r"can't find file to patch at input line (\d+)", line):
             failures.append(Failure(patch, current_file, None, int(m.group(1)), "file to patch not found"))
+            name_follows = True  # GNU patch then quotes the patch's own header lines: '|--- a/x'
+        elif name_follows and (m := re.match(r"\|(?:---|\+\+\+) (\S+)", line)) and m.group(1) != "/dev/null":
+            failures[-1] = replace(failures[-1], file=m.group(1))
+            name_follows = False
         elif m := re.search(r"malformed patch at line (\d+)", line):
             failures.append(Failure(patch, current_file, None, int(m.group(1)), "malformed patch"))
         elif "Reversed (or previously applied) patch detected" in line:

@@ -7,7 +7,7 @@ input changed) / missing / failed (with the log) / running / killed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class Row:
     size: int | None = None
     sha256: str = ""
     detail: str = ""
+    log: str = ""  # the log of the run the row describes, when it has one (the report embeds it)
+    markers: dict[str, str] = field(default_factory=dict)  # what a boot check's guest reported
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -42,6 +44,7 @@ def _record_row(row: Row, record: dict[str, Any], key: str, last_inputs: dict[st
         row.state = status
         row.when = str(record.get("finished") or record.get("started", ""))
         row.detail = (str(record.get("error")) + "; " if record.get("error") else "") + f"log {record.get('log')}"
+        row.log = str(record.get("log") or "")
     elif last_inputs is not None:
         row.state = "stale"
         row.when = str(record.get("finished", ""))
@@ -58,6 +61,7 @@ def _check_row(stage: str, name: str, path: Path, key: str, changed: str) -> Row
     row.key = str(record.get("key", ""))[:12]
     row.when = str(record.get("finished", ""))
     row.seconds = record.get("seconds")
+    row.log, row.markers = str(record.get("log") or ""), dict(record.get("markers") or {})
     if record.get("key") != key:
         row.state, row.detail = "stale", changed
     else:
