@@ -24,10 +24,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -199,16 +196,8 @@ def current(project: Project) -> dict[str, Any] | None:
 
 
 def adopt(p: Plan) -> bool:
-    """Make the plan's already-built artifact current (inputs returned to an earlier key)."""
-    lay = p.layout
-    target = os.path.relpath(p.artifact, lay.current.parent)
-    if lay.current.is_symlink() and os.readlink(lay.current) == target:
-        return False
-    atomic.symlink(target, lay.current)
-    record = state.load(lay.state) or {"stage": "glibc"}
-    state.save(lay.state, dict(record, key=p.key, status="ok", last_good=p.key, inputs=p.inputs,
-                               finished=state.now(), error=None, hint=None))
-    return True
+    """Make the plan's already-built artifact current (see state.adopt)."""
+    return state.adopt(p.artifact, p.layout.current, p.layout.state, p.key, p.inputs, {"stage": "glibc"})
 
 
 # --- preparing the tree (seconds) ------------------------------------------------------
@@ -386,18 +375,6 @@ def ensure_build_deps(p: Plan, log_path: Path) -> list[str]:
 # --- the build -------------------------------------------------------------------------
 
 
-@dataclass
-class Phases:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.monotonic()
-        with log.stage(f"glibc.{name}"):
-            yield
-        self.seconds[name] = round(time.monotonic() - start, 3)
-
-
 def build_env(p: Plan) -> dict[str, str]:
     return {
         "DEB_BUILD_OPTIONS": " ".join([*p.settings.options, f"parallel={p.project.jobs}"]),
@@ -463,7 +440,7 @@ def run_tests(p: Plan, tests: list[str], log_path: Path) -> dict[str, str]:
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
     """Build the plan's glibc packages and publish them; return their metadata."""
     lay = p.layout
-    phases = Phases()
+    phases = log.Phases("glibc")
     started = state.now()
     previous = state.load(lay.state) or {}
     record: dict[str, Any] = {
@@ -479,7 +456,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         log_offset = log_path.stat().st_size
         with phases.phase("compile"):
             steps = compile_packages(p, log_path, previous.get("steps_last_build"))
-        warnings = _count(log_path, log_offset, _WARNING)
+        [warnings] = log.count_since(log_path, log_offset, _WARNING)
         with log.stage("glibc.collect"), atomic.new_dir(p.artifact) as out:
             debs = sorted(d for d in lay.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
             if not any(d.name.startswith("libc6_") for d in debs):
@@ -506,12 +483,6 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         state.save(lay.marker, {"key": p.key})
         done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
     return metadata
-
-
-def _count(log_path: Path, since: int, pattern: re.Pattern[str]) -> int:
-    with log_path.open("rb") as f:
-        f.seek(since)
-        return len(pattern.findall(f.read().decode(errors="replace")))
 
 
 def _deb_record(deb: Path) -> dict[str, str]:

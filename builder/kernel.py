@@ -19,9 +19,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,18 +90,6 @@ class Plan:
         return self.layout.artifact(self.key)
 
 
-@dataclass
-class Phases:
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.monotonic()
-        with log.stage(f"kernel.{name}"):
-            yield
-        self.seconds[name] = round(time.monotonic() - start, 3)
-
-
 def toolchain_version() -> str:
     return runner.output(["gcc", "--version"]).splitlines()[0].strip()
 
@@ -141,21 +127,9 @@ def built(p: Plan) -> dict[str, Any] | None:
 
 
 def adopt(p: Plan) -> bool:
-    """Make the plan's already-built artifact the profile's current one.
-
-    Inputs can return to a key built earlier (a patch reverted); reusing that
-    artifact must also make it what ``current`` and the state record name.
-    Returns True when something changed.
-    """
+    """Make the plan's already-built artifact the profile's current one (see state.adopt)."""
     lay = p.layout
-    target = os.path.relpath(p.artifact, lay.current.parent)
-    if lay.current.is_symlink() and os.readlink(lay.current) == target:
-        return False
-    atomic.symlink(target, lay.current)
-    record = state.load(lay.state) or {"stage": "kernel", "profile": lay.profile}
-    state.save(lay.state, dict(record, key=p.key, status="ok", last_good=p.key, inputs=p.inputs,
-                               finished=state.now(), error=None, hint=None))
-    return True
+    return state.adopt(p.artifact, lay.current, lay.state, p.key, p.inputs, {"stage": "kernel", "profile": lay.profile})
 
 
 # --- the build ---------------------------------------------------------------------------
@@ -298,17 +272,10 @@ def package_rpm(p: Plan, env: dict[str, str], log_path: Path) -> list[Path]:
     return sorted(top.glob("RPMS/*/*.rpm"))
 
 
-def count_diagnostics(log_path: Path, since: int) -> tuple[int, int]:
-    with log_path.open("rb") as f:
-        f.seek(since)
-        text = f.read().decode(errors="replace")
-    return len(_WARNING.findall(text)), len(_ERROR.findall(text))
-
-
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
     """Build the plan's kernel and publish it; return its metadata."""
     lay = p.layout
-    phases = Phases()
+    phases = log.Phases("kernel")
     started = state.now()
     previous = state.load(lay.state) or {}
     record: dict[str, Any] = {
@@ -327,7 +294,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         log_offset = log_path.stat().st_size
         with phases.phase("compile"):
             steps = compile_kernel(p, env, log_path, modules, previous.get("steps_last_build"))
-        warnings, errors = count_diagnostics(log_path, log_offset)
+        warnings, errors = log.count_since(log_path, log_offset, _WARNING, _ERROR)
         with phases.phase("package"):
             debs = package(p, env, log_path, release)
             rpms = package_rpm(p, env, log_path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator, MutableMapping
@@ -103,3 +104,26 @@ def stage(name: str, **fields: Any) -> Iterator[dict[str, Any]]:
                   error=getattr(exc, "message", None) or type(exc).__name__, **fields)
         raise
     log.info(f"{name}.finish", seconds=round(time.monotonic() - start, 3), **fields, **extra)
+
+
+class Phases:
+    """A stage's phases, each logged as ``<prefix>.<phase>`` with its seconds kept for metadata."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.monotonic()
+        with stage(f"{self.prefix}.{name}"):
+            yield
+        self.seconds[name] = round(time.monotonic() - start, 3)
+
+
+def count_since(log_path: Path, since: int, *patterns: re.Pattern[str]) -> list[int]:
+    """How often each pattern occurs in a log after byte offset ``since`` (warnings in a build)."""
+    with log_path.open("rb") as f:
+        f.seek(since)
+        text = f.read().decode(errors="replace")
+    return [len(p.findall(text)) for p in patterns]

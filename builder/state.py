@@ -78,3 +78,18 @@ def recorded(path: Path, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
                         hint=getattr(exc, "hint", None)))
         raise
     save(path, dict(running, **done, status="ok", finished=now()))
+
+
+def adopt(artifact: Path, current: Path, state_path: Path, key: str, inputs: dict[str, Any],
+          base: dict[str, Any]) -> bool:
+    """Make an already-built artifact the current one (inputs returned to a key built
+    earlier: a patch reverted).  ``current`` and the state record then name it too.
+    Returns True when something changed."""
+    target = os.path.relpath(artifact, current.parent)
+    if current.is_symlink() and os.readlink(current) == target:
+        return False
+    atomic.symlink(target, current)
+    record = load(state_path) or base
+    save(state_path, dict(record, key=key, status="ok", last_good=key, inputs=inputs, finished=now(),
+                          error=None, hint=None))
+    return True
