@@ -130,6 +130,8 @@ def _series(project: Project) -> list[Series]:
     dirs = [("kernel", project.settings.kernel.patches)]
     if project.settings.glibc.enabled:
         dirs.append(("glibc", project.settings.glibc.patches))
+        if project.settings.glibc.packaging_patches:
+            dirs.append(("glibc packaging", project.settings.glibc.packaging_patches))
     out = []
     for component, directory in dirs:
         entry = Series(component, directory)

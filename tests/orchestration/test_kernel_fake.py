@@ -435,3 +435,37 @@ def test_git_source(fake_project: FakeProject, tmp_path: Path) -> None:
     settings["kernel"]["source"]["ref"] = "no-such-ref"
     fake_project.write_settings(settings)
     assert fake_project.run("kernel") == ExitCode.USER
+
+
+def test_status_names_a_changed_source(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
+    import tarfile
+
+    from tests.conftest import FAKELINUX, sha256
+
+    assert fake_project.run("kernel") == 0
+    with tarfile.open(fake_project.tarball, "w:gz") as tar:  # a new upstream release of the source
+        tar.add(FAKELINUX, arcname="linux-fake")
+        extra = fake_project.tarball.parent / "NEWS"
+        extra.write_text("6.1.1\n")
+        tar.add(extra, arcname="linux-fake/NEWS")
+    settings = fake_project.settings()
+    settings["kernel"]["source"]["sha256"] = sha256(fake_project.tarball)
+    fake_project.write_settings(settings)
+    capsys.readouterr()
+    assert fake_project.run("status", "--json") == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["state"] == "stale" and row["detail"].startswith("source.sha256: ")
+
+
+def test_a_corrupt_state_file_is_reported_and_recovered(fake_project: FakeProject,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert fake_project.run("kernel") == 0
+    state_file = fake_project.work / "kernel/state/ci.json"
+    state_file.write_text('{"stage": "kernel", "key": ')  # a crash mid-write by something else
+    capsys.readouterr()
+    assert fake_project.run("status", "--json") == 0, "no traceback"
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)[0]["state"] == "built", "the artifact itself is intact"
+    assert "state.corrupt" in captured.err and str(state_file) in captured.err
+    assert fake_project.run("kernel", "--force") == 0
+    assert json.loads(state_file.read_text())["status"] == "ok", "rewritten whole"

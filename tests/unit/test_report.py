@@ -186,9 +186,14 @@ def test_the_glibc_series_is_listed_when_glibc_is_part_of_the_build(fake_project
     settings = fake_project.settings()
     settings["glibc"] = {"enabled": True}
     fake_project.write_settings(settings)
+    packaging = fake_project.root / "patches" / "glibc-debian"
+    packaging.mkdir()
+    (packaging / "0001-profile.patch").write_text("--- a/debian/rules\n+++ b/debian/rules\n")
+    (packaging / "series").write_text("0001-profile.patch\n")
     series = report._series(load_project(fake_project.root / "isobuild.yaml"))
     assert [(s.component, [p.name for p in s.patches], s.error) for s in series] == [
-        ("kernel", ["0001-xsc.patch"], ""), ("glibc", ["0001-banner.patch"], "")]
+        ("kernel", ["0001-xsc.patch"], ""), ("glibc", ["0001-banner.patch"], ""),
+        ("glibc packaging", ["0001-profile.patch"], "")]
     (fake_project.root / "patches" / "glibc" / "series").write_text("0001-banner.patch\n0002-gone.patch\n")
     broken = report._series(load_project(fake_project.root / "isobuild.yaml"))[1]
     assert "0002-gone.patch" in broken.error, "a broken series is shown as such, not a crash"
