@@ -2,8 +2,8 @@
 ``isobuild distclean``: remove everything isobuild made.
 
 Keeps the source and package caches, the digest cache, every kernel a
-``current`` link points at (the last good kernel of each profile) and each
-distro's last good root filesystem, so nothing good is lost and the next
+``current`` link points at (the last good kernel of each profile), the
+current glibc packages and each distro's last good root filesystem, so nothing good is lost and the next
 build downloads nothing.  ISOs in the project's iso/ are never touched.
 
 ``distclean`` removes the whole work dir (caches included), the ISOs with
@@ -43,6 +43,10 @@ def targets(work_dir: Path) -> list[Path]:
     out = list((root / "trees").glob("*"))
     out += [p for p in (root / "artifacts").glob("*") if p.resolve() not in keep]
     out += list((root / "boot").glob("*"))
+    glibc = work_dir / "glibc"
+    glibc_current = (glibc / "current").resolve() if (glibc / "current").is_symlink() else None
+    out += [p for p in (glibc / "artifacts").glob("*") if p.resolve() != glibc_current]
+    out += list(glibc.glob("tree"))  # the last build's tree (glibc --tests runs there; it rebuilds)
     for distro in (work_dir / "distros").glob("*"):
         last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
         out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]

@@ -259,7 +259,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
     for path, size in removed:
         print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
     print(f"{verb} {len(removed)} item(s), {total / 2**20:.1f} MiB; "
-          "kept the caches, the last good kernels and root filesystems")
+          "kept the caches, the last good kernels, glibc packages and root filesystems")
     return 0
 
 
@@ -443,9 +443,10 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_doctor)
 
     c = verb("clean", "remove build trees and superseded artifacts",
-             "Remove kernel build trees, kernel artifacts no profile's 'current' points at, superseded root "
-             "filesystems and ISO scratch dirs. Keeps the source and package caches, the last good kernel of each "
-             "profile, each distro's last good root filesystem, and everything in iso/.")
+             "Remove kernel and glibc build trees, kernel and glibc artifacts no 'current' points at, superseded "
+             "root filesystems and ISO scratch dirs. Keeps the source and package caches, the last good kernel of "
+             "each profile, the current glibc packages, each distro's last good root filesystem, and everything "
+             "in iso/.")
     c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     c.set_defaults(func=cmd_clean)
 

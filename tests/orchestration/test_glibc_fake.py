@@ -287,3 +287,20 @@ def test_packaging_patches_apply_to_debian_dir_and_a_bad_one_is_named(
     err = first_error_line(capsys.readouterr().err)
     assert "packaging patch 0002-bad.patch does not apply at fuzz 0 to the glibc packaging" in err
     assert "debian/rules hunk #1" in err
+
+
+def test_clean_drops_the_build_tree_and_superseded_packages_keeps_current(
+        glibc_project: GlibcProject, capsys: pytest.CaptureFixture[str]) -> None:
+    assert glibc_project.run("glibc") == 0
+    first = glibc_project.current.resolve()
+    glibc_project.set_series({"0001-xsc-banner.patch": XSC_PATCH.replace("fake 1", "fake 2")})
+    assert glibc_project.run("glibc") == 0
+    second = glibc_project.current.resolve()
+    capsys.readouterr()
+    assert glibc_project.run("clean") == 0
+    out = capsys.readouterr().out
+    assert f"removed {first}" in out and f"removed {glibc_project.work / 'glibc' / 'tree'}" in out
+    assert not first.exists() and not (glibc_project.work / "glibc/tree").exists()
+    assert second.is_dir() and glibc_project.current.resolve() == second
+    assert glibc_project.run("glibc") == 0
+    assert "is up to date" in capsys.readouterr().out, "the current packages survived"
