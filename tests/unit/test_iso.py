@@ -308,17 +308,16 @@ def test_mastering_child_failure_keeps_the_previous_iso(tmp_path: Path, monkeypa
     tree = make_tree(tmp_path / "tree")
     out = master(tmp_path, tree, tmp_path / "out" / "live.iso")
     before = sha256(out)
-    real_run = runner.run
+    real_write = iso._write_iso
 
-    def child_fails(argv: Any, **kwargs: Any) -> runner.Result:
-        if "builder.iso" in [str(a) for a in argv]:  # the mastering child dies half-way
-            argv = [str(a).replace(str(tree), str(tmp_path / "vanished")) for a in argv]
-        return real_run(argv, **kwargs)
+    def child_fails(roots: list[Path], dest: Path, label: str) -> None:
+        real_write([tmp_path / "vanished", *roots[1:]], dest, label)  # the mastering child dies half-way
 
-    monkeypatch.setattr(runner, "run", child_fails)
+    monkeypatch.setattr(iso, "_write_iso", child_fails)
     with pytest.raises(runner.CommandFailed) as err:
         master(tmp_path, tree, out)
     assert "full log:" in err.value.details[-1]
+    assert any("vanished" in line for line in err.value.details), "the child's traceback is shown"
     assert sha256(out) == before and [p.name for p in out.parent.iterdir()] == ["live.iso"]
 
 
@@ -331,7 +330,14 @@ def test_every_command_goes_through_the_runner_as_argv(tmp_path: Path, monkeypat
         assert kwargs.get("log_path") == tmp_path / "master.log"
         return real_run(argv, **kwargs)
 
+    def record_child(func: Any, argv: Any, log_path: Path) -> None:
+        calls.append([str(a) for a in argv])
+        assert log_path == tmp_path / "master.log"
+        real_child(func, argv, log_path)
+
+    real_child = runner.in_child
     monkeypatch.setattr(runner, "run", record)
+    monkeypatch.setattr(runner, "in_child", record_child)
     master(tmp_path, make_tree(tmp_path / "tree"), tmp_path / "x.iso")
     assert [Path(c[0]).name for c in calls] == ["grub-mkimage", "mkfs.vfat", "mmd", "mcopy",
                                                 Path(sys.executable).name]
