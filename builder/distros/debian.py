@@ -34,7 +34,7 @@ _UNKNOWN_PACKAGE = re.compile(r"(?:Unable to locate package|Couldn't find packag
 class SquashfsSettings:
     compression: Literal["zstd", "xz", "gzip", "lz4", "lzo"] = setting("zstd", help="mksquashfs -comp")
     level: int | None = setting(None, help="compression level (zstd 1-22, gzip 1-9); none: 9 for zstd "
-                                "(6.6x faster than mksquashfs's 15 for 6% more bytes), the tool's default otherwise",
+                                "(6x faster than mksquashfs's 15 for 6% more bytes), the tool's default otherwise",
                                 check=at_least(1))
 
 
