@@ -22,7 +22,7 @@ from builder.errors import InfraError, UserError
 from builder.glibc import Plan as GlibcPlan
 from builder.kernel import Plan as KernelPlan
 
-STAGE_VERSION = 3  # 2: the kernel package is held; 3: zstd level 9, squashfs times really pinned
+STAGE_VERSION = 3  # 2: the kernel package is held; 3: zstd level 9 by default
 
 
 def smoke_script(marker_file: str, libc_marker: str | None = None) -> str:
@@ -129,16 +129,22 @@ def remove_root(root: Path) -> None:
 DEFAULT_ZSTD_LEVEL = 9
 
 
-def squashfs_argv(root: Path, out: Path, compression: str, level: int | None, epoch: int) -> list[str]:
-    argv = ["mksquashfs", str(root), str(out), "-noappend", "-comp", compression, "-no-progress",
-            "-mkfs-time", str(epoch), "-all-time", str(epoch)]
+def squashfs_argv(root: Path, out: Path, compression: str, level: int | None) -> list[str]:
+    # the times come from SOURCE_DATE_EPOCH (squashfs_env): mksquashfs refuses it together with
+    # -mkfs-time/-all-time, and CI systems often export it
+    argv = ["mksquashfs", str(root), str(out), "-noappend", "-comp", compression, "-no-progress"]
     if level is None and compression == "zstd":
         level = DEFAULT_ZSTD_LEVEL
     if level is not None:
         argv += ["-Xcompression-level", str(level)]
     # last: -e takes every argument after it as a path to exclude (an option after it
-    # would silently become an exclude: the level and times were ignored that way)
+    # would silently become an exclude: the level was ignored that way)
     return [*argv, "-e", "boot"]
+
+
+def squashfs_env(epoch: int) -> dict[str, str]:
+    """mksquashfs sets the filesystem's and every inode's time from it: reproducible images."""
+    return {"SOURCE_DATE_EPOCH": str(epoch)}
 
 
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
@@ -189,8 +195,8 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 start = time.monotonic()
                 with log.stage("rootfs.squashfs", distro=plugin.name):
                     sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
-                    runner.run(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1], epoch),
-                               log_path=log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
+                    runner.run(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]),
+                               log_path=log_path, env=squashfs_env(epoch))
                 durations["squashfs"] = round(time.monotonic() - start, 3)
             finally:
                 remove_root(root)

@@ -106,12 +106,13 @@ def test_smoke_script_is_valid_shell_and_reports_every_marker() -> None:
 
 
 def test_squashfs_argv_is_reproducible() -> None:
-    argv = rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", 3, 1700000000)
+    argv = rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", 3)
     assert argv == ["mksquashfs", "/r", "/o.sq", "-noappend", "-comp", "zstd", "-no-progress",
-                    "-mkfs-time", "1700000000", "-all-time", "1700000000", "-Xcompression-level", "3", "-e", "boot"]
+                    "-Xcompression-level", "3", "-e", "boot"]
+    assert rootfs.squashfs_env(1700000000) == {"SOURCE_DATE_EPOCH": "1700000000"}
     # no level: zstd gets 9 (measured: 6x faster than mksquashfs's 15), the others the tool's own default
-    assert rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", None, 1)[-4:-2] == ["-Xcompression-level", "9"]
-    assert "-Xcompression-level" not in rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "xz", None, 1)
+    assert rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "zstd", None)[-4:-2] == ["-Xcompression-level", "9"]
+    assert "-Xcompression-level" not in rootfs.squashfs_argv(Path("/r"), Path("/o.sq"), "xz", None)
 
 
 def test_parse_modes() -> None:
