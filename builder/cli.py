@@ -340,9 +340,10 @@ def cmd_patches(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Build a kernel from a quilt patch series (verifying every requested config option), "
-                    "Debian, AlmaLinux and Rocky Linux live ISOs that carry it, and boot-test them in QEMU "
-                    "(BIOS/UEFI x CD/USB).",
+        description="Build a kernel from a quilt patch series (verifying every requested config option) and "
+                    "the distribution's glibc packages with another, Debian, AlmaLinux and Rocky Linux live ISOs "
+                    "that carry them, and boot-test them in QEMU (BIOS/UEFI x CD/USB), proving the patched kernel "
+                    "and glibc run. The default job: isobuild all.",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
@@ -368,10 +369,11 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the build's metadata (and the boot verdict) as JSON")
     k.set_defaults(func=cmd_kernel)
 
-    d = verb("debian", "build the Debian live ISO (kernel, rootfs, ISO as needed) and boot-test it",
-             "Build what changed of kernel -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
+    d = verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",
+             "Build what changed of kernel + glibc packages -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
              "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS "
-             "and UEFI and check the running kernel is the patched one and systemd has no failed units.")
+             "and UEFI and check the running kernel and glibc are the patched ones and systemd has no failed "
+             "units.")
     d.add_argument("--profile", help="kernel profile (default: kernel.profile)")
     d.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
     d.add_argument("--no-smoke", action="store_true", help="build the ISO only")
