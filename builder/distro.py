@@ -56,6 +56,16 @@ class Plugin(ABC):
         self.settings = settings
         self.project = project
 
+    def overlay_dir(self) -> Path | None:
+        """The settings' ``overlay:`` directory (copied over the root after configuration), if any."""
+        overlay = getattr(self.settings, "overlay", None)
+        if not overlay:
+            return None
+        path = self.project.path(overlay)
+        if not path.is_dir():
+            raise UserError(f"distros/{self.name}.yaml: overlay: {path} is not a directory")
+        return path
+
     @abstractmethod
     def identity(self) -> dict[str, Any]:
         """Everything about this distro's settings that changes the rootfs (for the stage key)."""

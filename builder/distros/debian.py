@@ -98,14 +98,6 @@ class DebianPlugin(Plugin):
                 "ssh_authorized_key": s.ssh_authorized_key,
                 "overlay": sha256_tree(overlay) if overlay else None}
 
-    def overlay_dir(self) -> Path | None:
-        if not self.settings.overlay:
-            return None
-        path = self.project.path(self.settings.overlay)
-        if not path.is_dir():
-            raise UserError(f"distros/{self.name}.yaml: overlay: {path} is not a directory")
-        return path
-
     # --- bootstrap ------------------------------------------------------------------
 
     def bootstrap_argv(self, root: Path, cache: Path) -> list[str]:

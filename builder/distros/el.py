@@ -205,14 +205,6 @@ class ELPlugin(Plugin):
                 "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "overlay": sha256_tree(overlay) if overlay else None}
 
-    def overlay_dir(self) -> Path | None:
-        if not self.settings.overlay:
-            return None
-        path = self.project.path(self.settings.overlay)
-        if not path.is_dir():
-            raise UserError(f"{self.where}: overlay: {path} is not a directory")
-        return path
-
     @property
     def work(self) -> Path:
         return self.project.work_dir / "distros" / self.name
