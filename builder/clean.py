@@ -46,7 +46,7 @@ def targets(work_dir: Path) -> list[Path]:
     glibc = work_dir / "glibc"
     glibc_current = (glibc / "current").resolve() if (glibc / "current").is_symlink() else None
     out += [p for p in (glibc / "artifacts").glob("*") if p.resolve() != glibc_current]
-    out += list(glibc.glob("tree"))  # the last build's tree (glibc --tests runs there; it rebuilds)
+    out += list((glibc / "trees").glob("*"))  # build trees, the last good one too (glibc --tests then rebuilds)
     for distro in (work_dir / "distros").glob("*"):
         last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
         out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]

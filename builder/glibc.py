@@ -49,19 +49,11 @@ _WARNING = re.compile(r"\bwarning:")
 class Layout:
     root: Path  # <work>/glibc
 
-    @property
-    def tree(self) -> Path:
-        """Scratch: dpkg-buildpackage writes the .debs next to the source dir."""
-        return self.root / "tree"
-
-    @property
-    def src(self) -> Path:
-        return self.tree / "src"
-
-    @property
-    def marker(self) -> Path:
-        """Names the key whose build the tree holds (written after a good build): tests can run there."""
-        return self.tree / "tree.json"
+    def tree(self, key: str) -> Path:
+        """A build's scratch dir, one per key: dpkg-buildpackage writes the .debs next to
+        src/.  The last good one is kept (glibc --tests runs there); a failed build of
+        another key works in its own dir and never touches it."""
+        return self.root / "trees" / key[:16]
 
     @property
     def state(self) -> Path:
@@ -101,6 +93,19 @@ class Plan:
     @property
     def artifact(self) -> Path:
         return self.layout.artifact(self.key)
+
+    @property
+    def tree(self) -> Path:
+        return self.layout.tree(self.key)
+
+    @property
+    def src(self) -> Path:
+        return self.tree / "src"
+
+    @property
+    def marker(self) -> Path:
+        """Written once this key's build succeeded: the tree is whole and tests can run there."""
+        return self.tree / "tree.json"
 
 
 def changelog_top(changelog: Path) -> tuple[str, str, str, str]:
@@ -300,25 +305,24 @@ def changelog_entry(changelog: Path, version: str, series: list[patches.Patch]) 
 
 def prepare_tree(p: Plan, log_path: Path) -> list[str]:
     """A fresh scratch tree with Debian's and our series applied; returns quilt notes."""
-    lay = p.layout
     patches.vet(p.packaging + p.series)  # before anything is extracted
-    shutil.rmtree(lay.tree, ignore_errors=True)
-    lay.tree.mkdir(parents=True)
+    shutil.rmtree(p.tree, ignore_errors=True)
+    p.tree.mkdir(parents=True)
     with log.stage("glibc.extract", tarball=str(p.source.tarball)):
-        sources.extract(sources.Source(p.source.tarball, p.source.identity, p.source.label), lay.src, log_path)
-    shutil.copytree(p.source.debian_dir, lay.src / "debian", symlinks=True)
-    patch_packaging(lay.src, p.packaging, log_path)
-    debian_patches = lay.src / "debian" / "patches"
-    theirs = _debian_series(lay.src / "debian")
-    if debian_series_applied(lay.src, theirs, log_path):
-        _mark_applied(lay.src, [x.name for x in theirs])
+        sources.extract(sources.Source(p.source.tarball, p.source.identity, p.source.label), p.src, log_path)
+    shutil.copytree(p.source.debian_dir, p.src / "debian", symlinks=True)
+    patch_packaging(p.src, p.packaging, log_path)
+    debian_patches = p.src / "debian" / "patches"
+    theirs = _debian_series(p.src / "debian")
+    if debian_series_applied(p.src, theirs, log_path):
+        _mark_applied(p.src, [x.name for x in theirs])
     else:
         with log.stage("glibc.debian-series", patches=len(theirs)):
-            patches.push(lay.src, debian_patches, log_path, rollback=False, onto="the upstream glibc source")
+            patches.push(p.src, debian_patches, log_path, rollback=False, onto="the upstream glibc source")
     debian_patches.mkdir(parents=True, exist_ok=True)
     append_series(debian_patches, p.series)
-    notes = patches.push(lay.src, debian_patches, log_path, rollback=False, onto="Debian's patched glibc tree")
-    changelog_entry(lay.src / "debian" / "changelog", p.version, p.series)
+    notes = patches.push(p.src, debian_patches, log_path, rollback=False, onto="Debian's patched glibc tree")
+    changelog_entry(p.src / "debian" / "changelog", p.version, p.series)
     return notes
 
 
@@ -351,7 +355,7 @@ def install_build_deps(src: Path, profiles: list[str], log_path: Path) -> None:
 
 def ensure_build_deps(p: Plan, log_path: Path) -> list[str]:
     """Install what is missing (if allowed); return what was installed."""
-    control = p.layout.src / "debian" / "control"
+    control = p.src / "debian" / "control"
     unmet = unmet_build_deps(control, p.settings.profiles, log_path)
     if not unmet:
         return []
@@ -361,7 +365,7 @@ def ensure_build_deps(p: Plan, log_path: Path) -> list[str]:
                              "or set glibc.install_build_deps: true")
     try:
         with log.stage("glibc.build-deps", missing=unmet):
-            install_build_deps(p.layout.src, p.settings.profiles, log_path)
+            install_build_deps(p.src, p.settings.profiles, log_path)
     except runner.CommandFailed as exc:
         raise InfraError(f"glibc build dependencies missing and apt-get build-dep failed: {' '.join(unmet)}",
                          hint=exc.hint, details=exc.details) from None
@@ -394,7 +398,7 @@ def compile_packages(p: Plan, log_path: Path, expected: int | None) -> int:
 
     progress = Progress("glibc.compile", expected, step=_COMPILE_STEP)
     try:
-        runner.run(build_argv(p), cwd=p.layout.src, env=build_env(p), log_path=log_path, on_line=progress.line)
+        runner.run(build_argv(p), cwd=p.src, env=build_env(p), log_path=log_path, on_line=progress.line)
     except runner.CommandFailed as exc:
         raise UserError(
             "glibc build failed" + (f": {exc.error_lines[0].strip()}" if exc.error_lines else ""),
@@ -409,15 +413,15 @@ def run_tests(p: Plan, tests: list[str], log_path: Path) -> dict[str, str]:
 
     Recorded in the artifact's metadata; a failed test raises CheckFailed (the packages are kept).
     """
-    marker = state.load(p.layout.marker) or {}
-    objdirs = sorted(d for d in (p.layout.src / "build-tree").glob("*-libc") if d.is_dir())
+    marker = state.load(p.marker) or {}
+    objdirs = sorted(d for d in (p.src / "build-tree").glob("*-libc") if d.is_dir())
     if marker.get("key") != p.key or not objdirs:
         raise UserError("no build tree of this glibc to run its tests in (it was cleaned or is another build's)",
                         hint="rebuild with the tests: isobuild glibc --force --tests ...")
     for test in tests:
         if not re.fullmatch(r"[A-Za-z0-9_+-]+/[A-Za-z0-9_+.-]+", test):
             raise UserError(f"glibc test {test!r}: expected <subdir>/<test>, e.g. string/test-strlen")
-        if not (p.layout.src / test.split("/")[0]).is_dir():
+        if not (p.src / test.split("/")[0]).is_dir():
             raise UserError(f"glibc test {test!r}: no {test.split('/')[0]}/ directory in the glibc source")
     objdir = objdirs[0]
     results: dict[str, str] = {}
@@ -458,9 +462,9 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             steps = compile_packages(p, log_path, previous.get("steps_last_build"))
         [warnings] = log.count_since(log_path, log_offset, _WARNING)
         with log.stage("glibc.collect"), atomic.new_dir(p.artifact) as out:
-            debs = sorted(d for d in lay.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
+            debs = sorted(d for d in p.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
             if not any(d.name.startswith("libc6_") for d in debs):
-                raise InfraError(f"{lay.tree}: dpkg-buildpackage made no libc6 package", hint=f"see {log_path}")
+                raise InfraError(f"{p.tree}: dpkg-buildpackage made no libc6 package", hint=f"see {log_path}")
             (out / "debs").mkdir()
             for deb in debs:
                 shutil.copyfile(deb, out / "debs" / deb.name)
@@ -476,11 +480,14 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 "tests": {}, "durations": phases.seconds, "started": started,
                 "finished": state.now(), "log": str(log_path),
                 "reproducer": {"isobuild": "isobuild glibc",
-                               "dpkg-buildpackage": runner.reproducer(build_argv(p), lay.src, build_env(p))},
+                               "dpkg-buildpackage": runner.reproducer(build_argv(p), p.src, build_env(p))},
             }
             atomic.write_json(out / "metadata.json", metadata)
         atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
-        state.save(lay.marker, {"key": p.key})
+        state.save(p.marker, {"key": p.key})
+        for other in lay.root.glob("trees/*"):  # superseded by this good build
+            if other != p.tree:
+                shutil.rmtree(other, ignore_errors=True)
         done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
     return metadata
 

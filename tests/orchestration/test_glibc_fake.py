@@ -136,7 +136,7 @@ def test_builds_the_distributions_packages_with_our_series_and_version(
     out = banner(libc6, tmp_path / "x")
     # Debian's series (applied by quilt: the tarball is pristine), then ours on top
     assert "Debian: patched by its series." in out and "XSC extensions: fake 1" in out
-    tree = glibc_project.work / "glibc" / "tree" / "src"
+    tree = glibc_project.work / "glibc" / "trees" / meta["key"][:16] / "src"
     assert (tree / "debian/patches/series").read_text().splitlines()[-1] == "isobuild/0001-xsc-banner.patch"
     assert (tree / "debian/changelog").read_text().startswith("glibc (1.0-1+isobuild1) bookworm; urgency=medium")
     assert "built:" in capsys.readouterr().out
@@ -156,7 +156,7 @@ def test_a_source_that_already_carries_debians_series_like_glibc_source(
     libc6 = next(x["file"] for x in meta["packages"] if x["package"] == "libc6")
     out = banner(project.current / "debs" / libc6, tmp_path / "x")
     assert out.count("Debian: patched by its series.") == 1 and "XSC extensions: fake 1" in out
-    applied = (project.work / "glibc/tree/src/.pc/applied-patches").read_text().split()
+    applied = (project.work / "glibc/trees" / meta["key"][:16] / "src/.pc/applied-patches").read_text().split()
     assert applied == ["debian-banner.diff", "isobuild/0001-xsc-banner.patch"]
 
 
@@ -180,6 +180,8 @@ def test_a_patch_that_does_not_apply_on_debians_tree_fails_in_seconds_and_keeps_
     assert glibc_project.current.resolve() == good
     state = json.loads((glibc_project.work / "glibc/state.json").read_text())
     assert state["status"] == "failed" and state["last_good"] == good.name
+    # the last good build's tree (where glibc --tests runs) is untouched by the failed one
+    assert (glibc_project.work / "glibc/trees" / good.name[:16] / "tree.json").exists()
 
 
 def test_a_version_that_would_downgrade_the_distributions_is_refused(
@@ -299,8 +301,9 @@ def test_clean_drops_the_build_tree_and_superseded_packages_keeps_current(
     capsys.readouterr()
     assert glibc_project.run("clean") == 0
     out = capsys.readouterr().out
-    assert f"removed {first}" in out and f"removed {glibc_project.work / 'glibc' / 'tree'}" in out
-    assert not first.exists() and not (glibc_project.work / "glibc/tree").exists()
+    trees = glibc_project.work / "glibc" / "trees"
+    assert f"removed {first}" in out and f"removed {trees / second.name[:16]}" in out
+    assert not first.exists() and not any(trees.iterdir())
     assert second.is_dir() and glibc_project.current.resolve() == second
     assert glibc_project.run("glibc") == 0
     assert "is up to date" in capsys.readouterr().out, "the current packages survived"
