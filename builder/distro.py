@@ -16,6 +16,13 @@ from typing import Any, ClassVar
 
 from builder.config import Project
 from builder.errors import UserError
+from builder.schema import matches
+
+# Value checks every distro's settings share (see builder.schema.setting).
+LABEL = matches(r"[A-Z0-9_]{1,32}", "1 to 32 of A-Z 0-9 _ (an ISO9660 volume label)")
+HOSTNAME = matches(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "a hostname label")
+LOCALE = matches(r"[A-Za-z0-9_.@-]+", "a locale name")
+ZONEINFO = matches(r"[A-Za-z0-9_+/-]+", "a zoneinfo name")
 
 # The unit that runs the boot check (rootfs.smoke_script) in every distro's image.
 SMOKE_UNIT = """[Unit]

@@ -18,11 +18,10 @@ from typing import Any, Literal
 from builder import aptsources, log, runner, stagekey
 from builder.chroot import Chroot
 from builder.digest import sha256_bytes, sha256_tree
-from builder.distro import SMOKE_UNIT, LiveLayout, Plugin
+from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLayout, Plugin
 from builder.errors import InfraError, UserError
 from builder.schema import at_least, matches, setting
 
-LABEL = matches(r"[A-Z0-9_]{1,32}", "1 to 32 of A-Z 0-9 _ (an ISO9660 volume label)")
 _UNREACHABLE = re.compile(r"(Could not resolve|Failed to fetch|Unable to connect|Connection refused|"
                           r"Temporary failure resolving|No route to host|Could not connect|Network is unreachable|"
                           r"Connection timed out|Release file .* is not valid|404\s+Not Found)", re.I)
@@ -52,10 +51,10 @@ class DebianSettings:
     packages: list[str] = setting(factory=lambda: ["systemd-sysv", "live-boot", "initramfs-tools", "zstd"],
                                   help="packages on top of minbase")
     hostname: str = setting("isobuild", help="hostname of the live system",
-                            check=matches(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "a hostname label"))
+                            check=HOSTNAME)
     locale: str = setting("C.UTF-8", help="LANG of the live system",
-                          check=matches(r"[A-Za-z0-9_.@-]+", "a locale name"))
-    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=matches(r"[A-Za-z0-9_+/-]+", "a zoneinfo name"))
+                          check=LOCALE)
+    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_DEBIAN", help="ISO volume label", check=LABEL)
     cmdline: str = setting("boot=live components console=ttyS0,115200 console=tty0",
                            help="kernel command line of the live system")

@@ -35,8 +35,8 @@ from builder import dnf, kickstart, runner
 from builder.chroot import Chroot
 from builder.config import Project
 from builder.digest import sha256_tree
-from builder.distro import SMOKE_UNIT, LiveLayout, Plugin
-from builder.distros.debian import LABEL, SquashfsSettings
+from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLayout, Plugin
+from builder.distros.debian import SquashfsSettings
 from builder.errors import InfraError, UserError
 from builder.schema import matches, setting
 
@@ -110,10 +110,10 @@ class ELSettings:
                                              "the kickstart's install source")
     packages: list[str] = setting(factory=_default_packages, help="the kickstart's %packages")
     hostname: str = setting("isobuild", help="hostname of the live system",
-                            check=matches(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "a hostname label"))
+                            check=HOSTNAME)
     locale: str = setting("en_US.UTF-8", help="LANG of the live system",
-                          check=matches(r"[A-Za-z0-9_.@-]+", "a locale name"))
-    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=matches(r"[A-Za-z0-9_+/-]+", "a zoneinfo name"))
+                          check=LOCALE)
+    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_EL", help="ISO volume label (root=live:CDLABEL=<label>)", check=LABEL)
     cmdline: str = setting("rd.live.overlay.overlayfs=1 console=ttyS0,115200 console=tty0",
                            help="kernel command line after root=live:CDLABEL=<label> rd.live.image")
