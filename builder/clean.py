@@ -1,10 +1,11 @@
 """``isobuild clean``: drop build trees and superseded artifacts;
 ``isobuild distclean``: remove everything isobuild made.
 
-Keeps the source and package caches, the digest cache, every kernel a
-``current`` link points at (the last good kernel of each profile), the
-current glibc packages and each distro's last good root filesystem, so nothing good is lost and the next
-build downloads nothing.  ISOs in the project's iso/ are never touched.
+Keeps the source and package caches (the EL glibc source RPMs too), the
+digest cache, every kernel a ``current`` link points at (the last good kernel
+of each profile), the current glibc packages (Debian's, and each EL distro's
+glibc RPMs) and each distro's last good root filesystem, so nothing good is
+lost and the next build downloads nothing.  ISOs in the project's iso/ are never touched.
 
 ``distclean`` removes the whole work dir (caches included), the ISOs with
 their sums, signatures and report, and the logs -- but only entries isobuild
@@ -51,6 +52,10 @@ def targets(work_dir: Path) -> list[Path]:
         last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
         out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]
         out += list(distro.glob("iso-work"))
+        rpm_glibc = distro / "glibc-rpm"  # an EL distro's glibc-rpm stage (builder/elglibc.py)
+        rpm_current = (rpm_glibc / "current").resolve() if (rpm_glibc / "current").is_symlink() else None
+        out += [p for p in (rpm_glibc / "artifacts").glob("*") if p.resolve() != rpm_current]
+        out += list((rpm_glibc / "trees").glob("*"))  # scratch of failed builds (a good one removes its own)
     return sorted(out)
 
 
@@ -60,8 +65,8 @@ def clean(work_dir: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
         size = _size(path)
         removed.append((path, size))
         if not dry_run:
-            if path.name.startswith(".root-"):
-                rootfs.remove_root(path)  # refuses while anything is mounted inside
+            if path.name.startswith(".root-") or path.parent.name == "trees":
+                rootfs.remove_root(path)  # refuses while anything is mounted inside (an EL buildroot's too)
             elif path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:

@@ -103,7 +103,8 @@ def _smoke(project: Project, ip: isostage.Plan, chosen: list[str], as_json: bool
 def cmd_distro(args: argparse.Namespace) -> int:
     project = _project(args)
     modes = _modes(args.modes)  # a typo must not wait for the build
-    ip, record = pipeline.ensure_iso(project, args.distro, args.profile)
+    ip, record = pipeline.ensure_iso(project, args.distro, args.profile,
+                                     force_glibc=getattr(args, "force_glibc", False))
     if not args.json:
         print(f"{args.distro} ISO: {ip.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
               f"sha256 {str(record.get('sha256'))[:16]}..., kernel {record.get('kernel_release')})")
@@ -137,7 +138,9 @@ def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> 
     plugins = {name: distros.load(project, name) for name in distros_}  # bad distro files fail first
     stages = [pipeline.Stage("kernel", [], lambda: pipeline.ensure_kernel(project, args.profile)[1]
                              .get("kernel_release", ""))]
-    glibc_for = [n for n, plugin in plugins.items() if pipeline.wants_glibc(project, plugin)]
+    # Debian's glibc stage; an EL distro's glibc-rpm stage runs inside its ISO stage
+    glibc_for = [n for n, plugin in plugins.items()
+                 if pipeline.wants_glibc(project, plugin) and plugin.glibc_format == "deb"]
     if glibc_for:
         stages.append(pipeline.Stage("glibc", [], lambda: pipeline.ensure_glibc(project)[1].get("version", "")))
     for name in distros_:
@@ -381,8 +384,10 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_distro, distro="debian")
 
     for name, title in (("alma", "AlmaLinux"), ("rocky", "Rocky Linux")):
-        e = verb(name, f"build the {title} live ISO (kernel, rootfs, ISO as needed) and boot-test it",
-                 f"Build what changed of kernel (and its RPM) -> {title} root filesystem -> hybrid BIOS/UEFI ISO "
+        e = verb(name, f"build the {title} live ISO (kernel, glibc RPM, rootfs, ISO as needed) and boot-test it",
+                 f"Build what changed of kernel (and its RPM) and the patched glibc RPM (the distribution's glibc "
+                 f"source RPM rebuilt with patches/glibc/series; glibc: in distros/{name}.yaml) -> {title} root "
+                 "filesystem -> hybrid BIOS/UEFI ISO "
                  f"(iso/{name}/<name>.iso, .sha256, .manifest.json) from distros/{name}.yaml and its kickstart "
                  "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf "
                  "--installroot from the configured repositories (isobuild doctor says which); dracut's "
@@ -391,6 +396,8 @@ def parser() -> argparse.ArgumentParser:
         e.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
         e.add_argument("--no-smoke", action="store_true", help="build the ISO only")
         e.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
+        e.add_argument("--force-glibc", action="store_true",
+                       help="download the repositories' newest glibc source RPM again and rebuild the glibc RPM")
         e.set_defaults(func=cmd_distro, distro=name)
 
     g = verb("glibc", "build the patched glibc packages (if their inputs changed)",

@@ -63,6 +63,10 @@ class Plugin(ABC):
         self.settings = settings
         self.project = project
 
+    def takes_glibc(self) -> bool:
+        """Whether this distro's root gets the patched glibc (the project's glibc.enabled aside)."""
+        return self.glibc_format is not None
+
     def overlay_dir(self) -> Path | None:
         """The settings' ``overlay:`` directory (copied over the root after configuration), if any."""
         overlay = getattr(self.settings, "overlay", None)

@@ -60,6 +60,8 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dnf", "dnf", "alma, rocky (build: dnf)"),
     Tool("rpm", "rpm", "alma, rocky (the root's package database)"),
     Tool("createrepo_c", "createrepo-c", "alma, rocky (repository of our RPMs)"),
+    Tool("/usr/lib/python3/dist-packages/dnf-plugins/download.py", "dnf-plugins-core",  # = elglibc.DOWNLOAD_PLUGIN
+         "alma, rocky (glibc RPM: dnf download --source)"),
     Tool("/usr/lib/ISOLINUX/isolinux.bin", "isolinux", "iso (BIOS)"),
     Tool("/usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common", "iso (BIOS)"),
     Tool("grub-mkimage", "grub-efi-amd64-bin", "iso (UEFI)"),

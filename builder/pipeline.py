@@ -1,6 +1,6 @@
 """Stages in dependency order, each built only when its key changed.
 
-kernel + glibc -> rootfs (per distro) -> ISO -> smoke.  Each ``ensure_*`` returns
+kernel + glibc (Debian's; an EL distro's glibc-rpm) -> rootfs (per distro) -> ISO -> smoke.  Each ``ensure_*`` returns
 the stage's plan and its (reused or fresh) result, taking the work-dir lock
 only when something must be built.
 """
@@ -11,12 +11,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from builder import distros, glibc, isostage, kernel, lock, log, rootfs
+from builder import distros, elglibc, glibc, isostage, kernel, lock, log, rootfs
 from builder.config import Project
 from builder.distro import Plugin
 from builder.errors import InfraError, IsobuildError
+
+if TYPE_CHECKING:
+    from builder.distros.el import ELPlugin
 
 
 def stage_log(project: Project, name: str) -> Path:
@@ -73,15 +76,55 @@ def ensure_glibc(project: Project, force: bool = False,
     return p, meta, fresh
 
 
+def el_plugin(plugin: Plugin) -> ELPlugin:
+    """The plugin as the EL plugin it is (only EL plugins install rpm glibc packages)."""
+    from builder.distros.el import ELPlugin
+
+    if not isinstance(plugin, ELPlugin):
+        raise TypeError(f"{plugin.name}: glibc_format rpm is the EL plugin's")
+    return plugin
+
+
+def ensure_elglibc(project: Project, plugin: Plugin,
+                   force: bool = False) -> tuple[elglibc.Plan, dict[str, Any], bool]:
+    """An EL distro's glibc-rpm stage: (plan, metadata, built_now).  The source RPM is downloaded
+    when there is none yet or ``force`` (then the repositories' newest), and rebuilt when its key
+    changed or ``force``."""
+    plugin = el_plugin(plugin)
+    with lock.held(project.work_dir):
+        if plugin.settings.glibc.srpm.type == "repo" and (force or elglibc.cached_srpm(plugin) is None):
+            log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
+            with log.stage("glibc-rpm.download", distro=plugin.name, log=str(log_path)):
+                elglibc.download_srpm(plugin, log_path)
+        p = elglibc.plan(plugin)
+        meta = None if force else elglibc.built(p)
+        if meta is not None:
+            switched = elglibc.adopt(p)
+            log.get().info("glibc-rpm.up-to-date", distro=plugin.name, key=p.key[:12], version=meta.get("version"),
+                           reused_earlier_build=switched)
+            return p, meta, False
+        log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
+        with log.stage("glibc-rpm", distro=plugin.name, key=p.key[:12], version=p.version, log=str(log_path)):
+            meta = elglibc.build(p, log_path)
+    return p, meta, True
+
+
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
-    """The patched glibc goes into this distro's root: enabled, and the plugin installs that format."""
-    return project.settings.glibc.enabled and plugin.glibc_format == "deb"
+    """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
+    and the plugin installs a format a glibc stage makes (deb: the glibc stage; rpm: glibc-rpm)."""
+    return project.settings.glibc.enabled and plugin.glibc_format in ("deb", "rpm") and plugin.takes_glibc()
 
 
-def ensure_iso(project: Project, distro: str, profile: str | None) -> tuple[isostage.Plan, dict[str, Any]]:
+def ensure_iso(project: Project, distro: str, profile: str | None,
+               force_glibc: bool = False) -> tuple[isostage.Plan, dict[str, Any]]:
+    """Build what changed up to the distro's ISO; ``force_glibc``: an EL distro's glibc RPM is
+    rebuilt from the repositories' newest source RPM."""
     plugin = distros.load(project, distro)  # validate the distro file before any long work
     kp, _, _ = ensure_kernel(project, profile)
-    gp = ensure_glibc(project)[0] if wants_glibc(project, plugin) else None
+    gp: rootfs.GlibcArtifact | None = None
+    if wants_glibc(project, plugin):
+        gp = ensure_glibc(project)[0] if plugin.glibc_format == "deb" \
+            else ensure_elglibc(project, plugin, force_glibc)[0]
     rp = rootfs.plan(plugin, kp, gp)
     ip = isostage.plan(rp)
     if rootfs.built(rp) is None:
@@ -107,7 +150,9 @@ def iso_plan(project: Project, distro: str, profile: str | None,
     """The plan of the distro's ISO as the inputs on disk say (builds nothing); pass
     ``glibc_plan`` when the caller has it already."""
     plugin = distros.load(project, distro)
-    gp = (glibc_plan or glibc.plan(project)) if wants_glibc(project, plugin) else None
+    gp: rootfs.GlibcArtifact | None = None
+    if wants_glibc(project, plugin):
+        gp = (glibc_plan or glibc.plan(project)) if plugin.glibc_format == "deb" else elglibc.plan(el_plugin(plugin))
     return isostage.plan(rootfs.plan(plugin, kernel.plan(project, profile), gp))
 
 

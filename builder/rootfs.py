@@ -14,24 +14,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from builder import atomic, log, runner, stagekey, state
 from builder.distro import Plugin
 from builder.errors import InfraError, UserError
-from builder.glibc import Plan as GlibcPlan
 from builder.kernel import Plan as KernelPlan
 
 STAGE_VERSION = 3  # 2: the kernel package is held; 3: zstd level 9 by default
 
 
-def smoke_script(marker_file: str, libc_marker: str | None = None) -> str:
+# the installed glibc's version, written as the glibc stages' metadata writes it
+LIBC_VERSION_QUERY = {"deb": "dpkg-query -W -f='${Version}' libc6",
+                      "rpm": "rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}' glibc"}
+
+
+def smoke_script(marker_file: str, libc_marker: str | None = None, package_format: str = "deb") -> str:
     """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit).
 
-    With ``libc_marker`` it also reports the installed libc6 version and the
-    line of libc.so.6's banner (the library run as a program) holding the marker.
+    With ``libc_marker`` it also reports the installed glibc version (libc6's
+    or glibc's, by ``package_format``) and the line of libc.so.6's banner (the
+    library run as a program) holding the marker.
     """
-    libc = "" if libc_marker is None else f"""say "GLIBC $(dpkg-query -W -f='${{Version}}' libc6 2>/dev/null)"
+    libc = "" if libc_marker is None else f"""say "GLIBC $({LIBC_VERSION_QUERY[package_format]} 2>/dev/null)"
 for lib in /lib/*-linux-gnu/libc.so.6 /lib64/libc.so.6; do
   if [ -x "$lib" ]; then say "LIBC $("$lib" | grep -m1 -F -- '{libc_marker}')"; break; fi
 done
@@ -53,6 +58,16 @@ say DONE
 """
 
 
+class GlibcArtifact(Protocol):
+    """What the rootfs takes of a glibc stage's plan (Debian's glibc, an EL distro's glibc-rpm)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def artifact(self) -> Path: ...
+
+
 @dataclass(frozen=True)
 class DistroLayout:
     root: Path  # <work>/distros/<name>
@@ -69,7 +84,7 @@ class DistroLayout:
 class Plan:
     plugin: Plugin
     kernel: KernelPlan
-    glibc: GlibcPlan | None  # None: the distribution's own glibc
+    glibc: GlibcArtifact | None  # None: the distribution's own glibc
     layout: DistroLayout
     cache: Path
     script: str
@@ -85,10 +100,10 @@ class Plan:
         return self.layout.state_dir / "rootfs.json"
 
 
-def plan(plugin: Plugin, kernel: KernelPlan, glibc: GlibcPlan | None = None) -> Plan:
+def plan(plugin: Plugin, kernel: KernelPlan, glibc: GlibcArtifact | None = None) -> Plan:
     project = plugin.project
     script = smoke_script(project.settings.kernel.boot.marker_file,
-                          project.settings.glibc.marker if glibc else None)
+                          project.settings.glibc.marker if glibc else None, plugin.glibc_format or "deb")
     identity = plugin.identity()  # reads the apt config and hashes the overlay: once per plan
     inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
               "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch.name,
@@ -158,7 +173,10 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     if p.glibc is not None:
         glibc_meta = state.load(p.glibc.artifact / "metadata.json")
         if glibc_meta is None:
-            raise UserError("the glibc packages are missing or stale", hint="run: isobuild glibc")
+            # Debian's glibc stage has its own verb; an EL distro's glibc-rpm is built by its own
+            hint = "run: isobuild glibc" if p.plugin.glibc_format == "deb" else f"run: isobuild {p.plugin.name}"
+            raise UserError(f"the glibc packages for {p.plugin.name} are missing or stale ({p.glibc.artifact})",
+                            hint=hint)
     plugin = p.plugin
     started = state.now()
     record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "started": started,

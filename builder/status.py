@@ -118,6 +118,38 @@ def glibc_rows(project: Project, p: glibc.Plan | IsobuildError | None) -> list[R
     return [row]
 
 
+def elglibc_rows(project: Project, name: str) -> list[Row]:
+    """The glibc-rpm row of an EL distro that takes the patched glibc (none for others)."""
+    from builder import distros, elglibc, pipeline
+
+    try:
+        plugin = distros.load(project, name)
+    except IsobuildError:
+        return []  # distro_rows reports the distro file
+    if plugin.glibc_format != "rpm" or not pipeline.wants_glibc(project, plugin):
+        return []
+    try:
+        p = elglibc.plan(pipeline.el_plugin(plugin))
+    except IsobuildError as exc:
+        return [Row(elglibc.STAGE, name, "blocked", detail=exc.message + (f"; {exc.hint}" if exc.hint else ""))]
+    meta = elglibc.built(p)
+    rec = state.load(p.layout.state) or {}
+    row = Row(elglibc.STAGE, name, "missing", key=p.key[:12])
+    if meta is not None and state.effective_status(rec) != "running":
+        ours: dict[str, Any] = next((x for x in meta.get("rpms", []) if x.get("package") == "glibc"), {})
+        rpms = p.artifact / "rpms"
+        row.state, row.when = "built", str(meta.get("finished", ""))
+        row.seconds = meta.get("seconds")
+        row.size = sum(f.stat().st_size for f in rpms.glob("*.rpm")) if rpms.is_dir() else None
+        row.sha256 = str(ours.get("sha256", ""))[:12]
+        row.detail = f"{meta.get('version')}, {len(meta.get('rpms', []))} packages in {rpms}"
+    else:
+        last = state.load(p.layout.artifact(str(rec.get("last_good"))) / "metadata.json") \
+            if rec.get("last_good") else None
+        _record_row(row, rec, p.key, last.get("inputs", {}) if last else None, p.inputs)
+    return [row]
+
+
 def distro_rows(project: Project, name: str, profile: str | None, gp: glibc.Plan | None = None) -> list[Row]:
     from builder import isostage, pipeline, rootfs, smoke
 
@@ -178,6 +210,7 @@ def rows(project: Project, profile: str | None = None) -> list[Row]:
             gp = exc
     out += glibc_rows(project, gp)
     for name in distros.names(project):
+        out += elglibc_rows(project, name)
         out += distro_rows(project, name, profile, gp if isinstance(gp, glibc.Plan) else None)
     return out
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from builder import dnf, kickstart, runner
 from builder.chroot import Chroot
-from builder.config import Project
+from builder.config import SHA256, Project
 from builder.digest import sha256_tree
 from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLayout, Plugin
 from builder.distros.debian import SquashfsSettings
@@ -51,6 +51,7 @@ LOCAL_REPO = "isobuild-local"
 KERNEL_NAMES = ("kernel", "kernel-core", "kernel-modules", "kernel-modules-core", "kernel-modules-extra")
 _URL = matches(r"(https?|file)://\S+", "an http(s):// or file:// URL")
 _PACKAGE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9_.+:-]*")
+_NAME_NEVRA = "%{NAME}\\t%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
 
 
 def _release(value: Any) -> str | None:
@@ -91,6 +92,58 @@ class MockSettings:
                            check=matches(r"[A-Za-z0-9 ._-]{1,64}", "a product name"))
 
 
+def _default_buildroot() -> list[str]:
+    # mock's chroot_setup_cmd for EL9 (its 'buildsys-build' group): what an rpmbuild of any EL
+    # package may take for granted besides its BuildRequires
+    return ["bash", "bzip2", "coreutils", "cpio", "diffutils", "redhat-release", "findutils", "gawk",
+            "glibc-minimal-langpack", "grep", "gzip", "info", "patch", "redhat-rpm-config", "rpm-build", "sed",
+            "shadow-utils", "tar", "unzip", "util-linux", "which", "xz"]
+
+
+@dataclass
+class SrpmSettings:
+    type: Literal["repo", "file"] = setting(
+        "repo", help="repo: 'dnf download --source glibc' from repositories + source_repositories (the source of "
+        "the glibc the repositories install); file: a local .src.rpm pinned by sha256")
+    path: str | None = setting(None, help="file: the .src.rpm (relative to the project)")
+    sha256: str | None = setting(None, help="file: its sha256; a mismatch refuses to build", check=SHA256)
+
+    def validate(self) -> str | None:
+        if self.type == "file" and not (self.path and self.sha256):
+            return "type 'file' needs both 'path' and 'sha256'"
+        return None
+
+
+@dataclass
+class ELGlibcSettings:
+    enabled: bool = setting(True, help="rebuild the distribution's glibc source RPM with patches/glibc/series and "
+                            "install it in the root (false, or glibc.enabled: false in isobuild.yaml: the "
+                            "distribution's glibc stays)")
+    srpm: SrpmSettings = setting(factory=SrpmSettings, help="where the glibc source RPM comes from")
+    source_repositories: list[Repository] = setting(
+        factory=list, help="repositories of source RPMs (srpm.type repo); the distribution's own repositories are "
+        "used with them, to find which glibc they install")
+    release_suffix: str = setting(".isobuild1", help="appended to the spec's Release (must sort above it: start "
+                                  "with '.', never '~')",
+                                  check=matches(r"[A-Za-z0-9._+~^]{1,32}", "up to 32 of A-Z a-z 0-9 . _ + ~ ^"))
+    dist: str | None = setting(None, help="the %{dist} to rebuild with; default: the one in the source RPM's "
+                               "Release (e.g. .el9_4), else .el<release>",
+                               check=matches(r"\.[A-Za-z0-9_.]{1,32}", "'.' then up to 32 of A-Z a-z 0-9 _ ."))
+    check: bool = setting(False, help="run the spec's %check (glibc's test suite: hours) during the rebuild")
+    buildroot_packages: list[str] = setting(
+        factory=_default_buildroot, help="build: dnf -- the EL buildroot's base packages (mock's EL9 "
+        "chroot_setup_cmd); the source RPM's BuildRequires are added")
+
+    def validate(self) -> str | None:
+        names = [r.name for r in self.source_repositories]
+        if len(set(names)) != len(names):
+            return f"source_repositories: names must differ (got {', '.join(names)})"
+        for name in self.buildroot_packages:
+            if not _PACKAGE.fullmatch(name):
+                return f"buildroot_packages: {name!r} is not a package or @group name"
+        return None
+
+
 def _default_packages() -> list[str]:
     return ["@core", "kernel", "dracut-live", "dracut-config-generic", "grub2-efi-x64", "grub2-efi-x64-cdboot",
             "shim-x64", "syslinux"]
@@ -124,6 +177,7 @@ class ELSettings:
     squashfs: SquashfsSettings = setting(factory=SquashfsSettings, help="root filesystem image")
     overlay: str | None = setting(None, help="directory copied over the root after configuration "
                                   "(relative to the project)")
+    glibc: ELGlibcSettings = setting(factory=ELGlibcSettings, help="the patched glibc RPM (builder/elglibc.py)")
 
     def validate(self) -> str | None:
         if not self.repositories:
@@ -134,6 +188,9 @@ class ELSettings:
         for name in self.packages:
             if not _PACKAGE.fullmatch(name):
                 return f"packages: {name!r} is not a package or @group name"
+        source_names = {r.name for r in self.glibc.source_repositories}
+        if source_names & set(names):
+            return f"glibc.source_repositories: {', '.join(sorted(source_names & set(names)))} is also in repositories"
         if re.search(r"(^|\s)(root|rd\.live\.image)(=|\s|$)", self.cmdline):
             return "cmdline: leave out root= and rd.live.image: isobuild puts root=live:CDLABEL=<label> first"
         return None
@@ -165,6 +222,7 @@ def rpm_version(release: str) -> str:
 
 class ELPlugin(Plugin):
     family = "el"
+    glibc_format = "rpm"  # builder/elglibc.py: the distribution's glibc source RPM with our series
     settings: ELSettings
 
     def __init__(self, name: str, settings: Any, project: Project):
@@ -204,6 +262,9 @@ class ELPlugin(Plugin):
                 "mock": asdict(s.mock) if self.build_path() == "mock" else None,
                 "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "overlay": sha256_tree(overlay) if overlay else None}
+
+    def takes_glibc(self) -> bool:
+        return self.settings.glibc.enabled
 
     @property
     def work(self) -> Path:
@@ -321,11 +382,14 @@ class ELPlugin(Plugin):
         distribution's (which still provide what they depend on)."""
         repo = dnf.make_repo(self.work / "packages-repo", packages, log_path)
         # rpm opens a database even to read a package file: the root's, not a ~/.rpmdb of the host user's
-        names = [runner.output(["rpm", f"--root={root}", f"--dbpath={dnf.DBPATH}", "-qp", "--qf", "%{NAME}",
-                                str(p)]).strip() for p in packages]
+        fields = [runner.output(["rpm", f"--root={root}", f"--dbpath={dnf.DBPATH}", "-qp", "--qf", _NAME_NEVRA,
+                                 str(p)]).strip().split("\t") for p in packages]
+        names = [name for name, _ in fields]
         ours = dnf.Repo("isobuild-packages", baseurl=f"file://{repo}", gpgcheck=False, priority=1)
         try:
-            dnf.install(root, [*self.repos()[:-1], ours], self.settings.release, names, self.work / "dnf",
+            # by full name-version-release.arch: 'dnf install glibc' would leave an installed glibc as it is
+            dnf.install(root, [*self.repos()[:-1], ours], self.settings.release, [nevra for _, nevra in fields],
+                        self.work / "dnf",
                         self.project.work_dir / "cache" / self.family / f"el{self.settings.release}", log_path,
                         self.where)
         finally:
@@ -333,6 +397,23 @@ class ELPlugin(Plugin):
             shutil.rmtree(self.work / "dnf", ignore_errors=True)
         if hold:
             dnf.hold(root, names)
+
+    def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
+        """Replace the root's glibc packages (glibc, glibc-common, its langpacks, ...: the ones it has)
+        with ours from the glibc-rpm stage, and hold them -- never a downgrade."""
+        from builder import elglibc
+
+        installed = {row["package"]: row["version"] for row in dnf.query(root)}
+        ours = str(meta["version"])
+        if "glibc" in installed and elglibc.vercmp(installed["glibc"], ours) > 0:
+            raise UserError(f"the repositories moved on: glibc {installed['glibc']} in the {self.name} root is newer "
+                            f"than ours {ours}", hint=f"rebuild it from their newest source RPM: isobuild {self.name} "
+                            "--force-glibc")
+        if not any(r.get("package") == "glibc" for r in meta.get("rpms", [])):
+            raise UserError(f"{glibc_dir}/rpms: no glibc package to install in the {self.name} root",
+                            hint=f"rebuild it: isobuild {self.name} --force-glibc")
+        # glibc itself, and of the rest the ones the root has: it stays what its packages asked for
+        self.install_packages(root, elglibc.rpms_for(meta, glibc_dir, {*installed, "glibc"}), True, log_path)
 
     def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
         """Our kernel came with the kickstart's %packages; check it is ours, hold it, make its initramfs."""

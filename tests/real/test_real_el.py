@@ -9,7 +9,11 @@ mirrors are unreachable here and mock/lorax are not installable on Debian.
   configuration, ``LiveOS/squashfs.img`` and ``root=live:CDLABEL=`` over a
   root that has dracut-live -- Debian's, the one such root this machine can
   make -- through the same rootfs, ISO and smoke stages, in QEMU;
-- an unreachable repository and an unknown package fail clearly.
+- an unreachable repository and an unknown package fail clearly;
+- the glibc RPM: the glibc-rpm stage rebuilds a fake glibc source RPM (the EL buildroot, which needs
+  EL repositories, replaced by host rpmbuild of the same patched source RPM) and ``install_glibc``
+  upgrades the stand-in repository's older glibc in the dnf-built root to it with the real dnf,
+  holds it, and refuses a root whose glibc is newer than ours.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import gzip
 import json
 import lzma
 import os
+import shutil
 import subprocess
 import textwrap
 import time
@@ -28,11 +33,14 @@ import pycdlib
 import pytest
 import yaml
 
-from builder import distros, iso, isostage, kernel, lock, log, pipeline, rootfs, smoke
+from builder import distros, elglibc, iso, isostage, kernel, lock, log, pipeline, rootfs, smoke
 from builder.config import load_project
 from builder.distros.debian import DebianPlugin, DebianSettings
 from builder.distros.el import ELPlugin, ELSettings, Repository
-from builder.errors import ExitCode
+from builder.errors import ExitCode, UserError
+from tests.conftest import sha256
+from tests.orchestration.test_elglibc_fake import SPEC, XSC_PATCH, host_rebuild, make_srpm
+from tests.orchestration.test_elglibc_fake import rpmbuild as fake_rpmbuild
 from tests.real.conftest import WORK, run
 
 pytestmark = pytest.mark.real
@@ -102,15 +110,27 @@ def rpmbuild(spec: str, name: str, work: Path) -> Path:
     return rpm
 
 
+GLIBC_OURS = "2.34-3.el9.isobuild1"  # the fake glibc source RPM's version + the release suffix
+
+
 @pytest.fixture(scope="module")
-def test_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A dnf repository of the stand-in packages, made with rpmbuild and createrepo_c."""
+def fake_glibc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fake glibc source RPM (2.34-3.el9) and, in top/RPMS, the distribution's build of it."""
+    return make_srpm(tmp_path_factory.mktemp("el-glibc"), binaries=True)
+
+
+@pytest.fixture(scope="module")
+def test_repo(tmp_path_factory: pytest.TempPathFactory, fake_glibc: Path) -> Path:
+    """A dnf repository of the stand-in packages (the distribution's glibc 2.34-3.el9 among them),
+    made with rpmbuild and createrepo_c."""
     work = tmp_path_factory.mktemp("el-repo")
     repo = work / "repo"
     repo.mkdir()
     for name, spec in (("isobuild-test-base", BASE_SPEC), ("dracut-live", DRACUT_SPEC)):
         rpm = rpmbuild(spec, name, work)
         os.replace(rpm, repo / rpm.name)
+    for rpm in (fake_glibc.parent.parent / "RPMS").glob("*/*.rpm"):
+        shutil.copy(rpm, repo)
     subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True)
     return repo
 
@@ -122,11 +142,21 @@ def edit(path: Path, **changes: object) -> None:
 
 
 @pytest.fixture
-def alma(project: Path, test_repo: Path) -> Path:
-    """The project with distros/alma.yaml on the test repository, built with dnf."""
+def alma(project: Path, test_repo: Path, fake_glibc: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The project with distros/alma.yaml on the test repository, built with dnf; its glibc RPM is
+    the fake glibc source RPM rebuilt with the series (by host rpmbuild: no EL buildroot here)."""
+    glibc = yaml.safe_load((project / "distros/alma.yaml").read_text())["glibc"]
+    glibc.update(srpm={"type": "file", "path": str(fake_glibc), "sha256": sha256(fake_glibc)})
     edit(project / "distros/alma.yaml", build="dnf",
          repositories=[{"name": "test-base", "baseurl": f"file://{test_repo}", "gpgcheck": False}],
-         packages=["isobuild-test-base", "kernel", "dracut-live"])
+         packages=["isobuild-test-base", "kernel", "dracut-live", "glibc", "glibc-common"], glibc=glibc)
+    # a series that applies to the fake glibc (the project's own is for the real one)
+    series = project / "patches/glibc"
+    for old in series.glob("*.patch"):
+        old.unlink()
+    (series / "0001-csu-xsc-banner.patch").write_text(XSC_PATCH)
+    (series / "series").write_text("0001-csu-xsc-banner.patch\n")
+    monkeypatch.setattr(elglibc, "rebuild_in", host_rebuild([]))
     return project
 
 
@@ -154,8 +184,11 @@ def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keep
     image = alma / "iso/alma/isobuild-alma.iso"
     manifest = json.loads((alma / "iso/alma/isobuild-alma.manifest.json").read_text())
     packages = {p["package"]: p["version"] for p in manifest["packages"]}
-    # our kernel from the local repository, the stand-ins from theirs, and never our kernel-headers
-    assert packages == {"kernel": f"{RELEASE_RPM}-1", "isobuild-test-base": "1-1", "dracut-live": "1-1"}
+    # our kernel from the local repository, the stand-ins from theirs, and never our kernel-headers;
+    # our glibc RPMs over the repository's older ones (glibc-minimal-langpack: not in the root, not added)
+    assert packages == {"kernel": f"{RELEASE_RPM}-1", "isobuild-test-base": "1-1", "dracut-live": "1-1",
+                        "glibc": GLIBC_OURS, "glibc-common": GLIBC_OURS}
+    assert manifest["glibc"]["version"] == GLIBC_OURS and manifest["glibc"]["marker"] == "XSC extensions:"
     assert manifest["kernel_release"] == release and manifest["label"] == "ISOBUILD_ALMA"
     assert manifest["cmdline"].startswith("root=live:CDLABEL=ISOBUILD_ALMA rd.live.image rd.live.overlay.overlayfs=1")
 
@@ -167,6 +200,14 @@ def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keep
     query = subprocess.run(["rpm", f"--root={root}", "--dbpath=/var/lib/rpm", "-q", "kernel"], capture_output=True,
                            text=True, check=True).stdout.split()
     assert query == [f"kernel-{RELEASE_RPM}-1.x86_64"]
+    query = subprocess.run(["rpm", f"--root={root}", "--dbpath=/var/lib/rpm", "-q", "glibc", "glibc-common"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert query == [f"glibc-{GLIBC_OURS}.x86_64", f"glibc-common-{GLIBC_OURS}.x86_64"]
+    # the patched program, and the boot check asking rpm (not dpkg) for glibc's version
+    assert "XSC extensions: fake 1" in subprocess.run([str(root / "usr/bin/glibc-banner")], capture_output=True,
+                                                      text=True, check=True).stdout
+    assert "rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}' glibc" in \
+        (root / "usr/local/sbin/isobuild-smoke").read_text()
     # EL's live steps: modules indexed, the initramfs asked for with dmsquash-live, root locked,
     # the kernel held, the boot check enabled, no cache or log left
     assert (root / f"lib/modules/{release}/modules.dep").is_file()
@@ -174,7 +215,8 @@ def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keep
         "test-dracut", "--force", "--no-hostonly", "--reproducible", "--add", "dmsquash-live",
         f"/boot/initramfs-{release}.img", release]
     assert (root / "etc/shadow").read_text().startswith("root:!:")
-    assert "excludepkgs=kernel kernel-core" in (root / "etc/dnf/dnf.conf").read_text()
+    # held: the root's own dnf never replaces our glibc or kernel
+    assert "excludepkgs=glibc glibc-common kernel kernel-core" in (root / "etc/dnf/dnf.conf").read_text()
     wants = root / "etc/systemd/system/multi-user.target.wants/isobuild-smoke.service"
     assert os.readlink(wants) == "/etc/systemd/system/isobuild-smoke.service"
     assert (root / "etc/fstab").read_text().startswith("#") and (root / "etc/machine-id").read_text() == ""
@@ -205,6 +247,8 @@ def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keep
     assert run(alma, "status", "--profile", "ci", "--json") == 0
     rows = {(r["stage"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
     assert rows[("rootfs", "alma")]["state"] == "built" and rows[("iso", "alma")]["state"] == "built"
+    assert rows[("glibc-rpm", "alma")]["state"] == "built"
+    assert rows[("glibc-rpm", "alma")]["detail"].startswith(f"{GLIBC_OURS}, 3 packages in ")
     # 'isobuild test alma' boots that ISO: the stand-in dracut made no real initramfs, so the kernel
     # finds no live root and panics -- reported as a failed check, with the console log
     assert run(alma, "test", "alma", "--profile", "ci", "--modes", "bios-cd") == ExitCode.CHECK_FAILED
@@ -265,7 +309,7 @@ def test_install_packages_adds_local_rpms_with_dnf_and_holds_them(alma: Path, tm
     plugin.install_packages(root, [extra], True, log_path)
     assert (root / "etc/isobuild-extra").read_text() == "extra\n"
     assert [r["package"] for r in plugin.manifest(root, log_path)] == [
-        "dracut-live", "isobuild-test-base", "isobuild-test-extra", "kernel"]
+        "dracut-live", "glibc", "glibc-common", "isobuild-test-base", "isobuild-test-extra", "kernel"]
     assert "excludepkgs=isobuild-test-extra" in (root / "etc/dnf/dnf.conf").read_text()
 
 
@@ -359,3 +403,31 @@ def test_kernel_artifact_carries_the_rpms_el_needs(project: Path, tmp_path: Path
             rpm2cpio {current / 'rpms' / rpms[0]} | cpio -i --quiet --to-stdout ./boot/vmlinuz-{meta['kernel_release']}
             """)], capture_output=True, check=True).stdout
     assert extracted == (current / "bzImage").read_bytes()
+
+
+def test_a_root_whose_glibc_is_newer_than_ours_is_refused(alma: Path, fake_glibc: Path, tmp_path: Path) -> None:
+    """The repositories moved on: a root with glibc 2.34-4.el9 (newer than our 2.34-3.el9.isobuild1)
+    is never downgraded; the error says how to rebuild from their newest source RPM."""
+    plugin = distros.load(load_project(alma / "isobuild.yaml"), "alma")
+    assert isinstance(plugin, ELPlugin)
+    log.setup()
+    p, meta, _ = pipeline.ensure_elglibc(plugin.project, plugin)
+    assert meta["version"] == GLIBC_OURS
+    # the distribution's next build: the same sources, Release 4
+    newer = tmp_path / "newer"
+    shutil.copytree(fake_glibc.parent.parent / "SOURCES", newer / "top/SOURCES")
+    spec = newer / "glibc.spec"
+    spec.write_text(SPEC.replace("Release: 3%{?dist}", "Release: 4%{?dist}"))
+    fake_rpmbuild(newer, "--define", "dist .el9", "--nodeps", "-bb", str(spec))
+    (rpm,) = (newer / "top/RPMS").glob("*/glibc-2.34-4.el9.x86_64.rpm")
+    root = tmp_path / "root"
+    subprocess.run(["rpm", f"--root={root}", "--dbpath=/var/lib/rpm", "-i", "--nodeps", "--noscripts", str(rpm)],
+                   check=True, capture_output=True)
+    with pytest.raises(UserError) as exc:
+        plugin.install_glibc(root, p.artifact, meta, tmp_path / "log")
+    assert exc.value.exit_code == ExitCode.USER
+    assert exc.value.message == (f"the repositories moved on: glibc 2.34-4.el9 in the alma root is newer than ours "
+                                 f"{GLIBC_OURS}")
+    assert exc.value.hint == "rebuild it from their newest source RPM: isobuild alma --force-glibc"
+    assert subprocess.run(["rpm", f"--root={root}", "--dbpath=/var/lib/rpm", "-q", "glibc"], capture_output=True,
+                          text=True, check=True).stdout.split() == ["glibc-2.34-4.el9.x86_64"], "left as it was"

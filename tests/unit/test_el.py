@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import re
 import subprocess
@@ -527,3 +528,28 @@ def test_cli_has_the_alma_and_rocky_verbs() -> None:
         args = cli.parser().parse_args([name, "--no-smoke", "--modes", "bios-cd"])
         assert (args.func, args.distro, args.no_smoke) == (cli.cmd_distro, name, True)
         assert cli.parser().parse_args(["test", name]).target == name
+
+
+def test_rootfs_without_its_kernel_or_glibc_rpms_names_what_to_run(tmp_path: Path) -> None:
+    """The rootfs stage refuses to start without the kernel artifact, then without the glibc
+    RPMs, each time naming the verb that builds them (for an EL distro: its own)."""
+    from types import SimpleNamespace
+
+    from builder import rootfs
+
+    plugin = alma(tmp_path)
+    kernel_dir, glibc_dir = tmp_path / "kernel-artifact", tmp_path / "glibc-artifact"
+    p = rootfs.Plan(plugin, SimpleNamespace(artifact=kernel_dir, layout=SimpleNamespace(profile="ci")),  # type: ignore[arg-type]
+                    SimpleNamespace(key="0" * 64, artifact=glibc_dir), rootfs.DistroLayout(tmp_path / "d"),
+                    tmp_path / "cache", "", {}, "1" * 64)
+    with pytest.raises(UserError) as exc:
+        rootfs.build(p, tmp_path / "log")
+    assert "kernel for profile ci is missing or stale" in exc.value.message and exc.value.hint == "run: isobuild kernel"
+    kernel_dir.mkdir()
+    (kernel_dir / "metadata.json").write_text(json.dumps({"kernel_release": "6.1.1", "key": "k",
+                                                          "make_env": {"SOURCE_DATE_EPOCH": "1"}}))
+    with pytest.raises(UserError) as exc:
+        rootfs.build(p, tmp_path / "log")
+    assert f"glibc packages for alma are missing or stale ({glibc_dir})" in exc.value.message
+    assert exc.value.hint == "run: isobuild alma"
+    assert not (tmp_path / "d").exists()  # refused before anything was made
