@@ -21,7 +21,7 @@ from builder.distro import Plugin
 from builder.errors import InfraError, UserError
 from builder.kernel import Plan as KernelPlan
 
-STAGE_VERSION = 3  # 2: the kernel package is held; 3: zstd level 9 by default
+STAGE_VERSION = 4  # 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d
 
 
 # the installed glibc's version, written as the glibc stages' metadata writes it

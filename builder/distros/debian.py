@@ -22,6 +22,8 @@ from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLa
 from builder.errors import InfraError, UserError
 from builder.schema import at_least, matches, setting
 
+# live-boot settings in the initramfs (see DebianPlugin.initramfs_settings)
+INITRAMFS_CONF = "isobuild-live"
 _UNREACHABLE = re.compile(r"(Could not resolve|Failed to fetch|Unable to connect|Connection refused|"
                           r"Temporary failure resolving|No route to host|Could not connect|Network is unreachable|"
                           r"Connection timed out|Release file .* is not valid|404\s+Not Found)", re.I)
@@ -230,11 +232,27 @@ class DebianPlugin(Plugin):
         if not debs:
             raise UserError(f"{kernel_dir}/debs: no linux-image-{release} package in the kernel artifact",
                             hint="rebuild it: isobuild kernel --force")
+        self.initramfs_settings(root)  # the kernel's postinst makes the initramfs: its settings go first
         self.install_packages(root, debs[:1], True, log_path)
         _, initrd = self.boot_files(root, release)
         if not initrd.exists():
             raise InfraError(f"installing {debs[0].name} made no initramfs ({initrd})",
                              hint="is initramfs-tools in the packages? see the log", details=[f"log: {log_path}"])
+
+    def initramfs_settings(self, root: Path) -> None:
+        """live-boot's initramfs settings for this root (initramfs-tools sources conf.d at boot).
+
+        Without ifupdown in the image, live-boot's "Preconfiguring networking" only fails
+        (it writes /etc/network/interfaces, a directory the root lacks) after a `udevadm
+        trigger` + `settle`: 2 s of every boot under TCG, and an error line on the console.
+        """
+        conf = root / "etc/initramfs-tools/conf.d" / INITRAMFS_CONF
+        if (root / "sbin/ifup").exists() or (root / "usr/sbin/ifup").exists():
+            conf.unlink(missing_ok=True)
+            return
+        conf.parent.mkdir(parents=True, exist_ok=True)
+        conf.write_text("# isobuild: no ifupdown in this image, so live-boot has no interfaces file to write\n"
+                        "NONETWORKING=true\nexport NONETWORKING\n")
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
         s = self.settings

@@ -70,6 +70,13 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
         {"UNAME": release, "MARKER": "1.0.0", "GLIBC": glibc_meta["version"], "LIBC": "XSC extensions: xsc-glibc 1.0",
          "SYSTEM": "running", "FAILED": "none"}] * len(MODES.split(","))
     assert ET.parse(project / "logs/smoke-debian.xml").getroot().get("failures") == "0"
+    # no ifupdown in the image: the initramfs tells live-boot to skip its interfaces file (and the
+    # udevadm trigger + settle before it), so no boot spends time on it or prints its error
+    initrd_img = WORK / "distros/debian/rootfs" / manifest["rootfs_key"] / "initrd.img"
+    initrd = subprocess.run(["zstd", "-dc", str(initrd_img)], capture_output=True, check=True).stdout
+    assert b"conf/conf.d/isobuild-live" in initrd and b"NONETWORKING=true" in initrd
+    for result in results:
+        assert "Preconfiguring networking" not in Path(result["log"]).read_text(errors="replace")
 
 
 def test_unchanged_inputs_rebuild_nothing_and_the_iso_is_reproducible(project: Path,

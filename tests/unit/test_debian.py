@@ -97,6 +97,23 @@ def test_identity_follows_the_overlay_content(tmp_path: Path) -> None:
         distros.load(project(tmp_path, f"mirror: {MIRROR}\noverlay: nowhere\n"), "debian").identity()
 
 
+def test_live_boot_skips_ifupdown_preconfiguration_only_without_ifupdown(tmp_path: Path) -> None:
+    """The initramfs setting, sourced by initramfs-tools' init as a shell file, sets what live-boot's
+    Netbase checks; with ifupdown in the root it is not written (and an old one is removed)."""
+    plugin = distros.load(project(tmp_path, f"mirror: {MIRROR}\n"), "debian")
+    assert isinstance(plugin, DebianPlugin)
+    root = tmp_path / "root"
+    plugin.initramfs_settings(root)
+    conf = root / "etc/initramfs-tools/conf.d/isobuild-live"
+    out = subprocess.run(["sh", "-c", '. "$1"; sh -c \'echo "$NONETWORKING"\'', "sh", str(conf)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out == "true\n"
+    (root / "usr/sbin").mkdir(parents=True)
+    (root / "usr/sbin/ifup").write_text("")
+    plugin.initramfs_settings(root)
+    assert not conf.exists()
+
+
 def test_smoke_script_is_valid_shell_and_reports_every_marker() -> None:
     script = rootfs.smoke_script("/sys/kernel/xsc/version")
     subprocess.run(["sh", "-n", "-c", script], check=True)
