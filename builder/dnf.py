@@ -108,10 +108,11 @@ def config(repos: Sequence[Repo], reposdir: Path) -> str:
     return "\n".join(lines)
 
 
-def private_home(path: Path) -> dict[str, str]:
-    """The environment that makes rpm (under dnf) keep its database in the root's /var/lib/rpm."""
+def private_home(path: Path, dbpath: str | Path = DBPATH) -> dict[str, str]:
+    """The environment that makes rpm (under dnf) keep its database in ``dbpath`` (the root's
+    /var/lib/rpm by default) and read no ~/.rpmmacros of the user's."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / ".rpmmacros").write_text(f"%_dbpath {DBPATH}\n")
+    (path / ".rpmmacros").write_text(f"%_dbpath {dbpath}\n")
     return {"HOME": str(path)}
 
 

@@ -448,10 +448,7 @@ def rpmbuild_argv(p: Plan, mode: str, spec: Path, *extra: str) -> list[str]:
 
 def _home(p: Plan) -> dict[str, str]:
     """A private HOME: rpm reads no ~/.rpmmacros of the user's and writes no ~/.rpmdb."""
-    home = p.tree / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".rpmmacros").write_text(f"%_dbpath {p.layout.rpmdb}\n")
-    return {"HOME": str(home)}
+    return dnf.private_home(p.tree / "home", p.layout.rpmdb)
 
 
 def unpack(p: Plan, log_path: Path) -> Path:

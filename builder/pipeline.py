@@ -112,7 +112,7 @@ def ensure_elglibc(project: Project, plugin: Plugin,
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
     """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
     and the plugin installs a format a glibc stage makes (deb: the glibc stage; rpm: glibc-rpm)."""
-    return project.settings.glibc.enabled and plugin.glibc_format in ("deb", "rpm") and plugin.takes_glibc()
+    return project.settings.glibc.enabled and plugin.takes_glibc()
 
 
 def ensure_iso(project: Project, distro: str, profile: str | None,

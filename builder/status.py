@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder import glibc, kernel, stagekey, state
 from builder.config import Project
 from builder.errors import IsobuildError
+
+if TYPE_CHECKING:
+    from builder import elglibc
 
 
 @dataclass
@@ -101,21 +104,28 @@ def glibc_rows(project: Project, p: glibc.Plan | IsobuildError | None) -> list[R
     if isinstance(p, IsobuildError):
         return [Row("glibc", "glibc", "blocked", detail=p.message)]
     meta = glibc.built(p)
+    seconds = round(sum(meta.get("durations", {}).values()), 1) if meta else None
+    return [_packages_row(Row("glibc", "glibc", "missing", key=p.key[:12]), p, meta, seconds, "debs", "libc6")]
+
+
+def _packages_row(row: Row, p: glibc.Plan | elglibc.Plan, meta: dict[str, Any] | None, seconds: float | None,
+                  kind: str, main: str) -> Row:
+    """A glibc stage's row (Debian's: debs; an EL distro's: rpms): built, with the packages'
+    size and ``main``'s sha256, or what its state record says."""
     rec = state.load(p.layout.state) or {}
-    row = Row("glibc", "glibc", "missing", key=p.key[:12])
     if meta is not None and state.effective_status(rec) != "running":
-        libc6: dict[str, Any] = next((x for x in meta.get("packages", []) if x.get("package") == "libc6"), {})
-        debs = p.artifact / "debs"
-        row.state, row.when = "built", str(meta.get("finished", ""))
-        row.seconds = round(sum(meta.get("durations", {}).values()), 1)
-        row.size = sum(f.stat().st_size for f in debs.glob("*.deb")) if debs.is_dir() else None
-        row.sha256 = str(libc6.get("sha256", ""))[:12]
-        row.detail = f"{meta.get('version')}, {len(meta.get('packages', []))} packages in {debs}"
+        listed = meta.get("packages" if kind == "debs" else "rpms", [])
+        ours: dict[str, Any] = next((x for x in listed if x.get("package") == main), {})
+        where = p.artifact / kind
+        row.state, row.when, row.seconds = "built", str(meta.get("finished", "")), seconds
+        row.size = sum(f.stat().st_size for f in where.glob(f"*.{kind[:-1]}")) if where.is_dir() else None
+        row.sha256 = str(ours.get("sha256", ""))[:12]
+        row.detail = f"{meta.get('version')}, {len(listed)} packages in {where}"
     else:
         last = state.load(p.layout.artifact(str(rec.get("last_good"))) / "metadata.json") \
             if rec.get("last_good") else None
         _record_row(row, rec, p.key, last.get("inputs", {}) if last else None, p.inputs)
-    return [row]
+    return row
 
 
 def elglibc_rows(project: Project, name: str) -> list[Row]:
@@ -133,21 +143,8 @@ def elglibc_rows(project: Project, name: str) -> list[Row]:
     except IsobuildError as exc:
         return [Row(elglibc.STAGE, name, "blocked", detail=exc.message + (f"; {exc.hint}" if exc.hint else ""))]
     meta = elglibc.built(p)
-    rec = state.load(p.layout.state) or {}
-    row = Row(elglibc.STAGE, name, "missing", key=p.key[:12])
-    if meta is not None and state.effective_status(rec) != "running":
-        ours: dict[str, Any] = next((x for x in meta.get("rpms", []) if x.get("package") == "glibc"), {})
-        rpms = p.artifact / "rpms"
-        row.state, row.when = "built", str(meta.get("finished", ""))
-        row.seconds = meta.get("seconds")
-        row.size = sum(f.stat().st_size for f in rpms.glob("*.rpm")) if rpms.is_dir() else None
-        row.sha256 = str(ours.get("sha256", ""))[:12]
-        row.detail = f"{meta.get('version')}, {len(meta.get('rpms', []))} packages in {rpms}"
-    else:
-        last = state.load(p.layout.artifact(str(rec.get("last_good"))) / "metadata.json") \
-            if rec.get("last_good") else None
-        _record_row(row, rec, p.key, last.get("inputs", {}) if last else None, p.inputs)
-    return [row]
+    return [_packages_row(Row(elglibc.STAGE, name, "missing", key=p.key[:12]), p, meta,
+                          meta.get("seconds") if meta else None, "rpms", "glibc")]
 
 
 def distro_rows(project: Project, name: str, profile: str | None, gp: glibc.Plan | None = None) -> list[Row]:
