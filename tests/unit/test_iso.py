@@ -397,8 +397,8 @@ def fake_ovmf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> isoboot.Ovmf:
 def test_iso_argv_for_the_four_modes(fake_ovmf: isoboot.Ovmf, tmp_path: Path) -> None:
     arch = ARCHES["x86_64"]
     image, store = Path("/srv/a,b.iso"), tmp_path / "vars.fd"
-    common = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m", "1024", "-smp", "2",
-              "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
+    common = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max,-erms,-fsrm", "-m", "1024",
+              "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none", "-serial", "stdio",
               "-no-reboot"]
     uefi = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={fake_ovmf.code}",
             "-drive", f"if=pflash,format=raw,unit=1,file={store}"]

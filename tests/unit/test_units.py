@@ -369,9 +369,53 @@ def test_forced_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
     qemu.accelerator.cache_clear()
 
 
+# CPUID.(EAX=7,ECX=0): EBX bit 9 is ERMS, EDX bit 4 is FSRM; the sector writes
+# erms | fsrm << 1 to isa-debug-exit, so QEMU exits with (that << 1) | 1.
+_CPUID_SECTOR = bytes([
+    0x66, 0xB8, 0x07, 0x00, 0x00, 0x00,  # mov eax, 7
+    0x66, 0x31, 0xC9,                    # xor ecx, ecx
+    0x0F, 0xA2,                          # cpuid
+    0x66, 0xC1, 0xEB, 0x09,              # shr ebx, 9
+    0x66, 0x83, 0xE3, 0x01,              # and ebx, 1
+    0x66, 0xC1, 0xEA, 0x03,              # shr edx, 3
+    0x66, 0x83, 0xE2, 0x02,              # and edx, 2
+    0x66, 0x09, 0xD3,                    # or ebx, edx
+    0x88, 0xD8,                          # mov al, bl
+    0xE6, 0xF4,                          # out 0xf4, al
+    0xEB, 0xFE,                          # jmp $
+])
+
+
+def _guest_fast_strings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cpu: str | None) -> tuple[bool, bool]:
+    if cpu is None:
+        monkeypatch.delenv("ISOBUILD_QEMU_CPU", raising=False)
+    else:
+        monkeypatch.setenv("ISOBUILD_QEMU_CPU", cpu)
+    image = tmp_path / "cpuid.img"
+    image.write_bytes(_CPUID_SECTOR + bytes(510 - len(_CPUID_SECTOR)) + b"\x55\xaa")
+    result = runner.run(qemu.probe_argv(ARCHES["x86_64"], "tcg", image), timeout=30, check=False)
+    assert result.returncode & 1, result.returncode  # the sector ran to its out instruction
+    bits = result.returncode >> 1
+    return bool(bits & 1), bool(bits & 2)
+
+
+def test_tcg_guest_sees_no_fast_strings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Real QEMU, real CPUID: our TCG model hides ERMS and FSRM (see qemu.TCG_CPU);
+    # plain "max" advertises ERMS on this QEMU, which is what made the boots slow.
+    assert _guest_fast_strings(monkeypatch, tmp_path, None) == (False, False)
+    assert _guest_fast_strings(monkeypatch, tmp_path, "max")[0] is True
+
+
+def test_cpu_model_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ISOBUILD_QEMU_CPU", raising=False)
+    assert qemu.cpu_model("kvm") == "host" and qemu.cpu_model("tcg") == qemu.TCG_CPU
+    monkeypatch.setenv("ISOBUILD_QEMU_CPU", "Nehalem")
+    assert qemu.cpu_model("kvm") == qemu.cpu_model("tcg") == "Nehalem"
+
+
 def test_kernel_argv() -> None:
     argv = qemu.kernel_argv(ARCHES["x86_64"], Path("/k"), Path("/i"), "console=ttyS0", 512, "tcg")
-    assert argv[:8] == ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max", "-m"]
+    assert argv[:8] == ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max,-erms,-fsrm", "-m"]
     assert "-no-reboot" in argv and argv[argv.index("-append") + 1] == "console=ttyS0"
 
 
