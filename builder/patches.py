@@ -10,6 +10,7 @@ file and the hunk, and the tree is rolled back to pristine.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from dataclasses import dataclass, replace
@@ -165,7 +166,13 @@ def stage_copy(patches: list[Patch], dest: Path) -> None:
 
 
 def quilt_env(patch_copy: Path) -> dict[str, str]:
-    return {"QUILT_PATCHES": str(patch_copy), **_QUILT_ENV_KEEP}
+    """quilt's environment: ours, with every inherited ``QUILT_*`` blanked.
+
+    ``--quiltrc -`` keeps ~/.quiltrc out, but quilt still reads ``QUILT_SERIES``,
+    ``QUILT_PATCH_OPTS`` and the rest from the environment; an empty value is
+    quilt's default (its scripts use ``${VAR:=default}``)."""
+    inherited = {name: "" for name in os.environ if name.startswith("QUILT_")}
+    return {**inherited, "QUILT_PATCHES": str(patch_copy), **_QUILT_ENV_KEEP}
 
 
 def push(tree: Path, patch_copy: Path, log_path: Path, *, rollback: bool = True, onto: str | None = None) -> list[str]:

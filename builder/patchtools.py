@@ -397,8 +397,7 @@ class _Quilt:
     log_path: Path
 
     def run(self, *args: str, check: bool = False) -> runner.Result:
-        env = {**patches.quilt_env(self.patch_copy), "QUILT_PC": QUILT_PC, "QUILT_PATCH_OPTS": "",
-               "QUILT_PUSH_ARGS": "", "QUILT_REFRESH_ARGS": "", "QUILT_DIFF_ARGS": "", "QUILT_DIFF_OPTS": ""}
+        env = {**patches.quilt_env(self.patch_copy), "QUILT_PC": QUILT_PC}  # inherited QUILT_* blanked there
         return runner.run(["quilt", "--quiltrc", "-", *args], cwd=self.tree, env=env, log_path=self.log_path,
                           capture=True, check=check)
 

@@ -197,6 +197,24 @@ def test_quilt_ignores_the_users_quiltrc(tmp_path: Path, monkeypatch: pytest.Mon
         patches.push(tree, tmp_path / "copy", tmp_path / "log")
 
 
+def test_quilt_ignores_the_users_quilt_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # quilt reads QUILT_* from the environment even with --quiltrc -: a series
+    # file elsewhere, or patch(1) options, must not change what we apply
+    monkeypatch.setenv("QUILT_SERIES", "other-series")
+    monkeypatch.setenv("QUILT_PATCH_OPTS", "--reverse")
+    monkeypatch.setenv("QUILT_PC", ".elsewhere")
+    tree = tmp_path / "tree"
+    write(tree / "f.c", "one\ntwo\nthree\n")
+    write(tmp_path / "p/1.patch", "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n")
+    write(tmp_path / "p/series", "1.patch\n")
+    patches.stage_copy(patches.read_series(tmp_path / "p"), tmp_path / "copy")
+    patches.push(tree, tmp_path / "copy", tmp_path / "log")
+    assert (tree / "f.c").read_text() == "one\nTWO\nthree\n"
+    assert (tree / ".pc").is_dir() and not (tree / ".elsewhere").exists()
+    env = patches.quilt_env(tmp_path / "copy")
+    assert env["QUILT_SERIES"] == env["QUILT_PATCH_OPTS"] == "" and env["QUILT_PC"] == ".pc"
+
+
 # --- kconfig ---------------------------------------------------------------------------
 
 
