@@ -342,7 +342,7 @@ def cmd_patches(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
-        prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Build a kernel from a quilt patch series (verifying every requested config option) and "
                     "the distribution's glibc packages with another, Debian, AlmaLinux and Rocky Linux live ISOs "
                     "that carry them, and boot-test them in QEMU (BIOS/UEFI x CD/USB), proving the patched kernel "
@@ -359,7 +359,7 @@ def parser() -> argparse.ArgumentParser:
 
     def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:
         return verbs.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
     k = verb("kernel", "build the kernel (if its inputs changed)",
              "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
@@ -470,7 +470,7 @@ def parser() -> argparse.ArgumentParser:
                    "(or copied) there beside the sums and signatures (default: sign in place, in iso/)")
     r.set_defaults(func=cmd_release)
     ra = r.add_subparsers(dest="release_action", metavar="[verify]", required=False)
-    rv = ra.add_parser("verify", help="check a release's signatures and sums",
+    rv = ra.add_parser("verify", help="check a release's signatures and sums", allow_abbrev=False,
                        description="Check SHA256SUMS.asc, every file SHA256SUMS lists against its sha256, every "
                                    "ISO's signature, and that no ISO in the directory is left out. With a key "
                                    "(--key or release.key) every signature must be that key's. Exits 4 naming the "
@@ -509,7 +509,7 @@ def parser() -> argparse.ArgumentParser:
 
     def action(name: str, help: str) -> argparse.ArgumentParser:
         return pa.add_parser(name, help=help, description=help, epilog=EXIT_CODES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+                             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
 
     pg = action("generate", "write the series from the commits base..head of a git repository (oldest first); "
                 "refuses merge commits, empty commits and binary changes")

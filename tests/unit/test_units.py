@@ -521,6 +521,22 @@ def test_doctor_reports_missing_tools_with_the_apt_line(monkeypatch: pytest.Monk
     assert doctor.install_hint("qemu-system-x86_64").startswith("apt-get install qemu-system-x86")
 
 
+@pytest.mark.parametrize(("argv", "full"), [
+    (["debian", "--no-smok"], "--no-smoke"), (["--verb", "status"], "--verbose"),
+    (["test", "debian", "--mode", "bios-cd"], "--modes"), (["patches", "check", "--compon", "kernel"], "--component"),
+    (["release", "verify", "--ke", "k"], "--key")])
+def test_cli_refuses_abbreviated_options(argv: list[str], full: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # an abbreviation that parses today silently changes meaning when an option
+    # with the same prefix is added; spell options out
+    from builder import cli
+
+    cli.parser().parse_args([full if a.startswith("--") else a for a in argv])  # the option exists
+    with pytest.raises(SystemExit) as exc:
+        cli.parser().parse_args(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
 def test_doctor_passes_on_this_host(capsys: pytest.CaptureFixture[str]) -> None:
     from builder import cli
 
