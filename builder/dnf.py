@@ -123,9 +123,15 @@ def install_argv(root: Path, conf: Path, release: str, packages: Sequence[str],
             "--refresh", *(f"--exclude={name}" for name in exclude), "install", *packages]
 
 
+PACKAGES_HINT = "fix 'packages' (or add the repository that has them)"
+
+
 def install(root: Path, repos: Sequence[Repo], release: str, packages: Sequence[str], scratch: Path,
-            cache: Path, log_path: Path, where: str, exclude: Sequence[str] = ()) -> None:
+            cache: Path, log_path: Path, where: str, exclude: Sequence[str] = (),
+            what: str = "package(s)", hint: str = PACKAGES_HINT) -> None:
     """``dnf --installroot`` ``packages`` from ``repos`` into ``root``.
+
+    Packages dnf cannot find are one UserError: "<where>: <what> X, Y not found ...", with ``hint``.
 
     dnf keeps its cache inside the install root (``/var/cache/dnf``); the persistent ``cache`` is
     moved in for the run and back out after it (a rename: both are in the work dir).
@@ -145,8 +151,8 @@ def install(root: Path, repos: Sequence[Repo], release: str, packages: Sequence[
         text = "\n".join(exc.error_lines + exc.tail)
         missing = sorted(set(_NO_MATCH.findall(text)))
         if missing:
-            raise UserError(f"{where}: package(s) {', '.join(missing)} not found in the configured repositories",
-                            hint="fix 'packages' (or add the repository that has them)", details=exc.details) from None
+            raise UserError(f"{where}: {what} {', '.join(missing)} not found in the configured repositories",
+                            hint=hint, details=exc.details) from None
         raise
     finally:
         if inside.is_dir():

@@ -560,7 +560,11 @@ def rebuild_in(p: Plan, srpm: Path, result: Path, log_path: Path) -> None:
     try:
         with log.stage("glibc-rpm.buildroot"):
             dnf.install(buildroot, p.plugin.repos()[:-1], s.release, buildroot_packages(p), p.tree / "dnf",
-                        p.plugin.project.work_dir / "cache" / p.plugin.family / f"el{s.release}", log_path, p.where)
+                        p.plugin.project.work_dir / "cache" / p.plugin.family / f"el{s.release}", log_path, p.where,
+                        what="glibc buildroot package(s)",
+                        hint="these are the source RPM's BuildRequires or glibc.buildroot_packages: add the "
+                             "repository that has them to 'repositories' (on EL9, glibc-static and "
+                             "libstdc++-static are in CRB), or build on an EL host with mock (build: mock)")
         inside = buildroot / BUILDDIR.lstrip("/")
         inside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(srpm, inside / srpm.name)

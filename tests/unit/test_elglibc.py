@@ -385,6 +385,32 @@ def test_dnf_buildroot_and_rebuild_argv(tmp_path: Path, monkeypatch: pytest.Monk
     assert not buildroot.exists(), "the buildroot goes once the RPMs are out"
 
 
+def test_missing_buildrequires_point_at_repositories_not_packages(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # dnf's "No match" for the buildroot names the packages and says where the fix is:
+    # the repositories (CRB on EL9), not the root's 'packages'
+    p = elglibc.plan(el_project(tmp_path))
+    srpm = make_srpm(tmp_path / "patched")
+    real_run = runner.run
+
+    def run(argv: list[str], **kw: Any) -> Any:
+        if argv[0] == "dnf":
+            raise runner.CommandFailed(list(argv), 1, None, ["No match for argument: glibc-static",
+                                                             "Error: Unable to find a match: glibc-static"], [],
+                                       "dnf ...")
+        return real_run(argv, **kw)
+
+    monkeypatch.setattr(dnf, "probe", lambda *args, **kw: None)
+    monkeypatch.setattr(runner, "run", run)
+    with pytest.raises(UserError) as exc:
+        elglibc.rebuild(p, srpm, tmp_path / "result", tmp_path / "log")
+    assert exc.value.message.endswith(
+        "glibc buildroot package(s) glibc-static not found in the configured repositories")
+    assert "'repositories'" in (exc.value.hint or "") and "CRB" in (exc.value.hint or "")
+    assert "fix 'packages'" not in (exc.value.hint or "")
+    assert not (p.tree / "buildroot").exists(), "no half-made buildroot left behind"
+
+
 def test_install_glibc_picks_the_roots_packages(tmp_path: Path) -> None:
     meta = {"rpms": [{"package": n, "file": f"{n}-2.34-3.el9.isobuild1.x86_64.rpm"}
                      for n in ("glibc", "glibc-common", "glibc-minimal-langpack", "glibc-langpack-de")]}
