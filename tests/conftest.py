@@ -29,6 +29,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def write_series(directory: Path, patches: dict[str, str]) -> None:
+    """Make ``directory`` hold exactly ``patches`` (name: text), in that order in its series file."""
+    for old in directory.glob("*.patch"):
+        old.unlink()
+    for name, text in patches.items():
+        (directory / name).write_text(text)
+    (directory / "series").write_text("".join(f"{n}\n" for n in patches))
+
+
 @dataclass
 class FakeProject:
     root: Path
@@ -46,11 +55,7 @@ class FakeProject:
         (self.root / "isobuild.yaml").write_text(yaml.safe_dump(data))
 
     def set_series(self, patches: dict[str, str]) -> None:
-        for old in self.patches.glob("*.patch"):
-            old.unlink()
-        for name, text in patches.items():
-            (self.patches / name).write_text(text)
-        (self.patches / "series").write_text("".join(f"{n}\n" for n in patches))
+        write_series(self.patches, patches)
 
     def run(self, *args: str) -> int:
         return cli.main(["-c", str(self.root / "isobuild.yaml"), *args])

@@ -25,7 +25,7 @@ from builder import distros, elglibc, log, pipeline, status
 from builder.config import load_project
 from builder.distros.el import ELPlugin
 from builder.errors import ExitCode, UserError
-from tests.conftest import REPO, make_patch, sha256
+from tests.conftest import REPO, make_patch, sha256, write_series
 
 BANNER = """#include <stdio.h>
 int main(void) {
@@ -148,12 +148,7 @@ class ElProject:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
 
     def set_series(self, patches: dict[str, str]) -> None:
-        d = self.root / "patches" / "glibc"
-        for old in d.glob("*.patch"):
-            old.unlink()
-        for name, text in patches.items():
-            (d / name).write_text(text)
-        (d / "series").write_text("".join(f"{n}\n" for n in patches))
+        write_series(self.root / "patches" / "glibc", patches)
 
     def plugin(self) -> ELPlugin:
         plugin = distros.load(load_project(self.root / "isobuild.yaml"), "alma")

@@ -22,7 +22,7 @@ import yaml
 
 from builder import cli
 from builder.errors import ExitCode
-from tests.conftest import REPO, make_patch, sha256
+from tests.conftest import REPO, make_patch, sha256, write_series
 
 FAKEGLIBC = Path(__file__).parent / "fakeglibc"
 UPSTREAM = (FAKEGLIBC / "upstream" / "version.c").read_text()
@@ -52,12 +52,7 @@ class GlibcProject:
         self.write_settings(data)
 
     def set_series(self, patches: dict[str, str]) -> None:
-        d = self.root / "patches" / "glibc"
-        for old in d.glob("*.patch"):
-            old.unlink()
-        for name, text in patches.items():
-            (d / name).write_text(text)
-        (d / "series").write_text("".join(f"{n}\n" for n in patches))
+        write_series(self.root / "patches" / "glibc", patches)
 
     def run(self, *args: str) -> int:
         return cli.main(["-c", str(self.root / "isobuild.yaml"), *args])
