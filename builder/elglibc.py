@@ -68,12 +68,8 @@ _DEBUG = re.compile(r"-(debuginfo|debugsource)-")
 
 
 @dataclass(frozen=True)
-class Layout:
-    root: Path  # <work>/distros/<name>/glibc-rpm
-
-    def tree(self, key: str) -> Path:
-        """A build's scratch dir (rpmbuild's topdir, the buildroot), one per key."""
-        return self.root / "trees" / key[:16]
+class Layout(state.KeyedLayout):
+    """<work>/distros/<name>/glibc-rpm.  A key's tree holds rpmbuild's topdir and the buildroot."""
 
     @property
     def srpms(self) -> Path:
@@ -84,17 +80,6 @@ class Layout:
     def rpmdb(self) -> Path:
         """An empty database for rpm to open while it reads package files (not ~/.rpmdb)."""
         return self.root / "rpmdb"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
-
-    def artifact(self, key: str) -> Path:
-        return self.root / "artifacts" / key
 
 
 def layout_for(plugin: ELPlugin) -> Layout:
@@ -111,7 +96,7 @@ class Srpm:
 
 
 @dataclass
-class Plan:
+class Plan(state.KeyedPlan):
     plugin: ELPlugin
     settings: ELGlibcSettings
     layout: Layout
@@ -121,14 +106,6 @@ class Plan:
     build_path: str
     inputs: dict[str, Any]
     key: str
-
-    @property
-    def artifact(self) -> Path:
-        return self.layout.artifact(self.key)
-
-    @property
-    def tree(self) -> Path:
-        return self.layout.tree(self.key)
 
     @property
     def topdir(self) -> Path:

@@ -46,25 +46,9 @@ _WARNING = re.compile(r"\bwarning:")
 
 
 @dataclass(frozen=True)
-class Layout:
-    root: Path  # <work>/glibc
-
-    def tree(self, key: str) -> Path:
-        """A build's scratch dir, one per key: dpkg-buildpackage writes the .debs next to
-        src/.  The last good one is kept (glibc --tests runs there); a failed build of
-        another key works in its own dir and never touches it."""
-        return self.root / "trees" / key[:16]
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
-
-    def artifact(self, key: str) -> Path:
-        return self.root / "artifacts" / key
+class Layout(state.KeyedLayout):
+    """<work>/glibc.  A key's tree is where dpkg-buildpackage writes the .debs, next to
+    src/; the last good one is kept (glibc --tests runs there)."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +62,7 @@ class GlibcSource:
 
 
 @dataclass
-class Plan:
+class Plan(state.KeyedPlan):
     project: Project
     settings: GlibcSettings
     layout: Layout
@@ -89,14 +73,6 @@ class Plan:
     toolchain: str
     inputs: dict[str, Any]
     key: str
-
-    @property
-    def artifact(self) -> Path:
-        return self.layout.artifact(self.key)
-
-    @property
-    def tree(self) -> Path:
-        return self.layout.tree(self.key)
 
     @property
     def src(self) -> Path:

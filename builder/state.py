@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,44 @@ from builder import atomic, log
 
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class KeyedLayout:
+    """A stage's directories under ``root``: per key an artifact and a scratch tree
+    (a failed build of one key works in its own tree and never touches another's),
+    the stage's record and the link to the current artifact."""
+
+    root: Path
+
+    def tree(self, key: str) -> Path:
+        return self.root / "trees" / key[:16]
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current"
+
+    def artifact(self, key: str) -> Path:
+        return self.root / "artifacts" / key
+
+
+class KeyedPlan:
+    """What a plan over a KeyedLayout derives from its ``layout`` and ``key`` (dataclass fields)."""
+
+    layout: KeyedLayout
+    key: str
+
+    @property
+    def artifact(self) -> Path:
+        return self.layout.artifact(self.key)
+
+    @property
+    def tree(self) -> Path:
+        return self.layout.tree(self.key)
 
 
 def load(path: Path) -> dict[str, Any] | None:
