@@ -11,12 +11,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 import yaml
 
 from builder import cli
 
 FAKELINUX = Path(__file__).parent / "orchestration" / "fakelinux"
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _logging_per_test() -> Iterator[None]:
+    """A test that ran the CLI left structlog writing to its captured (now closed)
+    stderr; the next test's events must not go there."""
+    yield
+    structlog.reset_defaults()
 
 
 def make_patch(path: str, old: str, new: str, header: str = "") -> str:
