@@ -38,24 +38,25 @@ def _size(path: Path) -> int:
     return total
 
 
+def _keyed(layout: state.KeyedLayout) -> list[Path]:
+    """A keyed stage's build trees (the last good one's too) and every artifact but the current one."""
+    current = layout.current.resolve() if layout.current.is_symlink() else None
+    return [p for p in (layout.root / "artifacts").glob("*") if p.resolve() != current] \
+        + list((layout.root / "trees").glob("*"))
+
+
 def targets(work_dir: Path) -> list[Path]:
     root = work_dir / "kernel"
     keep = {(root / "current" / link.name).resolve() for link in (root / "current").glob("*")}
     out = list((root / "trees").glob("*"))
     out += [p for p in (root / "artifacts").glob("*") if p.resolve() not in keep]
     out += list((root / "boot").glob("*"))
-    glibc = work_dir / "glibc"
-    glibc_current = (glibc / "current").resolve() if (glibc / "current").is_symlink() else None
-    out += [p for p in (glibc / "artifacts").glob("*") if p.resolve() != glibc_current]
-    out += list((glibc / "trees").glob("*"))  # build trees, the last good one too (glibc --tests then rebuilds)
+    out += _keyed(state.KeyedLayout(work_dir / "glibc"))  # glibc --tests rebuilds a removed tree
     for distro in (work_dir / "distros").glob("*"):
         last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
         out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]
         out += list(distro.glob("iso-work"))
-        rpm_glibc = distro / "glibc-rpm"  # an EL distro's glibc-rpm stage (builder/elglibc.py)
-        rpm_current = (rpm_glibc / "current").resolve() if (rpm_glibc / "current").is_symlink() else None
-        out += [p for p in (rpm_glibc / "artifacts").glob("*") if p.resolve() != rpm_current]
-        out += list((rpm_glibc / "trees").glob("*"))  # scratch of failed builds (a good one removes its own)
+        out += _keyed(state.KeyedLayout(distro / "glibc-rpm"))  # an EL distro's glibc-rpm stage (elglibc)
     return sorted(out)
 
 
