@@ -92,6 +92,16 @@ class MockSettings:
                            check=matches(r"[A-Za-z0-9 ._-]{1,64}", "a product name"))
 
 
+def _distinct_names(key: str, repositories: list[Repository]) -> str | None:
+    names = [r.name for r in repositories]
+    return f"{key}: names must differ (got {', '.join(names)})" if len(set(names)) != len(names) else None
+
+
+def _package_names(key: str, packages: list[str]) -> str | None:
+    bad = next((name for name in packages if not _PACKAGE.fullmatch(name)), None)
+    return None if bad is None else f"{key}: {bad!r} is not a package or @group name"
+
+
 def _default_buildroot() -> list[str]:
     # mock's chroot_setup_cmd for EL9 (its 'buildsys-build' group): what an rpmbuild of any EL
     # package may take for granted besides its BuildRequires
@@ -135,13 +145,8 @@ class ELGlibcSettings:
         "chroot_setup_cmd); the source RPM's BuildRequires are added")
 
     def validate(self) -> str | None:
-        names = [r.name for r in self.source_repositories]
-        if len(set(names)) != len(names):
-            return f"source_repositories: names must differ (got {', '.join(names)})"
-        for name in self.buildroot_packages:
-            if not _PACKAGE.fullmatch(name):
-                return f"buildroot_packages: {name!r} is not a package or @group name"
-        return None
+        return _distinct_names("source_repositories", self.source_repositories) \
+            or _package_names("buildroot_packages", self.buildroot_packages)
 
 
 def _default_packages() -> list[str]:
@@ -182,12 +187,10 @@ class ELSettings:
     def validate(self) -> str | None:
         if not self.repositories:
             return "repositories: at least one is needed (the first is the install source)"
+        problem = _distinct_names("repositories", self.repositories) or _package_names("packages", self.packages)
+        if problem:
+            return problem
         names = [r.name for r in self.repositories]
-        if len(set(names)) != len(names):
-            return f"repositories: names must differ (got {', '.join(names)})"
-        for name in self.packages:
-            if not _PACKAGE.fullmatch(name):
-                return f"packages: {name!r} is not a package or @group name"
         source_names = {r.name for r in self.glibc.source_repositories}
         if source_names & set(names):
             return f"glibc.source_repositories: {', '.join(sorted(source_names & set(names)))} is also in repositories"
