@@ -266,6 +266,9 @@ def test_srpm_that_is_missing_or_not_glibcs_is_named(tmp_path: Path) -> None:
     ({"buildroot_packages": ["rpm build"]}, "glibc: buildroot_packages: 'rpm build' is not a package"),
     ({"source_repositories": [{"name": "el-test", "baseurl": "http://m.invalid/", "gpgcheck": False}]},
      "glibc.source_repositories: el-test is also in repositories"),
+    ({"source_repositories": [{"name": "src", "baseurl": "http://m.invalid/", "gpgcheck": False},
+                              {"name": "src", "baseurl": "http://n.invalid/", "gpgcheck": False}]},
+     "glibc: source_repositories: names must differ (got src, src)"),
 ])
 def test_bad_glibc_settings_name_the_key(tmp_path: Path, glibc: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError) as exc:
