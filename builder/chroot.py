@@ -1,26 +1,21 @@
 """Running commands inside a root filesystem being built.
 
-``Chroot`` mounts /proc, /sys, /dev and /dev/pts into the root for as long as
-the context lasts (package scripts such as update-initramfs need them) and
-always unmounts them, even when a step fails or is interrupted, so no mount
-is left pinning the work dir.
+Each command runs through ``builder.sandbox``: in its own mount and PID
+namespaces, where ``builder.inroot`` mounts /proc, /sys and a private /dev in
+the root for that command alone and chroots.  Nothing is mounted in the root
+while isobuild itself writes into it (``builder.rootdir``), no mount can reach
+the host or outlive the command, and every process a package script starts
+dies with the command.
 """
 
 from __future__ import annotations
 
-import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 
-from builder import runner
-
-_MOUNTS: tuple[tuple[str, str, str | None, list[str]], ...] = (
-    ("proc", "proc", "proc", []),
-    ("sysfs", "sys", "sysfs", ["-o", "ro"]),
-    ("/dev", "dev", None, ["--bind"]),
-    ("devpts", "dev/pts", "devpts", ["-o", "newinstance,ptmxmode=0666"]),
-)
+from builder import runner, sandbox
+from builder.errors import InfraError
 
 
 class Chroot:
@@ -28,40 +23,47 @@ class Chroot:
         self.root = root
         self.log_path = log_path
         self.env = dict(env or {})
-        self.mounted: list[Path] = []
 
-    def __enter__(self) -> Chroot:
-        try:
-            for source, target, fstype, options in _MOUNTS:
-                where = self.root / target
-                where.mkdir(parents=True, exist_ok=True)
-                argv = ["mount", *options, *(["-t", fstype] if fstype else []), source, str(where)]
-                runner.run(argv, log_path=self.log_path)
-                self.mounted.append(where)
-        except BaseException:
-            self._unmount()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self._unmount()
-
-    def _unmount(self) -> None:
-        for where in reversed(self.mounted):
-            runner.run(["umount", "--lazy", str(where)], log_path=self.log_path, check=False)
-        self.mounted.clear()
-
-    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None,
-            capture: bool = False) -> runner.Result:
+    def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, capture: bool = False,
+            check: bool = True) -> runner.Result:
         """Run ``argv`` inside the root (paths in argv are paths inside it)."""
-        full_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **self.env, **(env or {})}
-        return runner.run(["chroot", str(self.root), *argv], log_path=self.log_path, env=full_env,
-                          capture=capture)
+        wrapped = sandbox.chroot_argv(self.root, list(argv), {**self.env, **(env or {})})
+        return runner.run(wrapped, log_path=self.log_path, capture=capture, check=check,
+                          display=["chroot", str(self.root), *argv])
 
-    def write(self, path: str, text: str, mode: int = 0o644) -> Path:
-        """Write a file inside the root (``path`` is absolute inside it)."""
-        target = self.root / path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        os.chmod(target, mode)
-        return target
+
+def host(argv: Sequence[str], log_path: Path, capture: bool = False,
+         env: Mapping[str, str] | None = None) -> runner.Result:
+    """A host tool that works on a root's files (tar, mksquashfs, rm) with the root's ownership:
+    in the namespaces, as root inside them."""
+    return runner.run(sandbox.wrap(argv), log_path=log_path, capture=capture, display=list(argv), env=env)
+
+
+def remove_tree(path: Path, log_path: Path | None = None) -> None:
+    """Remove a tree a bootstrap or build made (as an ordinary user: inside the namespaces, where
+    its subordinate-id files are the user's to remove)."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if sandbox.rootless():
+        runner.run(sandbox.wrap(["rm", "-rf", "--one-file-system", "--", str(path)]), log_path=log_path,
+                   display=["rm", "-rf", str(path)])
+    else:
+        shutil.rmtree(path)
+
+
+def _mounted_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        return [line.split()[1] for line in mounts if (line.split()[1] + "/").startswith(prefix)]
+
+
+def remove_root(root: Path, log_path: Path | None = None) -> None:
+    """Delete a build root, refusing while anything is mounted inside it (isobuild's own mounts live
+    in namespaces that end with each command; one here was made by someone else)."""
+    if not root.exists() and not root.is_symlink():
+        return
+    busy = _mounted_under(root)
+    if busy:
+        raise InfraError(f"{root}: still mounted inside ({', '.join(busy)}); not deleting it",
+                         hint="unmount them (umount -R) and run isobuild clean")
+    remove_tree(root, log_path)

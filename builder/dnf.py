@@ -21,6 +21,7 @@ from pathlib import Path
 
 from builder import runner
 from builder.errors import InfraError, UserError
+from builder.rootdir import Root
 
 DBPATH = "/var/lib/rpm"
 # name, [epoch:]version-release, arch: what the manifest lists
@@ -140,8 +141,9 @@ def install(root: Path, repos: Sequence[Repo], release: str, packages: Sequence[
     (scratch / "repos.d").mkdir(exist_ok=True)
     conf = scratch / "dnf.conf"
     conf.write_text(config(repos, scratch / "repos.d"))
-    inside = root / "var/cache/dnf"
-    inside.parent.mkdir(parents=True, exist_ok=True)
+    inside_root = Root(root)
+    inside_root.mkdir("/var/cache")
+    inside = inside_root.resolve("/var/cache/dnf")  # resolved inside the root: never a link to the host's
     if cache.is_dir() and not inside.exists():
         shutil.move(cache, inside)
     try:
@@ -180,8 +182,9 @@ def query(root: Path) -> list[dict[str, str]]:
 
 def hold(root: Path, names: Sequence[str]) -> None:
     """Keep ``names`` as installed: the root's dnf excludes them from every repository."""
-    conf = root / "etc/dnf/dnf.conf"
-    lines = conf.read_text().splitlines() if conf.exists() else ["[main]"]
+    r = Root(root)
+    conf = "/etc/dnf/dnf.conf"
+    lines = r.read_text(conf).splitlines() if r.exists(conf) else ["[main]"]
     section, main_at, exclude_at = "", None, None
     for i, line in enumerate(lines):
         stripped = line.strip()
@@ -199,5 +202,4 @@ def hold(root: Path, names: Sequence[str]) -> None:
         lines.insert(main_at + 1, f"excludepkgs={' '.join(names)}")
     else:
         lines = ["[main]", f"excludepkgs={' '.join(names)}", *lines]
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text("\n".join(lines) + "\n")
+    r.write_text(conf, "\n".join(lines) + "\n")

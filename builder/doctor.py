@@ -7,90 +7,12 @@ The table is the single source for ``isobuild doctor``, the runner's
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 from builder import runner
+from builder.hosttools import TOOLS, Tool, apt_line, install_hint, missing
 
-
-@dataclass(frozen=True)
-class Tool:
-    name: str  # a command on PATH, or an absolute file path
-    package: str  # Debian package that provides it
-    used_by: str
-
-    def present(self) -> bool:
-        if self.name.startswith("/"):
-            return Path(self.name).exists()
-        return shutil.which(self.name) is not None
-
-
-TOOLS: tuple[Tool, ...] = (
-    Tool("make", "make", "kernel"),
-    Tool("gcc", "gcc", "kernel"),
-    Tool("flex", "flex", "kernel"),
-    Tool("bison", "bison", "kernel"),
-    Tool("bc", "bc", "kernel"),
-    Tool("perl", "perl", "kernel"),
-    Tool("/usr/include/openssl/ssl.h", "libssl-dev", "kernel"),
-    Tool("/usr/include/libelf.h", "libelf-dev", "kernel"),
-    Tool("depmod", "kmod", "kernel"),
-    Tool("cpio", "cpio", "kernel"),
-    Tool("xz", "xz-utils", "kernel"),
-    Tool("zstd", "zstd", "kernel"),
-    Tool("tar", "tar", "kernel"),
-    Tool("git", "git", "kernel (git sources), patches generate"),
-    Tool("quilt", "quilt", "kernel, glibc, patches check"),
-    Tool("dpkg-deb", "dpkg-dev", "kernel (bindeb-pkg)"),
-    Tool("dpkg-architecture", "dpkg-dev", "kernel (bindeb-pkg)"),
-    Tool("dpkg-buildpackage", "dpkg-dev", "kernel (bindeb-pkg)"),
-    Tool("fakeroot", "fakeroot", "kernel (bindeb-pkg)"),
-    Tool("rpmbuild", "rpm", "kernel (binrpm-pkg)"),
-    Tool("rsync", "rsync", "kernel (headers)"),
-    Tool("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1", "kernel (default source)"),
-    Tool("/usr/src/glibc/debian/control", "glibc-source", "glibc (default source)"),
-    Tool("patch", "patch", "glibc (is Debian's series applied?)"),
-    Tool("dpkg-checkbuilddeps", "dpkg-dev", "glibc (build dependencies)"),
-    Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
-    Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
-    Tool("mmdebstrap", "mmdebstrap", "debian (bootstrap)"),
-    Tool("debootstrap", "debootstrap", "debian (bootstrap: debootstrap)"),
-    Tool("mksquashfs", "squashfs-tools", "rootfs"),
-    Tool("chroot", "coreutils", "rootfs"),
-    Tool("dnf", "dnf", "alma, rocky (build: dnf)"),
-    Tool("rpm", "rpm", "alma, rocky (the root's package database)"),
-    Tool("createrepo_c", "createrepo-c", "alma, rocky (repository of our RPMs)"),
-    Tool("/usr/lib/python3/dist-packages/dnf-plugins/download.py", "dnf-plugins-core",  # = elglibc.DOWNLOAD_PLUGIN
-         "alma, rocky (glibc RPM: dnf download --source)"),
-    Tool("/usr/lib/ISOLINUX/isolinux.bin", "isolinux", "iso (BIOS)"),
-    Tool("/usr/lib/syslinux/modules/bios/ldlinux.c32", "syslinux-common", "iso (BIOS)"),
-    Tool("grub-mkimage", "grub-efi-amd64-bin", "iso (UEFI)"),
-    Tool("/usr/lib/grub/x86_64-efi/linux.mod", "grub-efi-amd64-bin", "iso (UEFI)"),
-    Tool("mkfs.vfat", "dosfstools", "iso (UEFI)"),
-    Tool("mmd", "mtools", "iso (UEFI)"),
-    Tool("mcopy", "mtools", "iso (UEFI)"),
-    Tool("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "smoke (UEFI)"),
-    Tool("gpg", "gnupg", "release (signing and verifying)"),
-    Tool("sgdisk", "gdisk", "tests (GPT check)"),
-    Tool("chromium", "chromium", "tests (the build report renders in a browser)"),
-    Tool("xorriso", "xorriso", "tests and bench (ISO reference)"),
-)
-
-
-def install_hint(command: str) -> str:
-    for tool in TOOLS:
-        if tool.name == command or Path(tool.name).name == command:
-            return f"apt-get install {tool.package}  (or run: isobuild doctor)"
-    return "install it, then run: isobuild doctor"
-
-
-def missing() -> list[Tool]:
-    return [t for t in TOOLS if not t.present()]
-
-
-def apt_line(tools: list[Tool]) -> str:
-    packages = sorted({t.package for t in tools})
-    return "apt-get install -y " + " ".join(packages) if packages else ""
+__all__ = ["TOOLS", "Tool", "apt_line", "el_build", "glibc_build_deps", "install", "install_hint", "missing"]
 
 
 def install(tools: list[Tool], log_path: Path) -> None:
@@ -101,7 +23,6 @@ def install(tools: list[Tool], log_path: Path) -> None:
     runner.run(["apt-get", "update", "-q"], log_path=log_path, env=env)
     runner.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
                log_path=log_path, env=env)
-
 
 
 def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
@@ -119,3 +40,10 @@ def el_build() -> tuple[str, str]:
     from builder.distros.el import resolve_build
 
     return resolve_build("auto")
+
+
+def namespaces() -> tuple[bool, str]:
+    """Whether this host lets isobuild run a root's commands in namespaces (as this user): (ok, why)."""
+    from builder import sandbox
+
+    return sandbox.probe()

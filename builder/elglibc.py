@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder import atomic, dnf, log, patches, runner, stagekey, state
-from builder.chroot import Chroot
+from builder.chroot import Chroot, remove_root
 from builder.digest import DigestCache, sha256_bytes, sha256_file
 from builder.errors import InfraError, IsobuildError, UserError
-from builder.rootfs import remove_root
 
 if TYPE_CHECKING:
     from builder.distros.el import ELGlibcSettings, ELPlugin
@@ -204,7 +203,7 @@ def download_srpm(plugin: ELPlugin, log_path: Path) -> Path:
                         "glibc.srpm to {type: file, path: ..., sha256: ...}")
     # Debian's path, or an EL host's (/usr/lib/python3.9/site-packages/...)
     if not list(Path("/usr/lib").glob("python3*/*-packages/dnf-plugins/download.py")):
-        from builder.doctor import install_hint
+        from builder.hosttools import install_hint
 
         raise InfraError("dnf's download command (dnf-plugins-core) is not installed: the glibc source RPM of "
                          f"{plugin.name} cannot be downloaded", hint=install_hint(DOWNLOAD_PLUGIN))
@@ -230,7 +229,7 @@ def download_srpm(plugin: ELPlugin, log_path: Path) -> Path:
                              hint=f"see {log_path}")
         cache = srpm_cache(plugin)
         cache.mkdir(parents=True, exist_ok=True)
-        staged = cache / f".{found[0].name}.staged"
+        staged = atomic.temp_path(cache / found[0].name, "staged")
         shutil.copyfile(found[0], staged)
         for old in cache.glob("*.src.rpm"):
             old.unlink()
@@ -275,7 +274,7 @@ def plan(plugin: ELPlugin) -> Plan:
     digests = DigestCache(project.work_dir / "digests.json")
     srpm = resolve_srpm(plugin, digests)
     digests.save()
-    series = patches.read_series(project.path(project.settings.glibc.patches))
+    series = patches.read_series(project.input_dir(project.settings.glibc.patches, "glibc.patches"))
     dist = gs.dist or default_dist(srpm, plugin.settings.release)
     build_path = plugin.build_path()
     inputs: dict[str, Any] = {
@@ -545,8 +544,8 @@ def rebuild_in(p: Plan, srpm: Path, result: Path, log_path: Path) -> None:
         inside = buildroot / BUILDDIR.lstrip("/")
         inside.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(srpm, inside / srpm.name)
-        with log.stage("glibc-rpm.rpmbuild"), Chroot(buildroot, log_path) as chroot:
-            chroot.run(rebuild_argv(p, f"{BUILDDIR}/{srpm.name}"))
+        with log.stage("glibc-rpm.rpmbuild"):
+            Chroot(buildroot, log_path).run(rebuild_argv(p, f"{BUILDDIR}/{srpm.name}"))
         result.mkdir(parents=True, exist_ok=True)
         for rpm in (inside / "build" / "RPMS").glob("*/*.rpm"):
             shutil.copyfile(rpm, result / rpm.name)

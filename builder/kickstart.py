@@ -10,22 +10,44 @@ the template, the line of the rendered kickstart and the line itself.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import jinja2.exceptions
+import jinja2.sandbox
 
-from builder import atomic, state
+from builder import atomic, paths, state
 from builder.errors import UserError
 
 # EL release -> the pykickstart version its installer speaks
 VERSIONS = {"9": "RHEL9"}
 REQUIRED_PACKAGES = ("kernel", "dracut-live")
 _LINE = re.compile(r"\bline (\d+)\b")
+
+
+SCRIPT_KINDS = {0: "%pre", 1: "%post", 2: "%traceback", 3: "%pre-install", 4: "%onerror"}
+
+
+@dataclass(frozen=True)
+class Script:
+    """A %pre/%post/... section: what runs, with which interpreter, where (the installed root or the host)."""
+
+    kind: str  # %post, %pre, ...
+    in_chroot: bool
+    interpreter: str
+    body: str
+    error_on_fail: bool
+    line: int
+
+    def describe(self) -> str:
+        return f"{self.kind}{'' if self.in_chroot or self.kind != '%post' else ' --nochroot'} (line {self.line})"
 
 
 @dataclass
@@ -36,6 +58,26 @@ class Kickstart:
     version: str
     packages: list[str] = field(default_factory=list)  # names and @groups, as in %packages
     excluded: list[str] = field(default_factory=list)  # -names
+    scripts: list[Script] = field(default_factory=list)
+
+    def chroot_posts(self) -> list[Script]:
+        """The %post sections that run inside the installed root (all a dnf-path build can run)."""
+        return [s for s in self.scripts if s.kind == "%post" and s.in_chroot]
+
+    def host_scripts(self) -> list[Script]:
+        """Sections that would run on the build host (%pre, %post --nochroot, ...): the dnf path refuses them."""
+        return [s for s in self.scripts if not (s.kind == "%post" and s.in_chroot)]
+
+
+class _ProjectLoader(jinja2.FileSystemLoader):
+    """Templates from the template's own directory only: no symlink or include leads elsewhere."""
+
+    def get_source(self, environment: jinja2.Environment, template: str) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        base = Path(str(self.searchpath[0])).resolve()
+        if not Path(filename).resolve().is_relative_to(base):
+            raise jinja2.TemplateNotFound(template)
+        return source, filename, uptodate
 
 
 class _Problem(Exception):
@@ -50,8 +92,11 @@ def render(template: Path, values: dict[str, Any], where: str) -> str:
     if not template.is_file():
         raise UserError(f"{where}: kickstart template {template} not found",
                         hint="set 'kickstart' to a file under kickstart/ (e.g. kickstart/el-live.ks.j2)")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-                             loader=jinja2.FileSystemLoader(str(template.parent)))
+    # a template is data: the sandbox refuses attribute tricks that reach Python internals
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+        loader=_ProjectLoader(str(template.parent)))
+    paths.read_text(template, "kickstart template")  # UTF-8, readable: a clear error before jinja2's
     try:
         return env.get_template(template.name).render(**values)
     except jinja2.TemplateSyntaxError as exc:
@@ -59,6 +104,13 @@ def render(template: Path, values: dict[str, Any], where: str) -> str:
     except jinja2.UndefinedError as exc:
         known = ", ".join(sorted(values))
         raise UserError(f"{template}: {exc.message}", hint=f"the variables a template gets: {known}") from None
+    except jinja2.exceptions.SecurityError as exc:
+        raise UserError(f"{template}: refused by the template sandbox: {exc}",
+                        hint="templates fill in values; they cannot call into Python") from None
+    except jinja2.TemplateNotFound as exc:
+        raise UserError(f"{template}: includes {exc.name!r}, which is not a template beside it") from None
+    except jinja2.TemplateError as exc:
+        raise UserError(f"{template}: {exc}", hint="fix the template") from None
 
 
 def _lines(text: str, pattern: str) -> list[int]:
@@ -131,8 +183,9 @@ def validate(text: str, version: str, where: str, known_good: Path | None = None
     key = hashlib.sha256(f"{version}\0{text}".encode()).hexdigest()
     if known_good is not None:
         seen = state.load(known_good) or {}
-        if seen.get("key") == key:
-            return Kickstart(text, version, list(seen["packages"]), list(seen["excluded"]))
+        if seen.get("key") == key and "scripts" in seen:
+            return Kickstart(text, version, list(seen["packages"]), list(seen["excluded"]),
+                             [Script(**x) for x in seen["scripts"]])
     try:
         handler = _parse(text, version)
         _live_rules(handler, text)
@@ -144,8 +197,11 @@ def validate(text: str, version: str, where: str, known_good: Path | None = None
         raise UserError(f"{where}{at}: {problem.message}", details=details,
                         hint="fix the template or the distro settings it is rendered from") from None
     groups = [f"@{g.name}" for g in handler.packages.groupList]
+    scripts = [Script(SCRIPT_KINDS.get(x.type, f"%script{x.type}"), bool(x.inChroot), str(x.interp or "/bin/sh"),
+                      str(x.script), bool(x.errorOnFail), int(x.lineno or 0)) for x in handler.scripts]
     checked = Kickstart(text, version, groups + list(handler.packages.packageList),
-                        list(handler.packages.excludedList))
+                        list(handler.packages.excludedList), scripts)
     if known_good is not None:
-        atomic.write_json(known_good, {"key": key, "packages": checked.packages, "excluded": checked.excluded})
+        atomic.write_json(known_good, {"key": key, "packages": checked.packages, "excluded": checked.excluded,
+                                       "scripts": [dataclasses.asdict(x) for x in scripts]})
     return checked

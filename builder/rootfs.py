@@ -9,16 +9,16 @@ deleted once the squashfs is made, never while anything is mounted in it.
 
 from __future__ import annotations
 
-import shutil
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from builder import atomic, log, runner, stagekey, state
+from builder import atomic, chroot, log, rootdir, stagekey, state
 from builder.distro import Plugin
-from builder.errors import InfraError, UserError
+from builder.errors import UserError
 from builder.kernel import Plan as KernelPlan
 
 STAGE_VERSION = 4  # 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d
@@ -122,23 +122,6 @@ def built_key(p: Plan, key: str) -> dict[str, Any] | None:
     return state.load(p.layout.rootfs(key) / "metadata.json")
 
 
-def _mounted_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()) + "/"
-    with open("/proc/self/mounts") as mounts:
-        return [line.split()[1] for line in mounts if (line.split()[1] + "/").startswith(prefix)]
-
-
-def remove_root(root: Path) -> None:
-    """Delete a build root, refusing while anything is mounted inside it."""
-    if not root.exists():
-        return
-    busy = _mounted_under(root)
-    if busy:
-        raise InfraError(f"{root}: still mounted inside ({', '.join(busy)}); not deleting it",
-                         hint="unmount them (umount -R) and run isobuild clean")
-    shutil.rmtree(root)
-
-
 # zstd's level when none is set: measured here on the Debian root (212 MB), level 9 takes
 # 2.1 s and makes 69 MB where mksquashfs's own default, 15, takes 12.5 s for 65 MB.
 DEFAULT_ZSTD_LEVEL = 9
@@ -183,9 +166,10 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                               "log": str(log_path), "inputs": p.inputs,
                               "last_good": (state.load(p.state_path) or {}).get("last_good")}
     durations: dict[str, float] = {}
-    root = p.layout.root / "rootfs" / f".root-{p.key[:16]}"
+    # named with our pid: a killed run's build root is swept by the next run (atomic.sweep)
+    root = p.layout.root / "rootfs" / f".root-{p.key[:16]}.{os.getpid()}.tmp"
     with state.recorded(p.state_path, record) as done:
-        remove_root(root)
+        chroot.remove_root(root, log_path)
         with atomic.new_dir(p.artifact) as out:
             try:
                 steps: list[tuple[str, Callable[[], None]]] = [
@@ -207,17 +191,19 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                     durations[name] = round(time.monotonic() - start, 3)
                 manifest = plugin.manifest(root, log_path)
                 kernel, initrd = plugin.boot_files(root, release)
-                shutil.copyfile(kernel, out / "vmlinuz")
-                shutil.copyfile(initrd, out / "initrd.img")
+                inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only
+                inside.copy_out(kernel, out / "vmlinuz")
+                inside.copy_out(initrd, out / "initrd.img")
                 plugin.cleanup(root, log_path)
                 start = time.monotonic()
                 with log.stage("rootfs.squashfs", distro=plugin.name):
                     sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
-                    runner.run(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]),
-                               log_path=log_path, env=squashfs_env(epoch))
+                    # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
+                    chroot.host(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]), log_path,
+                                env=squashfs_env(epoch))
                 durations["squashfs"] = round(time.monotonic() - start, 3)
             finally:
-                remove_root(root)
+                chroot.remove_root(root, log_path)
             metadata = {
                 "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
                 "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,

@@ -10,9 +10,13 @@ errors (not the 10,000 lines of make around them) and the reproducer.
 from __future__ import annotations
 
 import collections
+import ctypes
+import ctypes.util
+import functools
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import log
+from builder import hosttools, log
 from builder.errors import InfraError, IsobuildError
 
 # Lines worth showing when a command fails: compiler and make errors, patch
@@ -34,6 +38,48 @@ _ERROR_LINE = re.compile(
 )
 _DISK_FULL = "No space left on device"
 _MAX_ERROR_LINES = 40
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_prctl = _libc.prctl
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when isobuild dies, however it dies (SIGKILL included)."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+# Commands that manage namespaces of their own and must start in the host's (mmdebstrap's unshare
+# mode calls the set-user-ID newuidmap, which a user namespace would defang).
+_OWN_NAMESPACES = frozenset({"unshare", "mmdebstrap"})
+
+
+@functools.cache
+def _contain_prefix() -> tuple[str, ...]:
+    """How every command gets a PID namespace of its own: a killed isobuild kills its ``unshare``
+    (PR_SET_PDEATHSIG), ``--kill-child`` then kills the namespace's first process, and with it the
+    kernel kills every process in the namespace -- make's compilers, dpkg-buildpackage's whole
+    tree, QEMU.  An ordinary user gets it inside a user namespace mapping only itself.  Where the
+    host allows neither (a container without CAP_SYS_ADMIN), commands run as they are, with the
+    parent-death signal alone; ``ISOBUILD_PIDNS=0`` asks for that too."""
+    if os.environ.get("ISOBUILD_PIDNS") == "0" or shutil.which("unshare") is None:
+        return ()
+    prefix = ("unshare", *(() if os.geteuid() == 0 else ("--map-current-user",)), "--pid", "--fork", "--kill-child")
+    try:
+        probe = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL, capture_output=True, timeout=10,
+                               check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return ()
+    if probe.returncode != 0:
+        log.get().warning("runner.no-pid-namespace", why=probe.stderr.decode(errors="replace").strip()[:200])
+        return ()
+    return prefix
+
+
+def contained(args: list[str]) -> list[str]:
+    """``args`` as the runner starts them (in a PID namespace of their own where the host allows)."""
+    if Path(args[0]).name in _OWN_NAMESPACES:
+        return args
+    return [*_contain_prefix(), *args]
 
 
 class CommandFailed(InfraError):
@@ -87,14 +133,18 @@ def run(
     capture: bool = False,
     on_line: Callable[[str], bool | None] | None = None,
     stdin: int | None = subprocess.DEVNULL,
+    display: Sequence[str] | None = None,
 ) -> Result:
     """Run ``argv``; see the module docstring.  ``env`` holds overrides only.
 
     ``on_line`` sees each output line; returning True ends the command there
     (its process group is killed) -- how a boot check stops QEMU once it has
     a verdict.  ``Result.stopped`` then says so and the exit code is ignored.
+    ``display`` is how a wrapped command (one run in namespaces) is named in
+    messages; the reproducer is always the full ``argv``.
     """
     args = [str(a) for a in argv]
+    shown = [str(a) for a in display] if display else args
     full_env = dict(os.environ)
     full_env["LC_ALL"] = "C.UTF-8"
     full_env.update(env or {})
@@ -118,14 +168,16 @@ def run(
     start = time.monotonic()
     try:
         try:
+            if shutil.which(args[0], path=full_env.get("PATH")) is None:
+                raise FileNotFoundError(args[0])
             proc = subprocess.Popen(
-                args, cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True,
+                contained(args), cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
             )
         except FileNotFoundError:
-            from builder.doctor import install_hint
-
-            raise InfraError(f"{args[0]}: command not found", hint=install_hint(args[0])) from None
+            if cwd is not None and not cwd.is_dir():
+                raise InfraError(f"{cwd}: working directory of {Path(shown[0]).name} is gone") from None
+            raise InfraError(f"{args[0]}: command not found", hint=hosttools.install_hint(args[0])) from None
 
         def kill() -> None:
             timed_out.set()
@@ -168,11 +220,11 @@ def run(
     rc = proc.returncode
     logger.debug("run.done", argv0=args[0], returncode=rc, seconds=round(seconds, 3))
     if disk_full and rc != 0:
-        raise InfraError(f"disk full while running {Path(args[0]).name}",
+        raise InfraError(f"disk full while running {Path(shown[0]).name}",
                          hint="free space in the work dir (isobuild clean) and re-run",
                          details=[f"full log: {log_path}"] if log_path else None)
     if check and not stopped and (rc != 0 or timed_out.is_set()):
-        raise CommandFailed(args, rc, log_path, error_lines, list(tail), repro, timed_out.is_set())
+        raise CommandFailed(shown, rc, log_path, error_lines, list(tail), repro, timed_out.is_set())
     return Result(args, rc, seconds, "\n".join(captured), stopped, timed_out.is_set())
 
 

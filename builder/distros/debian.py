@@ -7,19 +7,19 @@ Debian system would.  The package cache persists across builds.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder import aptsources, log, runner, stagekey
+from builder import aptrepo, aptsources, chroot, hosttools, log, paths, runner, sandbox, stagekey
 from builder.chroot import Chroot
-from builder.digest import sha256_bytes, sha256_tree
-from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLayout, Plugin
+from builder.distro import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
 from builder.errors import InfraError, UserError
+from builder.rootdir import Root
 from builder.schema import at_least, matches, setting
 
 # live-boot settings in the initramfs (see DebianPlugin.initramfs_settings)
@@ -27,6 +27,9 @@ INITRAMFS_CONF = "isobuild-live"
 _UNREACHABLE = re.compile(r"(Could not resolve|Failed to fetch|Unable to connect|Connection refused|"
                           r"Temporary failure resolving|No route to host|Could not connect|Network is unreachable|"
                           r"Connection timed out|Release file .* is not valid|404\s+Not Found)", re.I)
+# Debian policy 5.6.1 (names) and 5.6.12 (versions): what --include may carry, nothing more
+PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
+VERSION = re.compile(r"(?:[0-9]+:)?[0-9][A-Za-z0-9.+~]*(?:-[A-Za-z0-9.+~]+)*")
 _UNKNOWN_PACKAGE = re.compile(r"(?:Unable to locate package|Couldn't find package|has no installation candidate"
                               r"|E: Package '([^']+)' has no)\s*(\S*)")
 
@@ -46,7 +49,10 @@ class DebianSettings:
                         check=matches(r"[A-Za-z0-9._-]{1,64}", "a file name of A-Z a-z 0-9 . _ -"))
     suite: str = setting("bookworm", help="Debian suite", check=matches(r"[a-z][a-z0-9-]+", "a suite name"))
     mirror: str | None = setting(None, help="archive URI; default: the host's apt configuration for the suite",
-                                 check=matches(r"(https?|file)://\S+", "an http(s):// or file:// URI"))
+                                 check=matches(r"(https?|file)://[A-Za-z0-9._~:/?#@!$&*+;=%\[\]-]+",
+                                               "an http(s):// or file:// URI"))
+    keyring: str | None = setting(None, help="keyring the suite's InRelease must be signed with (a project file; "
+                                  "default: Debian's archive keyring)")
     components: list[str] = setting(factory=lambda: ["main"], help="archive components")
     bootstrap: Literal["mmdebstrap", "debootstrap"] = setting(
         "mmdebstrap", help="mmdebstrap (default: measured about 2x faster here) or debootstrap")
@@ -59,7 +65,7 @@ class DebianSettings:
     timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_DEBIAN", help="ISO volume label", check=LABEL)
     cmdline: str = setting("boot=live components console=ttyS0,115200 console=tty0",
-                           help="kernel command line of the live system")
+                           help="kernel command line of the live system", check=cmdline)
     squashfs: SquashfsSettings = setting(factory=SquashfsSettings, help="root filesystem image")
     overlay: str | None = setting(None, help="directory copied over the root after configuration "
                                   "(relative to the project; e.g. extra units, config files)")
@@ -67,10 +73,16 @@ class DebianSettings:
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
 
     def validate(self) -> str | None:
-        pkgs = set(self.packages)
-        for name in self.packages:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+(=\S+)?", name):
-                return f"packages: {name!r} is not a Debian package name"
+        pkgs = {name.split("=", 1)[0] for name in self.packages}
+        for entry in self.packages:
+            name, eq, version = entry.partition("=")
+            if not PACKAGE.fullmatch(name):
+                return f"packages: {entry!r} is not a Debian package name (a-z 0-9 + . -, Debian policy 5.6.1)"
+            if eq and not VERSION.fullmatch(version):
+                return f"packages: {entry!r}: {version!r} is not a Debian version (policy 5.6.12)"
+        for component in self.components:
+            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*(/[a-z0-9-]+)?", component):
+                return f"components: {component!r} is not an archive component"
         if self.timezone not in ("Etc/UTC", "UTC") and "tzdata" not in pkgs:
             return f"timezone {self.timezone!r} needs 'tzdata' in packages"
         if self.locale not in ("C", "C.UTF-8", "POSIX") and "locales" not in pkgs:
@@ -90,126 +102,156 @@ class DebianPlugin(Plugin):
     def mirror(self) -> str:
         return self.settings.mirror or aptsources.default_mirror(self.settings.suite)
 
+    def keyring(self) -> Path:
+        if self.settings.keyring is None:
+            return aptrepo.DEBIAN_KEYRING
+        return paths.project_input(self.project.root, self.settings.keyring, "keyring", self.where, "file")
+
+    @functools.cached_property
+    def release(self) -> aptrepo.Release:
+        """The suite's signed InRelease on the mirror (fetched and checked once per plugin)."""
+        return aptrepo.release(self.mirror(), self.settings.suite, self.keyring(), self.where)
+
+    def check(self) -> None:
+        """The overlay, the bootstrap tool (debootstrap needs root), and the mirror: reachable, its
+        InRelease signed by the keyring, the suite holding the components for this architecture."""
+        super().check()
+        tool = self.settings.bootstrap
+        if sandbox.rootless() and tool == "debootstrap":
+            raise UserError(f"{self.where}: bootstrap: debootstrap needs root",
+                            hint="use bootstrap: mmdebstrap (its unshare mode works as an ordinary user)")
+        for name in (tool, "unshare", "gpgv", "mksquashfs"):
+            if shutil.which(name) is None:
+                raise InfraError(f"{name} not found: the {self.name} build needs it", hint=hosttools.install_hint(name))
+        if sandbox.rootless():
+            sandbox.idmap()  # subordinate ids and newuidmap, or a clear error now
+        aptrepo.require(self.release, self.deb_arch, self.settings.components, self.where)
+
+    @property
+    def deb_arch(self) -> str:
+        from builder.arch import ARCHES
+
+        return ARCHES[self.project.settings.arch].deb_arch
+
     def identity(self) -> dict[str, Any]:
         s = self.settings
-        overlay = self.overlay_dir()
         return {"family": self.family, "suite": s.suite, "mirror": self.mirror(), "components": s.components,
                 "bootstrap": s.bootstrap, "packages": s.packages, "hostname": s.hostname, "locale": s.locale,
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
-                "ssh_authorized_key": s.ssh_authorized_key,
-                "overlay": sha256_tree(overlay) if overlay else None}
+                "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest()}
 
     # --- bootstrap ------------------------------------------------------------------
 
-    def bootstrap_argv(self, root: Path, cache: Path) -> list[str]:
+    def bootstrap_argv(self, out: Path, cache: Path) -> list[str]:
+        """The bootstrap command: mmdebstrap writes a tarball ``out`` (in its unshare mode as an
+        ordinary user), debootstrap a directory ``out``."""
         s = self.settings
         include = ",".join(s.packages)
         components = ",".join(s.components)
         if s.bootstrap == "debootstrap":
             return ["debootstrap", "--variant=minbase", f"--components={components}", f"--include={include}",
-                    f"--cache-dir={cache}", s.suite, str(root), self.mirror()]
-        return ["mmdebstrap", "--variant=minbase", f"--components={components}", f"--include={include}",
+                    f"--keyring={self.keyring()}", f"--cache-dir={cache}", s.suite, str(out), self.mirror()]
+        return ["mmdebstrap", f"--mode={'unshare' if sandbox.rootless() else 'root'}", "--variant=minbase",
+                f"--components={components}", f"--include={include}", f"--keyring={self.keyring()}",
                 '--aptopt=Acquire::Retries "3"',
-                # keep the downloaded .debs in the root so they can be copied to the cache afterwards
-                "--skip=download/empty",
+                # the package cache goes in before apt runs and comes out before the tarball is made
                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
-                s.suite, str(root), self.mirror()]
+                f"--customize-hook=sync-out /var/cache/apt/archives {cache}",
+                s.suite, str(out), self.mirror()]
 
-    def mirror_stamp(self) -> str | None:
-        """sha256 of the suite's InRelease (or Release) on the mirror: it changes with every
-        update of the suite.  None when it cannot be read (the bootstrap then says why)."""
-        base = f"{self.mirror().rstrip('/')}/dists/{self.settings.suite}"
-        for name in ("InRelease", "Release"):
-            try:
-                with urllib.request.urlopen(f"{base}/{name}", timeout=15) as response:
-                    return sha256_bytes(response.read())
-            except (OSError, ValueError):
-                continue
-        return None
-
-    def bootstrap_key(self, argv: list[str], root: Path, cache: Path) -> str | None:
+    def bootstrap_key(self, argv: list[str], out: Path, cache: Path) -> str:
         """What a bootstrapped root is a function of: the command (paths aside), the tool's
-        version and the mirror's state.  None: not cacheable now."""
-        stamp = self.mirror_stamp()
-        if stamp is None:
-            return None
+        version and the mirror's state (its signed InRelease)."""
         tool = runner.output([argv[0], "--version"]).strip().splitlines()[0]
-        generic = [a.replace(str(root), "<root>").replace(str(cache), "<cache>") for a in argv]
-        return stagekey.compute({"argv": generic, "tool": tool, "mirror_release": stamp})
+        generic = [a.replace(str(out), "<out>").replace(str(cache), "<cache>") for a in argv]
+        generic = [a for a in generic if not a.startswith("--mode=")]  # root or unshare: the same root
+        return stagekey.compute({"argv": generic, "tool": tool, "mirror_release": self.release.sha256})
 
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
-        """mmdebstrap/debootstrap, or -- when the same command already ran against the same
-        mirror state -- its result unpacked from the root cache (seconds instead of a
-        bootstrap: the rootfs is rebuilt whenever the kernel or glibc changes)."""
+        """The bootstrapped root, unpacked from the bootstrap cache (a tarball per command and mirror
+        state: seconds instead of a bootstrap when only the kernel or glibc changed), made first
+        when the cache has none."""
         cache.mkdir(parents=True, exist_ok=True)
-        argv = self.bootstrap_argv(root, cache)
         roots = cache.with_name(cache.name + ".roots")
-        key = self.bootstrap_key(argv, root, cache)
-        cached = roots / f"{key}.tar" if key else None
-        if cached is not None and cached.exists():
-            root.mkdir(parents=True)
-            with log.stage("rootfs.bootstrap-cached", tar=str(cached)):
-                runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", cached, "-C", root],
-                           log_path=log_path)
-            return
-        self._bootstrap(argv, root, cache, log_path)
-        if cached is not None:
-            roots.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(f".{cached.name}.tmp")
-            runner.run(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", tmp, "-C", root, "."],
-                       log_path=log_path)
-            os.replace(tmp, cached)
+        roots.mkdir(parents=True, exist_ok=True)
+        probe = roots / "<out>"
+        key = self.bootstrap_key(self.bootstrap_argv(probe, cache), probe, cache)
+        cached = roots / f"{key}.tar"
+        if not cached.exists():
+            tmp = roots / f".{key[:16]}.{os.getpid()}.tmp.tar"
+            try:
+                if self.settings.bootstrap == "debootstrap":
+                    self._debootstrap_tar(tmp, cache, log_path)
+                else:
+                    self._run_bootstrap(self.bootstrap_argv(tmp, cache), log_path)
+                os.replace(tmp, cached)
+            finally:
+                tmp.unlink(missing_ok=True)
             for old in roots.glob("*.tar"):  # one per suite: an older mirror state is never used again
                 if old != cached:
                     old.unlink()
+        root.mkdir(parents=True)
+        with log.stage("rootfs.unpack", tar=str(cached)):
+            chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(cached),
+                         "-C", str(root)], log_path)
+        for leftover in ("/var/cache/apt/archives/lock",):
+            Root(root).remove(leftover)
 
-    def _bootstrap(self, argv: list[str], root: Path, cache: Path, log_path: Path) -> None:
+    def _debootstrap_tar(self, out: Path, cache: Path, log_path: Path) -> None:
+        tree = out.with_name(out.name + ".d")
+        try:
+            self._run_bootstrap(self.bootstrap_argv(tree, cache), log_path)
+            archives = Root(tree)
+            for deb in archives.glob("/var/cache/apt/archives/*.deb"):
+                name = deb.rsplit("/", 1)[-1]
+                if not (cache / name).exists():
+                    archives.copy_out(deb, cache / name)
+                archives.remove(deb)
+            chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", str(out), "-C", str(tree),
+                         "."], log_path)
+        finally:
+            chroot.remove_tree(tree, log_path)
+
+    def _run_bootstrap(self, argv: list[str], log_path: Path) -> None:
         for attempt in (1, 2, 3):
             try:
                 runner.run(argv, log_path=log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
-                break
+                return
             except runner.CommandFailed as exc:
                 text = "\n".join(exc.error_lines + exc.tail)
                 if m := _UNKNOWN_PACKAGE.search(text):
                     pkg = next((g for g in m.groups() if g), "?")
-                    raise UserError(f"distros/{self.name}.yaml: package {pkg!r} does not exist in "
+                    raise UserError(f"{self.where}: package {pkg!r} does not exist in "
                                     f"{self.settings.suite} ({', '.join(self.settings.components)})",
                                     hint="fix 'packages' (apt-cache policy NAME on a Debian host tells)",
                                     details=exc.details) from None
                 if _UNREACHABLE.search(text) and attempt < 3:
-                    shutil.rmtree(root, ignore_errors=True)
                     continue
                 if _UNREACHABLE.search(text):
                     raise InfraError(f"the Debian mirror {self.mirror()} is unreachable (3 attempts)",
-                                     hint="check the network, or set 'mirror:' in distros/"
-                                          f"{self.name}.yaml", details=exc.details) from None
+                                     hint=f"check the network, or set 'mirror:' in {self.where}",
+                                     details=exc.details) from None
                 raise
-        archives = root / "var/cache/apt/archives"
-        for deb in archives.glob("*.deb"):
-            if not (cache / deb.name).exists():
-                shutil.copy2(deb, cache / deb.name)
-            deb.unlink()  # in the package cache now; the image never needs them
 
     # --- kernel, configuration ----------------------------------------------------
 
     def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path) -> None:
-        staged = root / "tmp" / "isobuild-debs"
-        staged.mkdir(parents=True, exist_ok=True)
-        for deb in packages:
-            shutil.copy(deb, staged / deb.name)
+        r = Root(root)
         names = [runner.output(["dpkg-deb", "--field", str(deb), "Package"]).strip() for deb in packages]
-        with Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"}) as chroot:
-            # no daemons may start inside the build root
-            chroot.write("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
-            try:
-                # one dpkg run: a set that depends on itself (libc6, libc-bin, ...) goes in together
-                chroot.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{deb.name}" for deb in packages)])
-                if hold:
-                    chroot.run(["apt-mark", "hold", *names])
-            finally:
-                (root / "usr/sbin/policy-rc.d").unlink(missing_ok=True)
-                shutil.rmtree(staged, ignore_errors=True)
+        for deb in packages:
+            r.copy_in(deb, f"/tmp/isobuild-debs/{deb.name}")
+        # no daemons may start inside the build root
+        r.write_text("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
+        try:
+            inside = Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+            # one dpkg run: a set that depends on itself (libc6, libc-bin, ...) goes in together
+            inside.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{deb.name}" for deb in packages)])
+            if hold:
+                inside.run(["apt-mark", "hold", *names])
+        finally:
+            r.remove("/usr/sbin/policy-rc.d")
+            r.remove("/tmp/isobuild-debs")
 
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
         from builder import glibc
@@ -235,7 +277,7 @@ class DebianPlugin(Plugin):
         self.initramfs_settings(root)  # the kernel's postinst makes the initramfs: its settings go first
         self.install_packages(root, debs[:1], True, log_path)
         _, initrd = self.boot_files(root, release)
-        if not initrd.exists():
+        if not Root(root).exists(initrd):
             raise InfraError(f"installing {debs[0].name} made no initramfs ({initrd})",
                              hint="is initramfs-tools in the packages? see the log", details=[f"log: {log_path}"])
 
@@ -246,70 +288,57 @@ class DebianPlugin(Plugin):
         (it writes /etc/network/interfaces, a directory the root lacks) after a `udevadm
         trigger` + `settle`: 2 s of every boot under TCG, and an error line on the console.
         """
-        conf = root / "etc/initramfs-tools/conf.d" / INITRAMFS_CONF
-        if (root / "sbin/ifup").exists() or (root / "usr/sbin/ifup").exists():
-            conf.unlink(missing_ok=True)
+        r = Root(root)
+        conf = f"/etc/initramfs-tools/conf.d/{INITRAMFS_CONF}"
+        if r.exists("/sbin/ifup") or r.exists("/usr/sbin/ifup"):
+            r.remove(conf)
             return
-        conf.parent.mkdir(parents=True, exist_ok=True)
-        conf.write_text("# isobuild: no ifupdown in this image, so live-boot has no interfaces file to write\n"
-                        "NONETWORKING=true\nexport NONETWORKING\n")
+        r.write_text(conf, "# isobuild: no ifupdown in this image, so live-boot has no interfaces file to write\n"
+                     "NONETWORKING=true\nexport NONETWORKING\n")
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
+        """Written from outside through builder.rootdir (nothing mounted in the root meanwhile);
+        the overlay comes after isobuild's own files, so a project can override them."""
         s = self.settings
-        (root / "etc/hostname").write_text(s.hostname + "\n")
-        (root / "etc/hosts").write_text(f"127.0.0.1\tlocalhost\n127.0.1.1\t{s.hostname}\n"
-                                        "::1\tlocalhost ip6-localhost ip6-loopback\n")
-        (root / "etc/fstab").write_text("# live system: live-boot mounts the root\n")
-        (root / "etc/default").mkdir(exist_ok=True)
-        (root / "etc/default/locale").write_text(f"LANG={s.locale}\n")
-        zone = root / "usr/share/zoneinfo" / s.timezone
-        if s.timezone not in ("Etc/UTC", "UTC") and not zone.exists():
-            raise UserError(f"distros/{self.name}.yaml: timezone: {s.timezone!r} is not a zoneinfo name")
-        localtime = root / "etc/localtime"
-        localtime.unlink(missing_ok=True)
-        localtime.symlink_to(f"/usr/share/zoneinfo/{s.timezone}")
-        (root / "etc/timezone").write_text(s.timezone + "\n")
-        with Chroot(root, log_path) as chroot:
-            # no built-in password: the root account is locked; access is by SSH key only if configured
-            chroot.run(["usermod", "--password", "!", "root"])
-            if s.ssh_authorized_key:
-                chroot.write("/root/.ssh/authorized_keys", s.ssh_authorized_key.strip() + "\n", 0o600)
-                (root / "root/.ssh").chmod(0o700)
-                # host keys are removed by cleanup (they must differ per machine): make them at boot
-                chroot.write("/etc/systemd/system/ssh.service.d/isobuild-hostkeys.conf",
-                             "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
-            overlay = self.overlay_dir()
-            if overlay:
-                runner.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)], log_path=log_path)
-            chroot.write("/usr/local/sbin/isobuild-smoke", smoke_script, 0o755)
-            chroot.write("/etc/systemd/system/isobuild-smoke.service", SMOKE_UNIT)
-            chroot.run(["systemctl", "enable", "isobuild-smoke.service"])
+        r = Root(root)
+        self.write_identity(r, s.hostname)
+        r.write_text("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{s.hostname}\n"
+                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        r.write_text("/etc/fstab", "# live system: live-boot mounts the root\n")
+        r.write_text("/etc/default/locale", f"LANG={s.locale}\n")
+        if s.timezone not in ("Etc/UTC", "UTC") and not r.exists(f"/usr/share/zoneinfo/{s.timezone}"):
+            raise UserError(f"{self.where}: timezone: {s.timezone!r} is not a zoneinfo name")
+        r.symlink("/etc/localtime", f"/usr/share/zoneinfo/{s.timezone}")
+        r.write_text("/etc/timezone", s.timezone + "\n")
+        self.lock_root_account(root, log_path)
+        if s.ssh_authorized_key:
+            r.mkdir("/root/.ssh", 0o700)
+            r.chmod("/root/.ssh", 0o700)
+            r.write_text("/root/.ssh/authorized_keys", s.ssh_authorized_key.strip() + "\n", 0o600)
+            # host keys are removed by cleanup (they must differ per machine): make them at boot
+            r.write_text("/etc/systemd/system/ssh.service.d/isobuild-hostkeys.conf",
+                         "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
+        self.apply_overlay(r)
+        self.install_smoke_check(r, smoke_script)
 
-    def boot_files(self, root: Path, release: str) -> tuple[Path, Path]:
-        return root / "boot" / f"vmlinuz-{release}", root / "boot" / f"initrd.img-{release}"
+    def boot_files(self, root: Path, release: str) -> tuple[str, str]:
+        return f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"
 
     def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]:
-        out = runner.output(["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W",
+        admindir = Root(root).resolve("/var/lib/dpkg")
+        out = runner.output(["dpkg-query", f"--admindir={admindir}", "-W",
                              "-f=${Package}\t${Version}\t${Architecture}\n"])
         rows = [line.split("\t") for line in out.splitlines() if line.count("\t") == 2]
         return [{"package": p, "version": v, "arch": a} for p, v, a in sorted(rows)]
 
     def cleanup(self, root: Path, log_path: Path) -> None:
-        patterns = ["var/lib/apt/lists/*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb",
-                    "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "var/log/*.log", "var/log/apt/*",
-                    "var/lib/dbus/machine-id", "etc/ssh/ssh_host_*", "tmp/*", "var/tmp/*", "root/.bash_history",
-                    "etc/resolv.conf", "var/cache/ldconfig/aux-cache"]
-        for pattern in patterns:
-            for path in root.glob(pattern):
-                if path.name in ("lock", "partial", "auxcache"):
-                    continue
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        # an empty machine-id: systemd makes a fresh one on every live boot
-        (root / "etc/machine-id").write_text("")
+        self.remove_volatile(Root(root), [
+            "/var/lib/apt/lists/*", "/var/cache/apt/*.bin", "/var/cache/apt/archives/*.deb",
+            "/var/cache/debconf/*-old", "/var/lib/dpkg/*-old", "/var/log/*.log", "/var/log/apt/*",
+            "/var/lib/dbus/machine-id", "/etc/ssh/ssh_host_*", "/tmp/*", "/var/tmp/*", "/root/.bash_history",
+            "/etc/resolv.conf", "/var/cache/ldconfig/aux-cache"], keep=("lock", "partial", "auxcache"))
 
     def layout(self) -> LiveLayout:
         return LiveLayout("live/vmlinuz", "live/initrd.img", "live/filesystem.squashfs", self.settings.cmdline,
                           self.settings.label)
+

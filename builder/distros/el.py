@@ -31,13 +31,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder import dnf, kickstart, runner
+from builder import dnf, kickstart, log, paths, runner
 from builder.chroot import Chroot
 from builder.config import SHA256, Project
-from builder.digest import sha256_tree
-from builder.distro import HOSTNAME, LABEL, LOCALE, SMOKE_UNIT, ZONEINFO, LiveLayout, Plugin
+from builder.distro import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
 from builder.distros.debian import SquashfsSettings
 from builder.errors import InfraError, UserError
+from builder.rootdir import Root
 from builder.schema import matches, setting
 
 ARCH = "x86_64"
@@ -174,7 +174,7 @@ class ELSettings:
     timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_EL", help="ISO volume label (root=live:CDLABEL=<label>)", check=LABEL)
     cmdline: str = setting("rd.live.overlay.overlayfs=1 console=ttyS0,115200 console=tty0",
-                           help="kernel command line after root=live:CDLABEL=<label> rd.live.image")
+                           help="kernel command line after root=live:CDLABEL=<label> rd.live.image", check=cmdline)
     kickstart: str = setting("kickstart/el-live.ks.j2", help="jinja2 template of the kickstart (project-relative)")
     root_size: int = setting(6144, help="MiB of the kickstart's / partition (livemedia-creator's image)",
                              check=lambda v: None if v >= 1024 else "must be >= 1024")
@@ -230,14 +230,13 @@ class ELPlugin(Plugin):
 
     def __init__(self, name: str, settings: Any, project: Project):
         super().__init__(name, settings, project)
-        self.where = f"distros/{name}.yaml"
         # rendered and checked now: a bad kickstart fails when the distro file is loaded, before any build
         self.kickstart = self._kickstart()
 
     # --- the kickstart ------------------------------------------------------------
 
     def template(self) -> Path:
-        return self.project.path(self.settings.kickstart)
+        return paths.project_input(self.project.root, self.settings.kickstart, "kickstart", self.where, "file")
 
     def _kickstart(self, afresh: bool = False) -> kickstart.Kickstart:
         s = self.settings
@@ -257,14 +256,13 @@ class ELPlugin(Plugin):
 
     def identity(self) -> dict[str, Any]:
         s = self.settings
-        overlay = self.overlay_dir()
         return {"family": self.family, "suite": f"el{s.release}", "release": s.release, "build": self.build_path(),
                 "repositories": [asdict(r) for r in s.repositories],
                 "kickstart": hashlib.sha256(self.kickstart.text.encode()).hexdigest(),
                 "hostname": s.hostname, "locale": s.locale, "timezone": s.timezone,
                 "mock": asdict(s.mock) if self.build_path() == "mock" else None,
                 "squashfs": [s.squashfs.compression, s.squashfs.level],
-                "overlay": sha256_tree(overlay) if overlay else None}
+                "overlay": self.overlay_digest()}
 
     def takes_glibc(self) -> bool:
         return self.settings.glibc.enabled
@@ -282,13 +280,33 @@ class ELPlugin(Plugin):
         return [dnf.Repo(r.name, r.baseurl, r.mirrorlist, r.gpgkey, r.gpgcheck) for r in self.settings.repositories] \
             + [dnf.Repo(LOCAL_REPO, baseurl=f"file://{self.local_repo}", gpgcheck=False, priority=1)]
 
+    def check(self) -> None:
+        """Overlay, host tools of the build path, kickstart sections the dnf path cannot run, and every
+        repository reachable (10 s each) -- before any build."""
+        super().check()
+        self.check_host()
+        if self.build_path() == "dnf":
+            host = self.kickstart.host_scripts()
+            if host:
+                raise UserError(f"kickstart {self.settings.kickstart} (rendered for {self.where}): "
+                                f"{host[0].describe()} would run on the build host",
+                                hint="the dnf path runs %post sections inside the root and nothing on the host: "
+                                     "make it a %post, or build on an EL host with mock (build: mock)")
+        self.probe_repositories()
+        glibc = self.settings.glibc
+        if self.project.settings.glibc.enabled and glibc.enabled and glibc.srpm.type == "repo":
+            from builder.elglibc import srpm_repos
+
+            for repo in srpm_repos(self)[len(self.settings.repositories):]:
+                dnf.probe(repo, self.settings.release, ARCH, self.where)
+
     def check_host(self) -> None:
         """The host tools this build path runs, before anything runs."""
         needed = {"dnf": ("dnf", "rpm", "createrepo_c"),
                   "mock": ("mock", "rpm", "createrepo_c", "unsquashfs")}[self.build_path()]
         missing = [tool for tool in needed if shutil.which(tool) is None]
         if missing:
-            from builder.doctor import install_hint
+            from builder.hosttools import install_hint
 
             hint = "mock runs on EL hosts (dnf install mock lorax); elsewhere set build: dnf" \
                 if "mock" in missing else install_hint(missing[0])
@@ -427,9 +445,9 @@ class ELPlugin(Plugin):
                              f"{', '.join(kernels) or 'none'}", hint="does a repository or %packages bring "
                              "another kernel? see the log", details=[f"log: {log_path}"])
         dnf.hold(root, KERNEL_NAMES)
-        if (root / "lib/modules" / release).is_dir():
-            # binrpm-pkg's RPM runs no depmod; the host's writes the same files EL's would
-            runner.run(["depmod", "-b", str(root), release], log_path=log_path)
+        if Root(root).exists(f"/lib/modules/{release}"):
+            # binrpm-pkg's RPM runs no depmod: the root's own, inside it
+            Chroot(root, log_path).run(["depmod", "-a", release])
         self.make_initramfs(root, release, log_path)
 
     def dracut_argv(self, release: str) -> list[str]:
@@ -438,91 +456,75 @@ class ELPlugin(Plugin):
                 f"/boot/initramfs-{release}.img", release]
 
     def make_initramfs(self, root: Path, release: str, log_path: Path) -> None:
-        with Chroot(root, log_path) as chroot:
-            chroot.run(self.dracut_argv(release))
+        Chroot(root, log_path).run(self.dracut_argv(release))
         _, initrd = self.boot_files(root, release)
-        if not initrd.exists():
+        if not Root(root).exists(initrd):
             raise InfraError(f"dracut made no initramfs ({initrd})", hint="is dracut-live in %packages? see the log",
                              details=[f"log: {log_path}"])
 
     # --- configuration --------------------------------------------------------------
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
+        """Written from outside through builder.rootdir (nothing mounted in the root meanwhile); then
+        the kickstart's %post sections in the root (the dnf path; anaconda runs them on the mock
+        path) and the SELinux labels."""
         s = self.settings
-        (root / "etc").mkdir(exist_ok=True)
-        (root / "etc/hostname").write_text(s.hostname + "\n")
-        (root / "etc/fstab").write_text("# live system: dracut's dmsquash-live mounts the root\n")
-        (root / "etc/locale.conf").write_text(f"LANG={s.locale}\n")
-        if s.timezone not in ("Etc/UTC", "UTC") and not (root / "usr/share/zoneinfo" / s.timezone).exists():
+        r = Root(root)
+        self.write_identity(r, s.hostname)
+        r.write_text("/etc/fstab", "# live system: dracut's dmsquash-live mounts the root\n")
+        r.write_text("/etc/locale.conf", f"LANG={s.locale}\n")
+        if s.timezone not in ("Etc/UTC", "UTC") and not r.exists(f"/usr/share/zoneinfo/{s.timezone}"):
             raise UserError(f"{self.where}: timezone: {s.timezone!r} is not a zoneinfo name in the root")
-        localtime = root / "etc/localtime"
-        localtime.unlink(missing_ok=True)
-        localtime.symlink_to(f"../usr/share/zoneinfo/{s.timezone}")
-        lock_root(root)
-        overlay = self.overlay_dir()
-        if overlay:
-            runner.run(["cp", "-a", "--no-preserve=ownership", f"{overlay}/.", str(root)], log_path=log_path)
-        script = root / "usr/local/sbin/isobuild-smoke"
-        script.parent.mkdir(parents=True, exist_ok=True)
-        script.write_text(smoke_script)
-        script.chmod(0o755)
-        units = root / "etc/systemd/system"
-        (units / "multi-user.target.wants").mkdir(parents=True, exist_ok=True)
-        (units / "isobuild-smoke.service").write_text(SMOKE_UNIT)
-        # what 'systemctl enable' does for WantedBy=multi-user.target
-        wants = units / "multi-user.target.wants/isobuild-smoke.service"
-        wants.unlink(missing_ok=True)
-        wants.symlink_to("/etc/systemd/system/isobuild-smoke.service")
+        r.symlink("/etc/localtime", f"../usr/share/zoneinfo/{s.timezone}")
+        self.lock_root_account(root, log_path)
+        self.apply_overlay(r)
+        self.install_smoke_check(r, smoke_script)
+        if self.build_path() == "dnf":
+            self.run_post_scripts(root, log_path)
         self.relabel(root, log_path)
+
+    def run_post_scripts(self, root: Path, log_path: Path) -> None:
+        """The kickstart's %post sections, in order, inside the root -- as anaconda runs them (a
+        failure stops the build only with --erroronfail)."""
+        r = Root(root)
+        for number, script in enumerate(self.kickstart.chroot_posts(), 1):
+            inside = f"/tmp/isobuild-ks-post-{number}"
+            r.write_text(inside, script.body, 0o700)
+            try:
+                with log.stage("rootfs.ks-post", line=script.line, interpreter=script.interpreter):
+                    result = Chroot(root, log_path).run([script.interpreter, inside], check=False)
+            finally:
+                r.remove(inside)
+            if result.returncode != 0:
+                if script.error_on_fail:
+                    raise UserError(f"kickstart {self.settings.kickstart}: {script.describe()} failed "
+                                    f"(exit {result.returncode}) with --erroronfail", hint=f"see {log_path}")
+                log.get().warning("rootfs.ks-post.failed", line=script.line, exit=result.returncode, log=str(log_path))
 
     def relabel(self, root: Path, log_path: Path) -> None:
         """SELinux labels, as livemedia-creator sets them: files written by a host without SELinux
         have none, and an enforcing EL system would not boot."""
         contexts = "/etc/selinux/targeted/contexts/files/file_contexts"
-        if (root / "usr/sbin/setfiles").exists() and (root / contexts.lstrip("/")).exists():
-            with Chroot(root, log_path) as chroot:
-                chroot.run(["setfiles", "-F", "-e", "/proc", "-e", "/sys", "-e", "/dev", contexts, "/"])
+        r = Root(root)
+        if r.exists("/usr/sbin/setfiles") and r.exists(contexts):
+            Chroot(root, log_path).run(["setfiles", "-F", "-e", "/proc", "-e", "/sys", "-e", "/dev", contexts, "/"])
 
-    def boot_files(self, root: Path, release: str) -> tuple[Path, Path]:
-        return root / "boot" / f"vmlinuz-{release}", root / "boot" / f"initramfs-{release}.img"
+    def boot_files(self, root: Path, release: str) -> tuple[str, str]:
+        return f"/boot/vmlinuz-{release}", f"/boot/initramfs-{release}.img"
 
     def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]:
         return dnf.query(root)
 
     def cleanup(self, root: Path, log_path: Path) -> None:
-        patterns = ["var/cache/dnf/*", "var/lib/dnf/history*", "var/log/dnf*", "var/log/hawkey.log",
-                    "var/log/anaconda", "var/lib/rpm/__db*", "var/lib/systemd/random-seed", "etc/ssh/ssh_host_*",
-                    "tmp/*", "var/tmp/*", "root/.bash_history", "var/cache/ldconfig/aux-cache"]
-        for pattern in patterns:
-            for path in root.glob(pattern):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        # an empty machine-id: systemd makes a fresh one on every live boot
-        (root / "etc/machine-id").write_text("")
+        self.remove_volatile(Root(root), [
+            "/var/cache/dnf/*", "/var/lib/dnf/history*", "/var/log/dnf*", "/var/log/hawkey.log",
+            "/var/log/anaconda", "/var/lib/rpm/__db*", "/var/lib/systemd/random-seed", "/etc/ssh/ssh_host_*",
+            "/tmp/*", "/var/tmp/*", "/root/.bash_history", "/var/cache/ldconfig/aux-cache"])
 
     def layout(self) -> LiveLayout:
         s = self.settings
         return LiveLayout("images/pxeboot/vmlinuz", "images/pxeboot/initrd.img", "LiveOS/squashfs.img",
                           f"root=live:CDLABEL={s.label} rd.live.image {s.cmdline}".strip(), s.label)
-
-
-def lock_root(root: Path) -> None:
-    """No built-in password: root's password field in /etc/shadow becomes '!' (locked)."""
-    shadow = root / "etc/shadow"
-    if not shadow.exists():
-        raise InfraError(f"{shadow} does not exist: the root has no shadow-utils setup",
-                         hint="is the 'setup' package (via @core) in %packages?")
-    lines = shadow.read_text().splitlines()
-    for i, line in enumerate(lines):
-        fields = line.split(":")
-        if fields[0] == "root" and len(fields) > 1:
-            fields[1] = "!"
-            lines[i] = ":".join(fields)
-    mode = shadow.stat().st_mode & 0o7777
-    shadow.write_text("\n".join(lines) + "\n")
-    os.chmod(shadow, mode)
 
 
 def root_from_live_iso(iso_path: Path, root: Path, scratch: Path, log_path: Path) -> None:

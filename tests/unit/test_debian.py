@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tarfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -13,9 +14,9 @@ import pytest
 from builder import console, distros, rootfs, schema, smoke
 from builder.chroot import Chroot
 from builder.config import Project, Settings
-from builder.digest import sha256_tree
 from builder.distros.debian import DebianPlugin, DebianSettings
 from builder.errors import CheckFailed, InfraError, UserError
+from tests.fakemirror import Mirror
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = "http://mirror.invalid/archive"
@@ -61,19 +62,23 @@ def test_unknown_distro_lists_the_known_ones(tmp_path: Path) -> None:
     assert exc.value.hint == "known distros: debian"
 
 
-def test_bootstrap_argv(tmp_path: Path) -> None:
+def test_bootstrap_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     plugin = distros.load(project(tmp_path, f"mirror: {MIRROR}\ncomponents: [main, contrib]\n"), "debian")
-    root, cache = tmp_path / "root", tmp_path / "cache"
-    assert plugin.bootstrap_argv(root, cache) == [  # type: ignore[attr-defined]
-        "mmdebstrap", "--variant=minbase", "--components=main,contrib",
-        "--include=systemd-sysv,live-boot,initramfs-tools,zstd", '--aptopt=Acquire::Retries "3"',
-        "--skip=download/empty", '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
-        f"--setup-hook=sync-in {cache} /var/cache/apt/archives", "bookworm", str(root), MIRROR]
+    out, cache = tmp_path / "root.tar", tmp_path / "cache"
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    assert plugin.bootstrap_argv(out, cache) == [  # type: ignore[attr-defined]
+        "mmdebstrap", "--mode=root", "--variant=minbase", "--components=main,contrib",
+        "--include=systemd-sysv,live-boot,initramfs-tools,zstd", f"--keyring={keyring}",
+        '--aptopt=Acquire::Retries "3"', '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
+        f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
+        f"--customize-hook=sync-out /var/cache/apt/archives {cache}", "bookworm", str(out), MIRROR]
+    monkeypatch.setattr("os.geteuid", lambda: 1000)  # an ordinary user: mmdebstrap's unshare mode
+    assert plugin.bootstrap_argv(out, cache)[1] == "--mode=unshare"  # type: ignore[attr-defined]
     plugin.settings.bootstrap = "debootstrap"
-    assert plugin.bootstrap_argv(root, cache) == [  # type: ignore[attr-defined]
+    assert plugin.bootstrap_argv(out, cache) == [  # type: ignore[attr-defined]
         "debootstrap", "--variant=minbase", "--components=main,contrib",
-        "--include=systemd-sysv,live-boot,initramfs-tools,zstd", f"--cache-dir={cache}", "bookworm", str(root),
-        MIRROR]
+        "--include=systemd-sysv,live-boot,initramfs-tools,zstd", f"--keyring={keyring}", f"--cache-dir={cache}",
+        "bookworm", str(out), MIRROR]
 
 
 def test_default_mirror_comes_from_the_host(tmp_path: Path) -> None:
@@ -90,10 +95,11 @@ def test_identity_follows_the_overlay_content(tmp_path: Path) -> None:
     p = project(tmp_path, f"mirror: {MIRROR}\noverlay: overlay\n")
     first = distros.load(p, "debian").identity()
     (overlay / "etc/motd").write_text("changed\n")
-    assert distros.load(p, "debian").identity()["overlay"] != first["overlay"]
+    second = distros.load(p, "debian").identity()["overlay"]
+    assert second != first["overlay"]
     os.chmod(overlay / "etc/motd", 0o600)
-    assert sha256_tree(overlay) != first["overlay"]
-    with pytest.raises(UserError, match=r"overlay: .* is not a directory"):
+    assert distros.load(p, "debian").identity()["overlay"] not in (first["overlay"], second)
+    with pytest.raises(UserError, match=r"overlay: 'nowhere' not found"):
         distros.load(project(tmp_path, f"mirror: {MIRROR}\noverlay: nowhere\n"), "debian").identity()
 
 
@@ -103,6 +109,7 @@ def test_live_boot_skips_ifupdown_preconfiguration_only_without_ifupdown(tmp_pat
     plugin = distros.load(project(tmp_path, f"mirror: {MIRROR}\n"), "debian")
     assert isinstance(plugin, DebianPlugin)
     root = tmp_path / "root"
+    root.mkdir()
     plugin.initramfs_settings(root)
     conf = root / "etc/initramfs-tools/conf.d/isobuild-live"
     out = subprocess.run(["sh", "-c", '. "$1"; sh -c \'echo "$NONETWORKING"\'', "sh", str(conf)],
@@ -159,19 +166,42 @@ def test_junit_and_exit_codes_per_verdict() -> None:
     smoke.raise_for(verdicts[:1])
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
-def test_chroot_mounts_are_always_undone_and_a_mounted_root_is_never_deleted(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    root.mkdir()
+def busybox_root(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "bin/busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    (root / "bin/busybox").chmod(0o755)
+    (root / "bin/sh").symlink_to("busybox")
+    return root
+
+
+def test_a_command_in_the_root_sees_its_mounts_and_the_host_never_does(tmp_path: Path) -> None:
+    """/proc, /sys (read-only) and a private /dev exist for the command alone: the host's mount table
+    never lists them, during the run or after, and nothing is left to unmount."""
+    root = busybox_root(tmp_path / "root")
     log = tmp_path / "log"
-    with pytest.raises(RuntimeError), Chroot(root, log):
-        mounts = Path("/proc/self/mounts").read_text()
-        assert f"{root}/proc " in mounts and f"{root}/dev " in mounts
-        with pytest.raises(InfraError, match="still mounted inside"):
-            rootfs.remove_root(root)
-        raise RuntimeError("a step failed")
+    out = Chroot(root, log).run(["/bin/busybox", "sh", "-c", "cat /proc/self/mounts; ls /dev; "
+                                 "touch /sys/x 2>/dev/null || echo sys-read-only; cat /proc/1/cmdline"],
+                                capture=True).output
+    assert " /proc proc " in out and " /dev tmpfs " in out and "sys-read-only" in out
+    assert "null" in out.split() and "sda" not in out.split()  # a private /dev: no host disks
     assert str(root) not in Path("/proc/self/mounts").read_text()
-    rootfs.remove_root(root)
+    assert sorted(p.name for p in (root / "dev").iterdir()) == []  # the tmpfs was the namespace's
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
+def test_a_root_with_a_mount_inside_is_never_deleted(tmp_path: Path) -> None:
+    from builder import chroot
+
+    root = tmp_path / "root"
+    (root / "mnt").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(root / "mnt")], check=True)
+    try:
+        with pytest.raises(InfraError, match="still mounted inside"):
+            chroot.remove_root(root)
+        assert root.exists()
+    finally:
+        subprocess.run(["umount", str(root / "mnt")], check=True)
+    chroot.remove_root(root)
     assert not root.exists()
 
 
@@ -195,33 +225,37 @@ def test_clean_keeps_the_last_good_rootfs_and_drops_the_rest(tmp_path: Path) -> 
 
 def test_a_bootstrapped_root_is_reused_while_command_and_mirror_are_unchanged(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mirror = tmp_path / "mirror"
-    (mirror / "dists/bookworm").mkdir(parents=True)
-    (mirror / "dists/bookworm/InRelease").write_text("Date: Sat, 01 Jun 2024 10:00:00 UTC\n")
-    plugin = distros.load(project(tmp_path, f"mirror: file://{mirror}\n"), "debian")
-    runs: list[Path] = []
+    mirror = Mirror.create(tmp_path / "mirror")
+    mirror.publish("bookworm")
+    keyring = tmp_path / "keyring.gpg"
+    keyring.write_bytes(mirror.keyring.read_bytes())
+    distro = f"mirror: {mirror.uri}\nkeyring: keyring.gpg\n"
+    plugin = distros.load(project(tmp_path, distro), "debian")
+    runs: list[str] = []
 
-    def fake_bootstrap(argv: list[str], root: Path, cache: Path, log_path: Path) -> None:
-        runs.append(root)
-        (root / "etc").mkdir(parents=True)
-        (root / "etc/os-release").write_text(f"run {len(runs)}\n")
-        (root / "etc/link").symlink_to("os-release")
+    def fake_bootstrap(argv: list[str], log_path: Path) -> None:
+        runs.append(argv[-2])
+        tree = tmp_path / f"tree{len(runs)}"
+        (tree / "etc").mkdir(parents=True)
+        (tree / "etc/os-release").write_text(f"run {len(runs)}\n")
+        (tree / "etc/link").symlink_to("os-release")
+        with tarfile.open(argv[-2], "w") as tar:
+            tar.add(tree, arcname=".")
 
-    monkeypatch.setattr(plugin, "_bootstrap", fake_bootstrap)
+    monkeypatch.setattr(plugin, "_run_bootstrap", fake_bootstrap)
     monkeypatch.setattr(DebianPlugin, "bootstrap_argv",
-                        lambda self, root, cache: ["mmdebstrap", "--variant=minbase", "bookworm", str(root)])
+                        lambda self, out, cache: ["mmdebstrap", "--variant=minbase", "bookworm", str(out), "m"])
     cache, log_path = tmp_path / "cache/debian/bookworm", tmp_path / "log"
     plugin.bootstrap(tmp_path / "r1", cache, log_path)
-    plugin.bootstrap(tmp_path / "r2", cache, log_path)  # another root path: the same command for the key
-    assert runs == [tmp_path / "r1"], "the second root came from the cache"
+    plugin.bootstrap(tmp_path / "r2", cache, log_path)
+    assert len(runs) == 1, "the second root came from the cache"
     assert (tmp_path / "r2/etc/os-release").read_text() == "run 1\n"
     assert os.readlink(tmp_path / "r2/etc/link") == "os-release"
-    # the suite moved on: bootstrap again, and the stale root is dropped from the cache
-    (mirror / "dists/bookworm/InRelease").write_text("Date: Sun, 02 Jun 2024 10:00:00 UTC\n")
+    # the suite moved on (a new signed InRelease): bootstrap again, and the stale root leaves the cache
+    mirror.publish("bookworm", date="Sun, 02 Jun 2024 10:00:00 UTC")
+    plugin = distros.load(project(tmp_path, distro), "debian")
+    monkeypatch.setattr(plugin, "_run_bootstrap", fake_bootstrap)
     plugin.bootstrap(tmp_path / "r3", cache, log_path)
-    assert runs == [tmp_path / "r1", tmp_path / "r3"]
+    assert len(runs) == 2 and (tmp_path / "r3/etc/os-release").read_text() == "run 2\n"
     assert len(list((tmp_path / "cache/debian/bookworm.roots").glob("*.tar"))) == 1
-    # an unreadable mirror: no caching, the bootstrap itself reports the mirror
-    (mirror / "dists/bookworm/InRelease").unlink()
-    plugin.bootstrap(tmp_path / "r4", cache, log_path)
-    assert runs[-1] == tmp_path / "r4"
+    assert not list((tmp_path / "cache/debian/bookworm.roots").glob(".*")), "no temp tarball is left"

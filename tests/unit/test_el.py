@@ -151,7 +151,7 @@ def test_template_errors_name_the_template(tmp_path: Path) -> None:
         distros.load(p, "alma")
     assert "locale" in str(exc.value.hint)
     (tmp_path / "distros/alma.yaml").write_text(yaml.safe_dump({**ALMA, "kickstart": "kickstart/nowhere.ks.j2"}))
-    with pytest.raises(UserError, match=r"distros/alma.yaml: kickstart template .*nowhere.ks.j2 not found"):
+    with pytest.raises(UserError, match=r"distros/alma.yaml: kickstart: 'kickstart/nowhere.ks.j2' not found"):
         distros.load(p, "alma")
 
 
@@ -498,7 +498,7 @@ def test_dracut_argv_and_boot_files(tmp_path: Path) -> None:
         "dracut", "--force", "--no-hostonly", "--reproducible", "--add", "dmsquash-live",
         "/boot/initramfs-6.1.0-isobuild.img", "6.1.0-isobuild"]
     assert plugin.boot_files(Path("/r"), "6.1.0-isobuild") == (
-        Path("/r/boot/vmlinuz-6.1.0-isobuild"), Path("/r/boot/initramfs-6.1.0-isobuild.img"))
+        "/boot/vmlinuz-6.1.0-isobuild", "/boot/initramfs-6.1.0-isobuild.img")
 
 
 def test_configure_locks_root_and_enables_the_boot_check(tmp_path: Path) -> None:
@@ -522,7 +522,7 @@ def test_configure_locks_root_and_enables_the_boot_check(tmp_path: Path) -> None
     with pytest.raises(UserError, match="timezone: 'Europe/Paris' is not a zoneinfo name in the root"):
         alma(tmp_path, timezone="Europe/Paris").configure(root, tmp_path / "log", "")
     (root / "etc/shadow").unlink()
-    with pytest.raises(InfraError, match="etc/shadow does not exist"):
+    with pytest.raises(InfraError, match="has no /etc/shadow"):
         plugin.configure(root, tmp_path / "log", "")
 
 

@@ -357,7 +357,8 @@ def test_dnf_buildroot_and_rebuild_argv(tmp_path: Path, monkeypatch: pytest.Monk
     def run(argv: list[str], **kw: Any) -> Any:
         if argv[0] == "rpm":  # the BuildRequires query runs for real
             return real_run(argv, **kw)
-        calls.append([str(a) for a in argv])
+        argv = [str(a) for a in kw.get("display") or argv]  # a command in the namespaces: what it runs
+        calls.append(argv)
         if argv[0] == "chroot":  # what rpmbuild would make
             rpms = Path(argv[1]) / "builddir/build/RPMS/x86_64"
             rpms.mkdir(parents=True)
@@ -381,9 +382,7 @@ def test_dnf_buildroot_and_rebuild_argv(tmp_path: Path, monkeypatch: pytest.Monk
     chroot = [c for c in calls if c[0] == "chroot"]
     assert chroot == [["chroot", str(buildroot), "rpmbuild", "--rebuild", "--define", "_topdir /builddir/build",
                        "--define", "dist .el9", f"/builddir/{srpm.name}"]]
-    mounts = [c for c in calls if c[0] == "mount"]
-    umounts = [c for c in calls if c[0] == "umount"]
-    assert len(mounts) == 4 and len(umounts) == 4, "the chroot's mounts, all undone"
+    assert not [c for c in calls if c[0] in ("mount", "umount")], "mounts live in the command's namespaces"
     assert [f.name for f in result.iterdir()] == ["glibc-2.34-3.el9.isobuild1.x86_64.rpm"]
     assert not buildroot.exists(), "the buildroot goes once the RPMs are out"
 
