@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,57 @@ def _disk_full(path: Path, exc: OSError) -> InfraError:
         if exc.errno == errno.ENOSPC else InfraError(f"cannot write {path}: {exc.strerror}")
 
 
+# Every temporary name isobuild makes: a dot, the final name, the pid that made it, ".tmp"
+# (a random part or a word may come before it, ".tar" after it).  A killed run's temps are
+# found by it and removed by the next run that holds the work dir (``stale_temps``).
+TEMP = re.compile(r"\..+\.(?P<pid>\d+)\.(?:[A-Za-z0-9_]+\.)?tmp(?:\.tar)?")
+
+
+def temp_prefix(final: Path) -> str:
+    return f".{final.name}.{os.getpid()}."
+
+
+def temp_path(final: Path, word: str = "") -> Path:
+    """A temp name beside ``final`` that ``stale_temps`` recognises."""
+    return final.with_name(f".{final.name}.{os.getpid()}.{word + '.' if word else ''}tmp")
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_temps(top: Path, depth: int = 4, skip: tuple[str, ...] = ("trees",)) -> list[Path]:
+    """Temps under ``top`` (``depth`` levels at most; ``skip`` names not entered) whose
+    process is gone: what killed runs left."""
+    found: list[Path] = []
+
+    def walk(directory: Path, level: int) -> None:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            return
+        for entry in entries:
+            m = TEMP.fullmatch(entry.name)
+            if m:
+                pid = int(m.group("pid"))
+                if pid != os.getpid() and not pid_alive(pid):
+                    found.append(Path(entry.path))
+                continue
+            if level < depth and entry.name not in skip and entry.is_dir(follow_symlinks=False):
+                walk(Path(entry.path), level + 1)
+
+    walk(top, 1)
+    return found
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -29,7 +81,7 @@ def _umask() -> int:
 
 def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,7 +108,7 @@ def write_json(path: Path, data: Any) -> None:
 def copy_file(src: Path, dst: Path) -> None:
     """Copy ``src`` to ``dst`` through a temp name in dst's directory."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
         shutil.copy2(src, tmp)
         os.replace(tmp, dst)
@@ -72,11 +124,11 @@ def new_dir(final: Path) -> Iterator[Path]:
     An existing ``final`` is replaced only once the new one is complete.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final), suffix=".tmp", dir=final.parent))
     try:
         yield tmp
         if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            old = final.with_name(f".{final.name}.{os.getpid()}.old.tmp")
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -93,7 +145,7 @@ def new_dir(final: Path) -> Iterator[Path]:
 def symlink(target: str, link: Path) -> None:
     """Point ``link`` at ``target`` atomically."""
     link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)

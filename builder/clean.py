@@ -19,12 +19,11 @@ import contextlib
 import os
 import pwd
 import re
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder import lock, log, rootfs, state
+from builder import atomic, chroot, lock, log, paths, state
 from builder.config import Project
 from builder.errors import UserError
 
@@ -60,18 +59,37 @@ def targets(work_dir: Path) -> list[Path]:
     return sorted(out)
 
 
-def clean(work_dir: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
+def stale(work_dir: Path, iso_dir: Path | None = None) -> list[Path]:
+    """What killed runs left: temps (files and trees, build roots too) of processes that are gone."""
+    found = atomic.stale_temps(work_dir)
+    if iso_dir is not None:
+        found += atomic.stale_temps(iso_dir, depth=2)
+    return found
+
+
+def remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        chroot.remove_root(path)  # refuses while anything is mounted inside; as a user: in the namespaces
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep(work_dir: Path, iso_dir: Path | None = None) -> list[Path]:
+    """Remove what killed runs left (run with the work-dir lock held: no live run owns them)."""
+    gone = stale(work_dir, iso_dir)
+    for path in gone:
+        remove(path)
+        log.get().info("sweep.removed", path=str(path))
+    return gone
+
+
+def clean(work_dir: Path, dry_run: bool = False, iso_dir: Path | None = None) -> list[tuple[Path, int]]:
     removed = []
-    for path in targets(work_dir):
+    for path in sorted({*targets(work_dir), *stale(work_dir, iso_dir)}):
         size = _size(path)
         removed.append((path, size))
         if not dry_run:
-            if path.name.startswith(".root-") or path.parent.name == "trees":
-                rootfs.remove_root(path)  # refuses while anything is mounted inside (an EL buildroot's too)
-            elif path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            remove(path)
             log.get().info("clean.removed", path=str(path), bytes=size)
     return removed
 
@@ -82,8 +100,8 @@ def clean(work_dir: Path, dry_run: bool = False) -> list[tuple[Path, int]]:
 # (it is kept and listed), so a work or logs dir pointed somewhere shared loses nothing of
 # anybody else's.  A stage that adds a top-level entry to the work dir adds its name here.
 
-WORK_ENTRIES = ("distros", "kernel", "glibc", "patches", "sources", "cache", "digests.json", "lock")
-_TEMP = re.compile(r"\..+\.(tmp|staged)(-\d+)?")  # atomic.py's and the stages' temp names
+WORK_ENTRIES = paths.WORK_ENTRIES
+_TEMP = atomic.TEMP
 ISO_TOP = re.compile(r"SHA256SUMS(\.asc)?|report\.html")
 ISO_FILE = re.compile(r".+\.(iso|iso\.sha256|iso\.asc|manifest\.json)")
 LOG_FILE = re.compile(r".+\.log|isobuild\.jsonl|smoke-.+\.(json|xml)")
@@ -164,7 +182,8 @@ def _plan(project: Project) -> tuple[list[Path], list[Path], list[Path]]:
     # every directory goes through remove_root, which refuses one with a mount inside; distros/
     # (the build roots, where isobuild mounts) goes first, so that refusal comes before anything
     # is removed; the lock file goes last, when all else is gone
-    remove.sort(key=lambda p: (p.parent != work or p.name != "distros", p.parent == work and p.name == "lock"))
+    remove.sort(key=lambda p: (p.parent != work or p.name != "distros",
+                               p.parent == work and p.name in ("lock", paths.MARKER)))
     return remove, keep, prune
 
 
@@ -173,16 +192,20 @@ def distclean(project: Project, dry_run: bool = False) -> DistClean:
     for path, setting in ((project.work_dir, "work_dir"), (project.iso_dir, "the ISO directory"),
                           (project.logs_dir, "logs_dir")):
         refuse_unsafe(project, path, setting)
+    if project.work_dir.is_dir() and not paths.is_claimed(project.work_dir):
+        raise UserError(f"refusing to distclean work_dir {project.work_dir}: it carries no {paths.MARKER} "
+                        "(isobuild marks the work dirs it makes)",
+                        hint="if isobuild made it, any build there marks it; otherwise remove it by hand")
     remove, keep, prune = _plan(project)
     result = DistClean([(p, _size(p)) for p in remove], keep)
     if dry_run:
         return result
     with contextlib.ExitStack() as stack:
         if project.work_dir.is_dir():
-            stack.enter_context(lock.held(project.work_dir))  # never under a running build
+            stack.enter_context(lock.held(project.work_dir, claim=False))  # never under a running build
         for path in remove:
             if path.is_dir() and not path.is_symlink():
-                rootfs.remove_root(path)  # refuses while anything is mounted inside
+                chroot.remove_root(path)  # refuses while anything is mounted inside
             else:
                 path.unlink(missing_ok=True)
             log.get().info("distclean.removed", path=str(path))

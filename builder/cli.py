@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import signal
 import sys
 import traceback
@@ -12,7 +14,7 @@ from pathlib import Path
 from types import FrameType
 
 from builder import __version__, doctor, isostage, lock, log, pipeline
-from builder.config import Project, load_project
+from builder.config import Project, check_profile_name, load_project
 from builder.console import Verdict
 from builder.errors import ExitCode, IsobuildError
 from builder.kernel import Plan
@@ -28,6 +30,14 @@ EXIT_CODES = """exit codes:
        a release whose sums or signatures do not verify)
   130  interrupted (Ctrl-C / SIGTERM); the last good artifacts are kept
 """
+
+
+def _profile(value: str) -> str:
+    """--profile: a name under profiles/kernel/, never a path."""
+    try:
+        return check_profile_name(value)
+    except IsobuildError as exc:
+        raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
 
 
 def _project(args: argparse.Namespace) -> Project:
@@ -56,7 +66,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def _boot(project: Project, p: Plan) -> Verdict:
     from builder import kernelboot
 
-    with lock.held(project.work_dir):
+    with pipeline.locked(project):
         return kernelboot.boot(p, pipeline.stage_log(project, f"boot-kernel-{p.layout.profile}"))
 
 
@@ -90,7 +100,7 @@ def _smoke(project: Project, ip: isostage.Plan, chosen: list[str], as_json: bool
     from builder import smoke
 
     distro = ip.rootfs.plugin.name
-    with lock.held(project.work_dir):
+    with pipeline.locked(project):
         verdicts = smoke.run(ip, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{distro}-{mode}"))
     if as_json:
         print(json.dumps({**built, "smoke": [v.as_dict() for v in verdicts]}, indent=2, default=str))
@@ -103,8 +113,10 @@ def _smoke(project: Project, ip: isostage.Plan, chosen: list[str], as_json: bool
 def cmd_distro(args: argparse.Namespace) -> int:
     project = _project(args)
     modes = _modes(args.modes)  # a typo must not wait for the build
+    checked = pipeline.preflight(project, [args.distro], args.profile)  # every input, before any build
     ip, record = pipeline.ensure_iso(project, args.distro, args.profile,
-                                     force_glibc=getattr(args, "force_glibc", False))
+                                     force_glibc=getattr(args, "force_glibc", False),
+                                     plugin=checked.plugins[args.distro])
     if not args.json:
         print(f"{args.distro} ISO: {ip.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
               f"sha256 {str(record.get('sha256'))[:16]}..., kernel {record.get('kernel_release')})")
@@ -132,10 +144,11 @@ def cmd_glibc(args: argparse.Namespace) -> int:
 
 def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> list[pipeline.Stage]:
     """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks."""
-    from builder import distros, smoke
+    from builder import smoke
 
     modes = _modes(args.modes)  # a typo must not wait for the builds
-    plugins = {name: distros.load(project, name) for name in distros_}  # bad distro files fail first
+    checked = pipeline.preflight(project, distros_, args.profile, keep_going=args.keep_going)
+    plugins = checked.plugins
     stages = [pipeline.Stage("kernel", [], lambda: pipeline.ensure_kernel(project, args.profile)[1]
                              .get("kernel_release", ""))]
     # Debian's glibc stage; an EL distro's glibc-rpm stage runs inside its ISO stage
@@ -147,12 +160,14 @@ def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> 
         deps = ["kernel", *(["glibc"] if name in glibc_for else [])]
 
         def iso(name: str = name) -> str:
-            ip, record = pipeline.ensure_iso(project, name, args.profile)
+            if name in checked.failed:  # --keep-going: this distro failed its checks, the others go on
+                raise checked.failed[name]
+            ip, record = pipeline.ensure_iso(project, name, args.profile, plugin=plugins[name])
             return f"{ip.out} ({int(record.get('size', 0)) // 2**20} MiB)"
 
         def check(name: str = name) -> str:
             ip = pipeline.iso_plan(project, name, args.profile)
-            with lock.held(project.work_dir):
+            with pipeline.locked(project):
                 verdicts = smoke.run(ip, modes, lambda m: pipeline.stage_log(project, f"smoke-{name}-{m}"))
             smoke.raise_for(verdicts)
             return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
@@ -226,10 +241,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         deps = _glibc_build_deps(args)
     rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()}
             for t in doctor.TOOLS]
+    contained, contained_why = doctor.namespaces()
     if args.json:
         el_path, el_why = doctor.el_build()
         print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps,
-                          "el_build": {"path": el_path, "why": el_why}}, indent=2))
+                          "el_build": {"path": el_path, "why": el_why},
+                          "namespaces": {"ok": contained, "why": contained_why}}, indent=2))
     else:
         width = max(len(r["tool"]) for r in rows)  # type: ignore[arg-type]
         for r in rows:
@@ -244,19 +261,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         else:
             print("\nglibc build dependencies: all present")
         print("\nalma, rocky with build: auto: {} ({})".format(*doctor.el_build()))
+        print(f"\nbuild roots (the root's commands in private mount and PID namespaces"
+              f"{', as this ordinary user' if os.geteuid() else ''}): "
+              f"{'ok' if contained else 'NOT POSSIBLE'} ({contained_why})")
         if missing:
             print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
         else:
             print("\nall host tools are present")
-    return ExitCode.INFRA if missing or deps else 0
+    return ExitCode.INFRA if missing or deps or not contained else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
     from builder import clean
 
     project = _project(args)
-    with lock.held(project.work_dir):
-        removed = clean.clean(project.work_dir, dry_run=args.dry_run)
+    with lock.held(project.work_dir):  # not pipeline.locked: its sweep would not wait for --dry-run
+        removed = clean.clean(project.work_dir, dry_run=args.dry_run, iso_dir=project.iso_dir)
     total = sum(size for _, size in removed)
     verb = "would remove" if args.dry_run else "removed"
     for path, size in removed:
@@ -270,7 +290,7 @@ def cmd_release(args: argparse.Namespace) -> int:
     from builder import release
 
     project = _project(args)
-    with lock.held(project.work_dir):  # no ISO stage may replace an ISO while it is summed and signed
+    with pipeline.locked(project):  # no ISO stage may replace an ISO while it is summed and signed
         made = release.make(project, args.key, Path(args.out) if args.out else None,
                             pipeline.stage_log(project, "release"))
     for path in made.files:
@@ -365,7 +385,7 @@ def parser() -> argparse.ArgumentParser:
              "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
              "requested CONFIG_* did not land, build bzImage + modules out of tree and a linux-image .deb. "
              "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.")
-    k.add_argument("--profile", help="config profile from profiles/kernel/ (default: kernel.profile)")
+    k.add_argument("--profile", type=_profile, help="config profile from profiles/kernel/ (default: kernel.profile)")
     k.add_argument("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and check "
                    "the release and the patched marker")
     k.add_argument("--force", action="store_true", help="rebuild even if an artifact with this key exists")
@@ -377,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
              "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS "
              "and UEFI and check the running kernel and glibc are the patched ones and systemd has no failed "
              "units.")
-    d.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    d.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
     d.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
     d.add_argument("--no-smoke", action="store_true", help="build the ISO only")
     d.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
@@ -392,7 +412,7 @@ def parser() -> argparse.ArgumentParser:
                  "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf "
                  "--installroot from the configured repositories (isobuild doctor says which); dracut's "
                  "dmsquash-live boots it (root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.")
-        e.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+        e.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
         e.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
         e.add_argument("--no-smoke", action="store_true", help="build the ISO only")
         e.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
@@ -420,7 +440,7 @@ def parser() -> argparse.ArgumentParser:
             ("isos", cmd_isos, "kernel + glibc + every enabled distro's ISO + boot checks",
              "Like 'all' for every distro in distros/*.yaml that is enabled.")):
         a = verb(name, help_, desc)
-        a.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+        a.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
         a.add_argument("--modes", help="boot modes, comma-separated (default: all four)")
         a.add_argument("--no-smoke", action="store_true", help="build only, no boot checks")
         a.add_argument("--keep-going", action="store_true",
@@ -431,7 +451,7 @@ def parser() -> argparse.ArgumentParser:
 
     t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
     t.add_argument("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test")
-    t.add_argument("--profile", help="kernel profile (default: kernel.profile)")
+    t.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
     t.add_argument("--modes", help="ISO boot modes, comma-separated (default: all four)")
     t.add_argument("--json", action="store_true", help="print the verdict as JSON")
     t.set_defaults(func=cmd_test)
@@ -440,7 +460,8 @@ def parser() -> argparse.ArgumentParser:
              "Recompute each stage key from the inputs on disk and compare with what was built. Builds nothing.")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--check", action="store_true", help="exit 4 unless every stage is built and every check passed")
-    s.add_argument("--profile", help="kernel profile the distro rows are computed for (default: kernel.profile)")
+    s.add_argument("--profile", type=_profile,
+                   help="kernel profile the distro rows are computed for (default: kernel.profile)")
     s.set_defaults(func=cmd_status)
 
     d = verb("doctor", "check the host tools the pipeline needs",
@@ -486,7 +507,8 @@ def parser() -> argparse.ArgumentParser:
               "(the rows of 'isobuild status'), each boot check's verdict with its console log, each ISO's package "
               "manifest and the patch series with sha256s. Builds nothing.")
     rp.add_argument("--out", metavar="FILE", help="where to write it (default: iso/report.html)")
-    rp.add_argument("--profile", help="kernel profile the distro rows are computed for (default: kernel.profile)")
+    rp.add_argument("--profile", type=_profile,
+                    help="kernel profile the distro rows are computed for (default: kernel.profile)")
     rp.set_defaults(func=cmd_report)
 
     dc = verb("distclean", "remove everything isobuild made: work dir (caches too), iso/, logs/",
@@ -564,6 +586,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("isobuild: interrupted; the last good artifacts are kept", file=sys.stderr)
         return int(ExitCode.INTERRUPTED)
+    except OSError as exc:
+        # the host let us down somewhere no check foresaw: one line naming the file, not a traceback
+        where = exc.filename or "?"
+        what = "disk full" if exc.errno == errno.ENOSPC else (exc.strerror or type(exc).__name__)
+        log.get().error("isobuild.error", kind="OSError", message=f"{where}: {what}", traceback=traceback.format_exc())
+        print(f"isobuild: error: {where}: {what}", file=sys.stderr)
+        print("  hint: free space (isobuild clean)" if exc.errno == errno.ENOSPC
+              else "  hint: check that path's permissions and the disk; isobuild -v shows more", file=sys.stderr)
+        return int(ExitCode.INFRA)
     except Exception:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)

@@ -7,13 +7,34 @@ the resolved paths every stage uses.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+from builder import paths
+from builder.errors import UserError
 from builder.schema import at_least, load_file, matches, setting
 
 SHA256 = matches(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
+PROFILE_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+
+def regex(value: Any) -> str | None:
+    """A setting that is a regular expression: it must compile."""
+    try:
+        re.compile(str(value))
+    except re.error as exc:
+        return f"is not a valid regular expression ({exc})"
+    return None
+
+
+def check_profile_name(name: str, where: str = "--profile") -> str:
+    """A kernel profile name (a file under profiles/kernel/, never a path)."""
+    if not re.fullmatch(PROFILE_NAME, name):
+        raise UserError(f"{where}: {name!r} is not a profile name",
+                        hint="a profile is profiles/kernel/<name>.yaml: give the name (A-Z a-z 0-9 _ -), not a path")
+    return name
 
 
 @dataclass
@@ -75,7 +96,8 @@ class BootSettings:
     marker_file: str = setting("/sys/kernel/xsc/version",
                                help="file the booted patched kernel exposes; its content is the marker",
                                check=matches(r"/[A-Za-z0-9_./-]+", "an absolute path"))
-    marker_pattern: str = setting(r"\d+\.\d+\.\d+", help="regular expression the marker must match fully")
+    marker_pattern: str = setting(r"\d+\.\d+\.\d+", help="regular expression the marker must match fully",
+                                  check=regex)
     timeout: int = setting(300, help="seconds before the boot check gives up", check=at_least(10))
     memory: int = setting(512, help="guest memory in MiB", check=at_least(64))
 
@@ -85,7 +107,7 @@ class KernelSettings:
     source: SourceSettings = setting(factory=SourceSettings, help="where the kernel source comes from")
     patches: str = setting("patches/kernel", help="directory with the quilt 'series' and its patches")
     profile: str = setting("default", help="config profile: profiles/kernel/<name>.yaml",
-                           check=matches(r"[A-Za-z0-9_-]+", "a profile name"))
+                           check=matches(PROFILE_NAME, "a profile name"))
     fragments: list[str] = setting(factory=lambda: ["patches/kernel/xsc.config"],
                                    help="extra config fragments merged after the profile's")
     localversion: str = setting("-isobuild", help="pinned LOCALVERSION appended to the kernel release",
@@ -129,9 +151,24 @@ class Project:
     logs_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        work = os.environ.get("ISOBUILD_WORK_DIR") or self.settings.work_dir
+        env = os.environ.get("ISOBUILD_WORK_DIR")
+        work = env or self.settings.work_dir
         self.work_dir = self.path(os.path.expanduser(work))
-        self.logs_dir = self.path(self.settings.logs_dir)
+        self.logs_dir = self.path(os.path.expanduser(self.settings.logs_dir))
+        where = self.config_file.name
+        paths.check_output_dir(self.work_dir, self.root, "ISOBUILD_WORK_DIR" if env else "work_dir",
+                               "environment" if env else where)
+        paths.check_output_dir(self.logs_dir, self.root, "logs_dir", where)
+        if self.work_dir.resolve() == self.logs_dir.resolve():
+            raise UserError(f"{where}: logs_dir and work_dir are the same directory ({self.work_dir})",
+                            hint="give the logs a directory of their own")
+
+    def input_dir(self, value: str, setting: str) -> Path:
+        """A project input directory named by a setting (inside the project; see builder.paths)."""
+        return paths.project_input(self.root, value, setting, self.config_file.name, "dir")
+
+    def input_file(self, value: str, setting: str) -> Path:
+        return paths.project_input(self.root, value, setting, self.config_file.name, "file")
 
     def path(self, value: str) -> Path:
         p = Path(value)
@@ -148,6 +185,9 @@ class Project:
 
 
 def load_project(config_file: Path) -> Project:
-    config_file = config_file.resolve() if config_file.exists() else config_file
+    if config_file.is_dir():
+        raise UserError(f"{config_file}: is a directory, not a settings file",
+                        hint="pass the settings file with -c (default: ./isobuild.yaml)")
+    config_file = config_file.resolve() if config_file.exists() else config_file.absolute()
     settings = load_file(Settings, config_file)
     return Project(root=config_file.parent, config_file=config_file, settings=settings)

@@ -123,13 +123,22 @@ def resolve_source(project: Project, settings: GlibcSettings, digests: DigestCac
     else:
         generic = sources.resolve(project, src, digests, what="glibc")
         tarball, identity, label = generic.tarball, dict(generic.identity), generic.label
-        debian_dir = project.path(src.debian_dir) if src.debian_dir else DEBIAN_GLIBC / "debian"
+        debian_dir = _debian_dir(project, src.debian_dir) if src.debian_dir else DEBIAN_GLIBC / "debian"
         if not (debian_dir / "control").exists():
             raise UserError(f"{debian_dir}: not a Debian packaging directory (no control file)",
                             hint="set glibc.source.debian_dir to a debian/ directory, or apt-get install glibc-source")
     name, version, _, _ = changelog_top(debian_dir / "changelog")
     identity["debian"] = digests.tree(debian_dir)
     return GlibcSource(tarball, debian_dir, identity, label, name, version)
+
+
+def _debian_dir(project: Project, value: str) -> Path:
+    """glibc.source.debian_dir: inside the project, or a Debian source package's under /usr/src."""
+    path = project.path(value).resolve()
+    if not (path.is_relative_to(project.root.resolve()) or path.is_relative_to(Path("/usr/src"))):
+        raise UserError(f"{project.config_file.name}: glibc.source.debian_dir: {path} is neither in the project "
+                        "nor under /usr/src", hint="copy the packaging into the project")
+    return path
 
 
 def toolchain_version() -> str:
@@ -145,8 +154,9 @@ def plan(project: Project) -> Plan:
     digests = DigestCache(project.work_dir / "digests.json")
     source = resolve_source(project, gs, digests)
     digests.save()
-    packaging = patches.read_series(project.path(gs.packaging_patches)) if gs.packaging_patches else []
-    series = patches.read_series(project.path(gs.patches))
+    packaging = patches.read_series(project.input_dir(gs.packaging_patches, "glibc.packaging_patches")) \
+        if gs.packaging_patches else []
+    series = patches.read_series(project.input_dir(gs.patches, "glibc.patches"))
     version = source.version + gs.suffix
     check_not_downgrade(version, source.version, "the distribution's", hint="glibc.suffix in isobuild.yaml must "
                         "sort above the distribution's version: start it with '+' (e.g. +isobuild1), not '~'")
@@ -231,7 +241,8 @@ def pristine_tree(project: Project) -> patchtools.Pristine:
     src = resolve_source(project, project.settings.glibc, digests)
     digests.save()
     packaging = project.settings.glibc.packaging_patches
-    packaging_series = patches.read_series(project.path(packaging)) if packaging else []
+    packaging_series = patches.read_series(project.input_dir(packaging, "glibc.packaging_patches")) \
+        if packaging else []
 
     def unpack(dest: Path, log_path: Path) -> None:
         sources.extract(sources.Source(src.tarball, src.identity, src.label), dest, log_path)

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-from builder import runner
+from builder import atomic, runner
 from builder.errors import InfraError, UserError
 
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
@@ -114,12 +114,16 @@ def validate_label(label: str) -> None:
         raise UserError(f"ISO label {label!r} is not allowed: use 1 to 32 characters of A-Z, 0-9 and _")
 
 
+def validate_boot_path(what: str, rel: str) -> None:
+    if not _BOOT_PATH.fullmatch(rel) or ".." in rel.split("/"):
+        raise UserError(f"boot {what} path {rel!r} is not allowed: use a relative path of letters, digits "
+                        "and . _ - + (ISOLINUX cannot quote file names)")
+
+
 def _validate_spec(tree: Path, spec: BootSpec) -> None:
     validate_label(spec.label)
     for what, rel in (("kernel", spec.kernel), ("initrd", spec.initrd)):
-        if not _BOOT_PATH.fullmatch(rel) or ".." in rel.split("/"):
-            raise UserError(f"boot {what} path {rel!r} is not allowed: use a relative path of letters, digits "
-                            "and . _ - + (ISOLINUX cannot quote file names)")
+        validate_boot_path(what, rel)
         if not (tree / rel).is_file():
             raise UserError(f"boot {what} {rel} is not a file in the ISO tree {tree}")
     for what, text in (("kernel command line", spec.cmdline), ("menu title", spec.title)):
@@ -523,7 +527,7 @@ def master(tree: Path, out: Path, spec: BootSpec, work: Path, log_path: Path, ep
     make_boot_files(boot, spec, epoch, log_path)
     _scan([tree, boot])  # refuse clashes and odd files here, with a UserError, not in the child
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, name = tempfile.mkstemp(prefix=atomic.temp_prefix(out), suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
     try:

@@ -19,7 +19,7 @@ from typing import Any
 
 from builder import atomic, iso, rootfs, stagekey, state
 from builder.digest import DigestCache
-from builder.distro import LiveLayout
+from builder.distro import LiveLayout, Plugin
 from builder.errors import UserError
 
 STAGE_VERSION = 1
@@ -44,6 +44,14 @@ class Plan:
     @property
     def manifest_path(self) -> Path:
         return self.out.with_name(self.out.stem + ".manifest.json")
+
+
+def check_layout(plugin: Plugin) -> None:
+    """The live layout's label and boot paths, checked when the distro is (before any build)."""
+    layout = plugin.layout()
+    iso.validate_label(layout.label)
+    for what, rel in (("kernel", layout.kernel), ("initrd", layout.initrd), ("squashfs", layout.squashfs)):
+        iso.validate_boot_path(what, rel)
 
 
 def plan(rp: rootfs.Plan) -> Plan:
@@ -89,7 +97,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 os.link(p.rootfs.artifact / src, target)  # same filesystem: no 100 MB copy
             spec = iso.BootSpec(p.layout.label, p.layout.kernel, p.layout.initrd, p.layout.cmdline,
                                 f"isobuild {p.rootfs.plugin.name} live ({meta['kernel_release']})")
-            iso_tmp = p.out.with_name(f".{p.out.name}.staged")
+            iso_tmp = atomic.temp_path(p.out, "staged")
             iso.master(tree, iso_tmp, spec, work, log_path, int(meta["epoch"]))
             staged.append((iso_tmp, p.out))
             sha = DigestCache(p.rootfs.plugin.project.work_dir / "digests.json")
@@ -102,7 +110,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             }
             for final, text in ((p.sha_path, f"{digest}  {p.out.name}\n"),
                                 (p.manifest_path, json.dumps(manifest, indent=2, sort_keys=True) + "\n")):
-                tmp = final.with_name(f".{final.name}.staged")
+                tmp = atomic.temp_path(final, "staged")
                 atomic.write_text(tmp, text)
                 staged.append((tmp, final))
             for tmp, final in staged:  # the ISO first: a reader never sees a new sum for an old ISO for long

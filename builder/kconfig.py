@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder import schema
+from builder import paths, schema
 from builder.digest import sha256_file
 from builder.errors import UserError
 from builder.schema import setting
@@ -69,11 +69,10 @@ class Profile:
 
 
 def parse_fragment(path: Path, label: str) -> Fragment:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+    if not path.exists():
         raise UserError(f"{label}: config fragment not found",
-                        hint="fix the path in the profile or in kernel.fragments") from None
+                        hint="fix the path in the profile or in kernel.fragments")
+    text = paths.read_text(path, "config fragment")
     options: dict[str, str] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
@@ -91,9 +90,23 @@ def parse_fragment(path: Path, label: str) -> Fragment:
     return Fragment(path, label, sha256_file(path), options)
 
 
+def _inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved; UserError unless it stays inside the project ``root``."""
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root.resolve()):
+        raise UserError(f"{what}: {path} resolves to {resolved}, outside the project {root}",
+                        hint="profiles, their base configs and fragments live in the project directory")
+    return resolved
+
+
 def load_profile(root: Path, name: str, extra_fragments: list[str]) -> Profile:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+        raise UserError(f"kernel profile {name!r} is not a profile name",
+                        hint="a profile is profiles/kernel/<name>.yaml: give the name, not a path")
     profile_dir = root / "profiles" / "kernel"
     path = profile_dir / f"{name}.yaml"
+    if path.exists():
+        _inside(root, path, f"kernel profile {name}")
     if not path.exists():
         known = sorted(p.stem for p in profile_dir.glob("*.yaml"))
         raise UserError(f"kernel profile {name!r} not found ({path})",
@@ -109,12 +122,13 @@ def load_profile(root: Path, name: str, extra_fragments: list[str]) -> Profile:
     base_sha = None
     base = data.base
     if base not in BASE_TARGETS:
-        base_path = (profile_dir / base).resolve()
+        base_path = _inside(root, profile_dir / base, f"{rel(path)}: base")
         if not base_path.is_file():
             raise UserError(f"{rel(path)}: base: {base!r} is neither {', '.join(BASE_TARGETS)} nor a file")
         base, base_sha = str(base_path), sha256_file(base_path)
-    frags = [parse_fragment(profile_dir / f, rel(profile_dir / f)) for f in data.fragments]
-    frags += [parse_fragment(root / f, f) for f in extra_fragments]
+    frags = [parse_fragment(_inside(root, profile_dir / f, f"{rel(path)}: fragments"), rel(profile_dir / f))
+             for f in data.fragments]
+    frags += [parse_fragment(_inside(root, root / f, "kernel.fragments"), f) for f in extra_fragments]
     return Profile(name, path, base, base_sha, frags)
 
 

@@ -23,12 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from builder import atomic, kconfig, log, patches, runner, sources, stagekey, state
+from builder import atomic, hosttools, kconfig, log, patches, rootdir, runner, sources, stagekey, state
 from builder.arch import ARCHES, Arch
 from builder.config import Project
 from builder.digest import DigestCache, sha256_file
 from builder.errors import UserError
 
+# what a kernel build runs (bindeb-pkg and binrpm-pkg included)
+KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync",
+                "dpkg-deb", "dpkg-architecture", "fakeroot", "rpmbuild"]
 STAGE_VERSION = 2  # 2: the artifact also holds the binrpm-pkg RPMs (rpms/)
 _WARNING = re.compile(r"\bwarning:")
 _ERROR = re.compile(r"\berror:")
@@ -98,11 +101,12 @@ def plan(project: Project, profile_name: str | None = None) -> Plan:
     """Resolve every input and the stage key; reads files, changes nothing."""
     ks = project.settings.kernel
     name = profile_name or ks.profile
+    hosttools.require(KERNEL_TOOLS, "the kernel stage")
     root = project.work_dir / "kernel"
     digests = DigestCache(project.work_dir / "digests.json")
     source = sources.resolve(project, ks.source, digests)
     digests.save()
-    series = patches.read_series(project.path(ks.patches))
+    series = patches.read_series(project.input_dir(ks.patches, "kernel.patches"))
     profile = kconfig.load_profile(project.root, name, ks.fragments)
     arch = ARCHES[project.settings.arch]
     toolchain = toolchain_version()
@@ -203,10 +207,14 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
     # objects built from the patched versions.  Touch every file either series
     # touched so make rebuilds exactly those.
     now = time.time()
+    tree = rootdir.Root(lay.src)
     for rel in set(touched) | set(touched_before):
-        path = lay.src / rel
-        if path.exists():
-            os.utime(path, (now, now))
+        try:  # resolved inside the tree; a symlink itself gets the time, never what it points at
+            path = tree.resolve(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if path.exists() or path.is_symlink():
+            os.utime(path, (now, now), follow_symlinks=False)
     state.save(lay.marker, {"source": p.source.identity, "series": want, "touched": touched})
     return notes
 

@@ -8,12 +8,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from builder import paths
 from builder.errors import InfraError
 
 
 @contextmanager
-def held(work_dir: Path) -> Iterator[None]:
-    work_dir.mkdir(parents=True, exist_ok=True)
+def held(work_dir: Path, claim: bool = True) -> Iterator[None]:
+    """The lock; ``claim`` marks ``work_dir`` as isobuild's (builder.paths)."""
+    if claim:
+        paths.claim_work_dir(work_dir, paths.WORK_ENTRIES)
+    else:
+        work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / "lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
-from builder import runner
+from builder import paths, runner
 from builder.digest import sha256_file
 from builder.errors import UserError
 
@@ -52,16 +52,22 @@ class Failure:
 
 
 def read_series(patch_dir: Path) -> list[Patch]:
-    """The series in ``patch_dir``; a missing ``series`` file means no patches."""
+    """The series in ``patch_dir``; a missing ``series`` file means no patches.
+
+    Every patch must be a regular file inside ``patch_dir`` (a symlink that leads
+    out of it is refused: the build would copy a host file into its tree)."""
     if not patch_dir.is_dir():
         raise UserError(f"{patch_dir}: patch directory not found",
                         hint="create it with a 'series' file, or set kernel.patches in isobuild.yaml")
     series = patch_dir / "series"
-    if not series.exists():
+    if not series.exists() and not series.is_symlink():
         return []
+    real_dir = patch_dir.resolve()
+    if not series.resolve().is_relative_to(real_dir):
+        raise UserError(f"{series}: the series file leads out of {patch_dir}")
     patches: list[Patch] = []
     seen: set[str] = set()
-    for number, raw in enumerate(series.read_text(encoding="utf-8").splitlines(), 1):
+    for number, raw in enumerate(paths.read_text(series, "series file").splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
@@ -81,8 +87,12 @@ def read_series(patch_dir: Path) -> list[Patch]:
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             raise UserError(f"{where}: patch name {name!r} must be a path inside {patch_dir}")
         if not path.is_file():
-            raise UserError(f"{where}: patch {name} not found in {patch_dir}",
+            raise UserError(f"{where}: patch {name} not found in {patch_dir}" if not path.exists()
+                            else f"{where}: patch {name} is not a regular file",
                             hint="add the file or remove the line from the series")
+        if not path.resolve().is_relative_to(real_dir):
+            raise UserError(f"{where}: patch {name} is a symlink to {path.resolve()}, outside {patch_dir}",
+                            hint="put the patch itself in the patch directory")
         patches.append(Patch(name, strip, path, sha256_file(path), number))
     return patches
 
@@ -90,20 +100,57 @@ def read_series(patch_dir: Path) -> list[Patch]:
 def _unquote(name: str) -> str:
     name = name.split("\t", 1)[0].rstrip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
-        name = name[1:-1].encode().decode("unicode_escape")
+        name = name[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
     return name
+
+
+def _git_names(line: str) -> list[str]:
+    """The two names of a ``diff --git a/X b/Y`` line (quoted or not)."""
+    rest = line[len("diff --git "):].strip()
+    if rest.startswith('"'):
+        m = re.match(r'("(?:[^"\\]|\\.)*")\s+(.+)$', rest)
+        return [_unquote(m.group(1)), _unquote(m.group(2))] if m else [rest]
+    # unquoted names may hold spaces: split where the second name starts with the same prefix
+    half = rest.split(" ")
+    for i in range(1, len(half)):
+        a, b = " ".join(half[:i]), " ".join(half[i:])
+        if a.split("/", 1)[-1] == b.split("/", 1)[-1]:
+            return [a, b]
+    return half[:1] + half[-1:]
 
 
 def touched_paths(patch: Patch) -> list[str]:
     """Paths the patch names, after stripping, in the order they appear.
 
-    Refuses absolute paths and ``..`` anywhere, in the raw or stripped name.
-    Hunk bodies are skipped by their line counts, so a removed line that
-    starts with ``-- `` is not mistaken for a file header.
+    Refuses, naming the patch and its line: absolute paths and ``..``, in any
+    name it gives (``---``/``+++``, ``diff --git``, ``Index:``, renames and copies),
+    raw or stripped; and symlinks it creates (``new file mode 120000``) whose
+    target is absolute or climbs out of the tree.  Hunk bodies are skipped by
+    their line counts, so a removed line that starts with ``-- `` is not
+    mistaken for a file header.
     """
     lines = patch.path.read_text(encoding="utf-8", errors="replace").splitlines()
-    paths: list[str] = []
+    found: list[str] = []
     old_left = new_left = 0
+    symlink_at: tuple[str, int] | None = None  # (path, line) of a symlink the next hunk creates
+    symlink_target: list[str] = []
+
+    def add(raw: str, number: int, stripped_already: bool) -> None:
+        if raw == "/dev/null":
+            return
+        _vet_path(patch, number, raw)
+        stripped = raw if stripped_already else "/".join(PurePosixPath(raw).parts[patch.strip:])
+        if stripped and stripped not in found:
+            found.append(stripped)
+
+    def close_symlink() -> None:
+        nonlocal symlink_at
+        if symlink_at is not None and symlink_target:
+            _vet_symlink(patch, symlink_at[1], symlink_at[0], symlink_target[0])
+        symlink_at = None
+        symlink_target.clear()
+
+    git_b: str | None = None
     for number, line in enumerate(lines, 1):
         if old_left > 0 or new_left > 0:
             if line.startswith("\\"):
@@ -116,34 +163,54 @@ def touched_paths(patch: Patch) -> list[str]:
                 old_left -= 1
             elif tag == "+":
                 new_left -= 1
+                if symlink_at is not None:
+                    symlink_target.append(line[1:])
+            if old_left <= 0 and new_left <= 0:
+                close_symlink()
             continue
         m = _HUNK.match(line)
         if m:
-            old_left = int(m.group(1) or 1)
-            new_left = int(m.group(2) or 1)
+            old_left = int(m.group(1) or 1) if m.group(1) != "0" else 0
+            new_left = int(m.group(2) or 1) if m.group(2) != "0" else 0
             continue
-        names: list[str] = []
-        if line.startswith(("--- ", "+++ ")):
-            names = [_unquote(line[4:])]
+        if line.startswith("diff --git "):
+            close_symlink()
+            names = _git_names(line)
+            for raw in names:
+                add(raw, number, False)
+            git_b = "/".join(PurePosixPath(names[-1]).parts[patch.strip:]) if names else None
+        elif line.startswith("Index: "):  # only a fallback name for GNU patch: vetted, not listed
+            _vet_path(patch, number, line[len("Index: "):].strip())
+        elif line.startswith(("--- ", "+++ ")):
+            add(_unquote(line[4:]), number, False)
         elif line.startswith(("rename from ", "rename to ", "copy from ", "copy to ")):
-            names = [line.split(" ", 2)[2]]
-        for raw in names:
-            if raw == "/dev/null":
-                continue
-            _vet_path(patch, number, raw, line.startswith(("rename", "copy")))
-            stripped = raw if line.startswith(("rename", "copy")) else "/".join(
-                PurePosixPath(raw).parts[patch.strip:])
-            if stripped and stripped not in paths:
-                paths.append(stripped)
-    return paths
+            add(line.split(" ", 2)[2], number, True)
+        elif re.match(r"(new file mode|new mode) 120000", line):
+            symlink_at = (git_b or "?", number)
+    close_symlink()
+    return found
 
 
-def _vet_path(patch: Patch, number: int, raw: str, git_extended: bool) -> None:
+def _vet_path(patch: Patch, number: int, raw: str) -> None:
     p = PurePosixPath(raw)
     if p.is_absolute() or ".." in p.parts:
         raise UserError(
             f"{patch.path}:{number}: patch {patch.name} touches {raw!r}, outside the source tree",
             hint="patches may only name paths inside the tree (no leading '/', no '..'); fix the patch")
+
+
+def _vet_symlink(patch: Patch, number: int, link: str, target: str) -> None:
+    """A symlink the patch creates at ``link`` (tree-relative) must point inside the tree."""
+    hint = "a patch may create symlinks only to relative paths inside the tree; fix the patch"
+    if target.startswith("/"):
+        raise UserError(f"{patch.path}:{number}: patch {patch.name} creates symlink {link} -> {target!r}, "
+                        "an absolute path", hint=hint)
+    depth = len(PurePosixPath(link).parts) - 1
+    for part in PurePosixPath(target).parts:
+        depth += -1 if part == ".." else (0 if part == "." else 1)
+        if depth < 0:
+            raise UserError(f"{patch.path}:{number}: patch {patch.name} creates symlink {link} -> {target!r}, "
+                            "which leads out of the source tree", hint=hint)
 
 
 def vet(patches: list[Patch]) -> dict[str, list[str]]:

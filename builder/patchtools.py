@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -74,7 +75,7 @@ class Component:
 
 
 def _kernel_patch_dir(project: Project) -> Path:
-    return project.path(project.settings.kernel.patches)
+    return project.input_dir(project.settings.kernel.patches, "kernel.patches")
 
 
 def _kernel_pristine(project: Project) -> Pristine:
@@ -86,7 +87,7 @@ def _kernel_pristine(project: Project) -> Pristine:
 
 
 def _glibc_patch_dir(project: Project) -> Path:
-    return project.path(project.settings.glibc.patches)
+    return project.input_dir(project.settings.glibc.patches, "glibc.patches")
 
 
 def _glibc_pristine(project: Project) -> Pristine:
@@ -548,7 +549,7 @@ def _scratch(project: Project, component: str, tree: Path, series: list[patches.
     of the series; removed afterwards."""
     root = project.work_dir / "patches" / "scratch"
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{component}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{component}.{os.getpid()}.", suffix=".tmp", dir=root))
     try:
         sparse_copy(tree, tmp / "tree", {path for paths in patches.vet(series).values() for path in paths})
         patches.stage_copy(series, tmp / "patches")
@@ -568,7 +569,7 @@ def check(project: Project, component: Component, log_path: Path, *, refresh: bo
         return Report(component.name, "-", patch_dir, [], refreshed=[] if refresh else None)
     pristine = component.pristine(project)
     seconds: dict[str, float] = {}
-    with lock.held(project.work_dir / "patches"):
+    with lock.held(project.work_dir / "patches", claim=False):
         shutil.rmtree(project.work_dir / "patches" / "scratch", ignore_errors=True)  # left by a killed run
         start = time.monotonic()
         tree = _pristine_tree(project, component.name, pristine, log_path)

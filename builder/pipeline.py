@@ -8,18 +8,27 @@ only when something must be built.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import distros, elglibc, glibc, isostage, kernel, lock, log, rootfs
+from builder import clean, distros, elglibc, glibc, isostage, kernel, lock, log, patches, rootfs
 from builder.config import Project
 from builder.distro import Plugin
 from builder.errors import InfraError, IsobuildError
 
 if TYPE_CHECKING:
     from builder.distros.el import ELPlugin
+
+
+@contextmanager
+def locked(project: Project) -> Iterator[None]:
+    """The work dir's lock, and then what killed runs left there swept away."""
+    with lock.held(project.work_dir):
+        clean.sweep(project.work_dir, project.iso_dir)
+        yield
 
 
 def stage_log(project: Project, name: str) -> Path:
@@ -42,12 +51,12 @@ def ensure_kernel(project: Project, profile: str | None,
     p = kernel.plan(project, profile)
     meta = None if force else kernel.built(p)
     if meta is not None:
-        with lock.held(project.work_dir):
+        with locked(project):
             switched = kernel.adopt(p)
         log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
                        release=meta.get("kernel_release"), reused_earlier_build=switched)
         return p, meta, False
-    with lock.held(project.work_dir):
+    with locked(project):
         log_path = stage_log(project, f"kernel-{p.layout.profile}")
         with log.stage("kernel", profile=p.layout.profile, key=p.key[:12], log=str(log_path)):
             meta = kernel.build(p, log_path)
@@ -60,7 +69,7 @@ def ensure_glibc(project: Project, force: bool = False,
     p = glibc.plan(project)
     meta = None if force else glibc.built(p)
     fresh = meta is None
-    with lock.held(project.work_dir):
+    with locked(project):
         if meta is not None:
             switched = glibc.adopt(p)
             log.get().info("glibc.up-to-date", key=p.key[:12], version=meta.get("version"),
@@ -91,7 +100,7 @@ def ensure_elglibc(project: Project, plugin: Plugin,
     when there is none yet or ``force`` (then the repositories' newest), and rebuilt when its key
     changed or ``force``."""
     plugin = el_plugin(plugin)
-    with lock.held(project.work_dir):
+    with locked(project):
         if plugin.settings.glibc.srpm.type == "repo" and (force or elglibc.cached_srpm(plugin) is None):
             log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
             with log.stage("glibc-rpm.download", distro=plugin.name, log=str(log_path)):
@@ -109,17 +118,54 @@ def ensure_elglibc(project: Project, plugin: Plugin,
     return p, meta, True
 
 
+@dataclass
+class Preflight:
+    """What a verb will build, checked: the plugins that passed, and per distro the error that stops it."""
+
+    plugins: dict[str, Plugin]
+    failed: dict[str, IsobuildError]
+
+
+def preflight(project: Project, names: list[str], profile: str | None, keep_going: bool = False) -> Preflight:
+    """Check every input of every stage the verb will run, in seconds, before any build: the kernel's
+    source, series (vetted), profile and fragments; glibc's when a distro takes it; each distro's
+    settings beyond the schema (overlay contents, mirror and its signed Release, repositories,
+    host tools, kickstart sections).  The first error is raised -- with ``keep_going`` only the
+    kernel's and glibc's are; a distro's stops that distro alone (``failed``)."""
+    with log.stage("preflight", distros=names):
+        plugins: dict[str, Plugin] = {}
+        failed: dict[str, IsobuildError] = {}
+        for name in names:
+            try:
+                plugin = distros.load(project, name)
+                plugin.check()
+                isostage.check_layout(plugin)
+                plugins[name] = plugin
+            except IsobuildError as exc:
+                if not keep_going:
+                    raise
+                failed[name] = exc
+        kp = kernel.plan(project, profile)
+        patches.vet(kp.series)
+        if any(wants_glibc(project, p) and p.glibc_format == "deb" for p in plugins.values()):
+            gp = glibc.plan(project)
+            patches.vet(gp.packaging + gp.series)
+    return Preflight(plugins, failed)
+
+
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
     """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
     and the plugin installs a format a glibc stage makes (deb: the glibc stage; rpm: glibc-rpm)."""
     return project.settings.glibc.enabled and plugin.takes_glibc()
 
 
-def ensure_iso(project: Project, distro: str, profile: str | None,
-               force_glibc: bool = False) -> tuple[isostage.Plan, dict[str, Any]]:
+def ensure_iso(project: Project, distro: str, profile: str | None, force_glibc: bool = False,
+               plugin: Plugin | None = None) -> tuple[isostage.Plan, dict[str, Any]]:
     """Build what changed up to the distro's ISO; ``force_glibc``: an EL distro's glibc RPM is
-    rebuilt from the repositories' newest source RPM."""
-    plugin = distros.load(project, distro)  # validate the distro file before any long work
+    rebuilt from the repositories' newest source RPM.  ``plugin``: the one preflight checked."""
+    if plugin is None:
+        plugin = distros.load(project, distro)
+        plugin.check()
     kp, _, _ = ensure_kernel(project, profile)
     gp: rootfs.GlibcArtifact | None = None
     if wants_glibc(project, plugin):
@@ -128,7 +174,7 @@ def ensure_iso(project: Project, distro: str, profile: str | None,
     rp = rootfs.plan(plugin, kp, gp)
     ip = isostage.plan(rp)
     if rootfs.built(rp) is None:
-        with lock.held(project.work_dir):
+        with locked(project):
             log_path = stage_log(project, f"rootfs-{distro}")
             with log.stage("rootfs", distro=distro, key=rp.key[:12], log=str(log_path)):
                 rootfs.build(rp, log_path)
@@ -136,7 +182,7 @@ def ensure_iso(project: Project, distro: str, profile: str | None,
         log.get().info("rootfs.up-to-date", distro=distro, key=rp.key[:12])
     record = isostage.built(ip)
     if record is None:
-        with lock.held(project.work_dir):
+        with locked(project):
             log_path = stage_log(project, f"iso-{distro}")
             with log.stage("iso", distro=distro, key=ip.key[:12], log=str(log_path)):
                 record = isostage.build(ip, log_path)

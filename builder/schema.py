@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from builder import paths
 from builder.errors import UserError
 
 T = TypeVar("T")
@@ -50,13 +51,14 @@ def at_least(minimum: int) -> Any:
     return check
 
 
-def read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found", hint="create it or pass --config") from None
+def read_yaml(path: Path, what: str = "settings file") -> Any:
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found", hint="create it or pass --config")
+    text = paths.read_text(path, what)
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

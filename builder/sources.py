@@ -64,7 +64,7 @@ def _git(project: Project, url: str, ref: str) -> Source:
             repo.remote("origin").fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"], prune=True)
         else:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + ".tmp")
+            tmp = atomic.temp_path(cache)
             if tmp.exists():
                 import shutil
 
@@ -82,7 +82,7 @@ def _git(project: Project, url: str, ref: str) -> Source:
                         hint="fix kernel.source.ref (a branch, tag or commit that exists)") from None
     tarball = project.work_dir / "sources" / f"git-{commit}.tar"
     if not tarball.exists():
-        tmp = tarball.with_name(tarball.name + ".tmp")
+        tmp = atomic.temp_path(tarball)
         with tmp.open("wb") as f:
             repo.archive(f, commit, prefix="src/", format="tar")
         tmp.rename(tarball)

@@ -77,16 +77,7 @@ def save(path: Path, record: dict[str, Any]) -> None:
     atomic.write_json(path, record)
 
 
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+pid_alive = atomic.pid_alive
 
 
 def effective_status(record: dict[str, Any]) -> str:

@@ -78,9 +78,9 @@ def make_tarball(dest: Path, prepatched: bool) -> Path:
 
 def new_project(tmp_path: Path, prepatched: bool = False) -> GlibcProject:
     tarball = make_tarball(tmp_path / "fakeglibc-1.0.tar.xz", prepatched)
-    debian = tmp_path / "debian"
-    shutil.copytree(FAKEGLIBC / "debian", debian)
     root = tmp_path / "project"
+    debian = root / "packaging" / "debian"  # a packaging dir of the project's own (or under /usr/src)
+    shutil.copytree(FAKEGLIBC / "debian", debian)
     (root / "patches" / "glibc").mkdir(parents=True)
     work = tmp_path / "work"
     project = GlibcProject(root, work, debian, tarball)

@@ -298,7 +298,7 @@ def test_missing_host_tool(fake_project: FakeProject, capsys: pytest.CaptureFixt
     monkeypatch.setenv("PATH", str(bindir))
     assert fake_project.run("kernel") == ExitCode.INFRA
     err = capsys.readouterr().err
-    assert "quilt: command not found" in first_error_line(err)
+    assert "quilt not found: the kernel stage needs it" in first_error_line(err)  # before any build
     assert "apt-get install quilt" in err
 
 

@@ -4,6 +4,7 @@ work or logs dir that could be somebody else's is refused before anything is tou
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 WORK_MADE = ["kernel/artifacts/abc/bzImage", "kernel/state/ci.json", "distros/debian/rootfs/k1/filesystem.squashfs",
              "distros/debian/state/iso.json", "cache/debian/bookworm/apt/archives/libc6.deb",
-             "sources/git-123.tar", "glibc/state.json", "digests.json", "lock", ".digests.json.x1y2.tmp"]
+             "sources/git-123.tar", "glibc/state.json", "digests.json", "lock", ".digests.json.99999999.x1y2.tmp",
+             ".isobuild-work-dir"]
 ISO_MADE = ["debian/isobuild-debian.iso", "debian/isobuild-debian.iso.sha256", "debian/isobuild-debian.iso.asc",
             "debian/isobuild-debian.manifest.json", "SHA256SUMS", "SHA256SUMS.asc", "report.html"]
 LOGS_MADE = ["kernel-ci-20260101T000000Z.log", "isobuild.jsonl", "smoke-debian.json", "smoke-debian.xml"]
@@ -77,7 +79,7 @@ def test_distclean_removes_everything_isobuild_made(tree: Tree, capsys: pytest.C
     assert tree.run("distclean") == 0
     assert not tree.work.exists() and not tree.iso.exists() and not tree.logs.exists()
     assert tree.files() == ["project/isobuild.yaml", "project/patches/kernel/series"]
-    assert "removed 19 item(s)" in capsys.readouterr().out  # 8 entries in the work dir, 7 in iso/, 4 logs
+    assert "removed 20 item(s)" in capsys.readouterr().out  # 9 entries in the work dir, 7 in iso/, 4 logs
     assert tree.run("distclean") == 0, "nothing left to remove is fine"
 
 
@@ -109,15 +111,18 @@ def test_distclean_writes_no_log_of_its_own(tree: Tree) -> None:
 
 
 @pytest.mark.parametrize(("setting", "value", "reason"), [
-    ("work_dir", "/", "a system directory"),
-    ("work_dir", "/var/tmp", "a system directory"),
-    ("work_dir", "~", "a home directory"),
-    ("work_dir", ".", "the project directory"),
-    ("work_dir", "..", "the project directory (or holds it)"),
-    ("work_dir", "patches", "holding the project's own files"),
-    ("work_dir", "repo", "a git repository"),
-    ("logs_dir", ".", "the project directory"),
-    ("logs_dir", "patches/kernel", "holding the project's own files"),
+    # refused when the settings are loaded, for every verb
+    ("work_dir", "/", "is the root directory"),
+    ("work_dir", "/var/tmp", "is a shared top-level directory"),
+    ("work_dir", "/etc/isobuild", "is inside a system directory tree"),
+    ("work_dir", ".", "is the project directory itself"),
+    ("work_dir", "..", "is a parent of the project directory"),
+    ("work_dir", "patches", "is one of the project's input directories"),
+    ("logs_dir", ".", "is the project directory itself"),
+    ("logs_dir", "patches/kernel", "is one of the project's input directories"),
+    # refused by distclean itself
+    ("work_dir", "~", "it is a home directory|is a shared top-level directory"),  # /root: both
+    ("work_dir", "repo", "it is a git repository"),
 ])
 def test_refuses_a_dir_that_is_not_isobuilds(tree: Tree, setting: str, value: str, reason: str,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,9 +133,18 @@ def test_refuses_a_dir_that_is_not_isobuilds(tree: Tree, setting: str, value: st
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if x.startswith("isobuild: error:"))
     target = Path(os.path.expanduser(value)) if value.startswith(("/", "~")) else tree.root / value
-    assert f"refusing to distclean {setting} {target.resolve()}: it is {reason}" in line
+    assert str(target.resolve()) in line and re.search(reason, line) and setting in line
     assert "hint: point " + setting in err
     assert tree.files() == before, "nothing is removed"
+
+
+def test_refuses_a_work_dir_without_isobuilds_marker(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
+    (tree.work / ".isobuild-work-dir").unlink()
+    touch(tree.work, ["somebody-elses/file"])
+    before = tree.files()
+    assert tree.run("distclean") == ExitCode.USER
+    assert "carries no .isobuild-work-dir" in capsys.readouterr().err
+    assert tree.files() == before
 
 
 def test_refuses_while_another_run_holds_the_work_dir(tree: Tree, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,7 +158,7 @@ def test_refuses_while_another_run_holds_the_work_dir(tree: Tree, capsys: pytest
 def test_a_mount_inside_a_build_root_stops_it_before_anything_is_removed(tree: Tree,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     """A build root with /dev bind-mounted must never be rmtree'd: distros/ goes first and refuses."""
-    where = tree.work / "distros" / "debian" / "rootfs" / ".root-abc" / "dev"
+    where = tree.work / "distros" / "debian" / "rootfs" / ".root-abc.99999999.tmp" / "dev"
     where.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], check=True)
     try:

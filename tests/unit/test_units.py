@@ -125,12 +125,14 @@ def test_touched_paths_skips_hunk_bodies(tmp_path: Path) -> None:
     # a removed line "-- x" appears as "--- x" inside the hunk: not a header
     text = ("--- a/doc.txt\n+++ b/doc.txt\n@@ -1 +1 @@\n--- ../../etc/passwd\n+++ /etc/shadow\n"
             "diff --git a/x b/y\nrename from old/name.c\nrename to new/name.c\n")
-    assert patches.touched_paths(one(tmp_path, text)) == ["doc.txt", "old/name.c", "new/name.c"]
+    assert patches.touched_paths(one(tmp_path, text)) == ["doc.txt", "x", "y", "old/name.c", "new/name.c"]
 
 
 @pytest.mark.parametrize("header", [
     "--- a/../x\n+++ b/../x\n", "--- /abs\n+++ /abs\n", "--- a/ok\n+++ b/sub/../../x\n",
-    'rename from ../x\nrename to y\n', '--- "a/../q"\n+++ "b/../q"\n',
+    'rename from ../x\nrename to y\n', '--- "a/../q"\n+++ "b/../q"\n', "copy from ok\ncopy to ../../x\n",
+    "diff --git a/../../etc/cron.d/x b/../../etc/cron.d/x\n", "Index: /etc/passwd\n",
+    'diff --git "a/\\056\\056/x" "b/\\056\\056/x"\n',
 ])
 def test_touched_paths_refuses_escapes(tmp_path: Path, header: str) -> None:
     with pytest.raises(UserError, match="outside the source tree"):
