@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from builder import __version__, doctor, isostage, lock, log, pipeline
-from builder.config import Project, check_profile_name, load_project
-from builder.console import Verdict
-from builder.errors import ExitCode, IsobuildError
-from builder.kernel import Plan
+from builder import __version__, pipeline
+from builder.commands import doctor
+from builder.infra import lock, log
+from builder.infra.config import Project, check_profile_name, load_project
+from builder.infra.errors import ExitCode, IsobuildError
+from builder.stages import iso
+from builder.stages.kernel import Plan
+from builder.tools.console import Verdict
 
 EXIT_CODES = """exit codes:
   0    success (or: already up to date)
@@ -57,14 +60,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
         if verdict:
             print(_verdict_line(verdict))
     if verdict:
-        from builder import kernelboot
+        from builder.stages import kernelboot
 
         kernelboot.raise_for(verdict)
     return 0
 
 
 def _boot(project: Project, p: Plan) -> Verdict:
-    from builder import kernelboot
+    from builder.stages import kernelboot
 
     with pipeline.locked(project):
         return kernelboot.boot(p, pipeline.stage_log(project, f"boot-kernel-{p.layout.profile}"))
@@ -77,7 +80,7 @@ def _verdict_line(verdict: Verdict) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from builder import kernel, kernelboot
+    from builder.stages import kernel, kernelboot
 
     project = _project(args)
     if args.target == "kernel":
@@ -91,13 +94,13 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 
 def _modes(text: str | None) -> list[str]:
-    from builder import smoke
+    from builder.stages import smoke
 
     return smoke.parse_modes(text) if text else list(smoke.MODES)
 
 
-def _smoke(project: Project, ip: isostage.Plan, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
-    from builder import smoke
+def _smoke(project: Project, ip: iso.Plan, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
+    from builder.stages import smoke
 
     distro = ip.rootfs.plugin.name
     with pipeline.locked(project):
@@ -144,7 +147,7 @@ def cmd_glibc(args: argparse.Namespace) -> int:
 
 def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> list[pipeline.Stage]:
     """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks."""
-    from builder import smoke
+    from builder.stages import smoke
 
     modes = _modes(args.modes)  # a typo must not wait for the builds
     checked = pipeline.preflight(project, distros_, args.profile, keep_going=args.keep_going)
@@ -200,7 +203,7 @@ def cmd_isos(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from builder import status
+    from builder.commands import status
 
     rows = status.rows(_project(args), args.profile)
     if args.json:
@@ -214,12 +217,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _glibc_build_deps(args: argparse.Namespace) -> list[str] | None:
     """Unmet build dependencies of the configured glibc packaging (None: not installed yet)."""
-    from builder import glibc
+    from builder.stages import glibc
 
     try:
         gs = _project(args).settings.glibc
     except IsobuildError:
-        from builder.config import GlibcSettings
+        from builder.infra.config import GlibcSettings
 
         gs = GlibcSettings()
     if not gs.enabled:
@@ -228,7 +231,7 @@ def _glibc_build_deps(args: argparse.Namespace) -> list[str] | None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from builder import glibc
+    from builder.stages import glibc
 
     missing = doctor.missing()
     log_file = Path(args.log or "/tmp/isobuild-doctor-install.log")
@@ -272,7 +275,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from builder import clean
+    from builder.commands import clean
 
     project = _project(args)
     with lock.held(project.work_dir):  # not pipeline.locked: its sweep would not wait for --dry-run
@@ -287,7 +290,7 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from builder import release
+    from builder.commands import release
 
     project = _project(args)
     with pipeline.locked(project):  # no ISO stage may replace an ISO while it is summed and signed
@@ -301,7 +304,7 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_release_verify(args: argparse.Namespace) -> int:
-    from builder import release
+    from builder.commands import release
 
     project = _project(args)
     where = args.dir or args.out
@@ -315,7 +318,7 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from builder import report
+    from builder.commands import report
 
     project = _project(args)
     out = Path(args.out).absolute() if args.out else report.default_path(project)
@@ -325,7 +328,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_distclean(args: argparse.Namespace) -> int:
-    from builder import clean
+    from builder.commands import clean
 
     project = _project(args)
     result = clean.distclean(project, dry_run=args.dry_run)
@@ -340,23 +343,23 @@ def cmd_distclean(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from builder import patchtools
+    from builder.commands import patches
 
     project = _project(args)
     log_path = pipeline.stage_log(project, f"patches-{args.patches_action}")
     if args.patches_action == "generate":
-        comp = patchtools.COMPONENTS[args.component]
+        comp = patches.COMPONENTS[args.component]
         out = Path(args.out) if args.out else comp.patch_dir(project)
-        made = patchtools.generate(Path(args.repo), args.base, args.head, out, log_path)
+        made = patches.generate(Path(args.repo), args.base, args.head, out, log_path)
         for g in made:
             print(f"  {g.name}  ({g.commit[:12]})")
         print(f"wrote {len(made)} patch(es) and series to {out}")
         return 0
-    reports = [patchtools.check(project, comp, log_path, refresh=args.patches_action == "refresh",
+    reports = [patches.check(project, comp, log_path, refresh=args.patches_action == "refresh",
                                 accept_fuzz=getattr(args, "accept_fuzz", False))
-               for comp in patchtools.selected(args.component, project)]
-    print(patchtools.to_json(reports) if args.json else "\n".join(patchtools.render(r) for r in reports))
-    patchtools.verdict(reports)
+               for comp in patches.selected(args.component, project)]
+    print(patches.to_json(reports) if args.json else "\n".join(patches.render(r) for r in reports))
+    patches.verdict(reports)
     return 0
 
 

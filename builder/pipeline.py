@@ -14,10 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from builder import clean, distros, elglibc, glibc, isostage, kernel, lock, log, patches, rootfs
-from builder.config import Project
-from builder.distro import Plugin
-from builder.errors import InfraError, IsobuildError
+from builder import distros
+from builder.commands import clean
+from builder.distros.base import Plugin
+from builder.infra import lock, log
+from builder.infra.config import Project
+from builder.infra.errors import InfraError, IsobuildError
+from builder.stages import glibc, glibcrpm, iso, kernel, rootfs
+from builder.tools import quilt
 
 if TYPE_CHECKING:
     from builder.distros.el import ELPlugin
@@ -95,26 +99,26 @@ def el_plugin(plugin: Plugin) -> ELPlugin:
 
 
 def ensure_elglibc(project: Project, plugin: Plugin,
-                   force: bool = False) -> tuple[elglibc.Plan, dict[str, Any], bool]:
+                   force: bool = False) -> tuple[glibcrpm.Plan, dict[str, Any], bool]:
     """An EL distro's glibc-rpm stage: (plan, metadata, built_now).  The source RPM is downloaded
     when there is none yet or ``force`` (then the repositories' newest), and rebuilt when its key
     changed or ``force``."""
     plugin = el_plugin(plugin)
     with locked(project):
-        if plugin.settings.glibc.srpm.type == "repo" and (force or elglibc.cached_srpm(plugin) is None):
+        if plugin.settings.glibc.srpm.type == "repo" and (force or glibcrpm.cached_srpm(plugin) is None):
             log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
             with log.stage("glibc-rpm.download", distro=plugin.name, log=str(log_path)):
-                elglibc.download_srpm(plugin, log_path)
-        p = elglibc.plan(plugin)
-        meta = None if force else elglibc.built(p)
+                glibcrpm.download_srpm(plugin, log_path)
+        p = glibcrpm.plan(plugin)
+        meta = None if force else glibcrpm.built(p)
         if meta is not None:
-            switched = elglibc.adopt(p)
+            switched = glibcrpm.adopt(p)
             log.get().info("glibc-rpm.up-to-date", distro=plugin.name, key=p.key[:12], version=meta.get("version"),
                            reused_earlier_build=switched)
             return p, meta, False
         log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
         with log.stage("glibc-rpm", distro=plugin.name, key=p.key[:12], version=p.version, log=str(log_path)):
-            meta = elglibc.build(p, log_path)
+            meta = glibcrpm.build(p, log_path)
     return p, meta, True
 
 
@@ -139,17 +143,17 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
             try:
                 plugin = distros.load(project, name)
                 plugin.check()
-                isostage.check_layout(plugin)
+                iso.check_layout(plugin)
                 plugins[name] = plugin
             except IsobuildError as exc:
                 if not keep_going:
                     raise
                 failed[name] = exc
         kp = kernel.plan(project, profile)
-        patches.vet(kp.series)
+        quilt.vet(kp.series)
         if any(wants_glibc(project, p) and p.glibc_format == "deb" for p in plugins.values()):
             gp = glibc.plan(project)
-            patches.vet(gp.packaging + gp.series)
+            quilt.vet(gp.packaging + gp.series)
     return Preflight(plugins, failed)
 
 
@@ -160,7 +164,7 @@ def wants_glibc(project: Project, plugin: Plugin) -> bool:
 
 
 def ensure_iso(project: Project, distro: str, profile: str | None, force_glibc: bool = False,
-               plugin: Plugin | None = None) -> tuple[isostage.Plan, dict[str, Any]]:
+               plugin: Plugin | None = None) -> tuple[iso.Plan, dict[str, Any]]:
     """Build what changed up to the distro's ISO; ``force_glibc``: an EL distro's glibc RPM is
     rebuilt from the repositories' newest source RPM.  ``plugin``: the one preflight checked."""
     if plugin is None:
@@ -172,7 +176,7 @@ def ensure_iso(project: Project, distro: str, profile: str | None, force_glibc: 
         gp = ensure_glibc(project)[0] if plugin.glibc_format == "deb" \
             else ensure_elglibc(project, plugin, force_glibc)[0]
     rp = rootfs.plan(plugin, kp, gp)
-    ip = isostage.plan(rp)
+    ip = iso.plan(rp)
     if rootfs.built(rp) is None:
         with locked(project):
             log_path = stage_log(project, f"rootfs-{distro}")
@@ -180,26 +184,26 @@ def ensure_iso(project: Project, distro: str, profile: str | None, force_glibc: 
                 rootfs.build(rp, log_path)
     else:
         log.get().info("rootfs.up-to-date", distro=distro, key=rp.key[:12])
-    record = isostage.built(ip)
+    record = iso.built(ip)
     if record is None:
         with locked(project):
             log_path = stage_log(project, f"iso-{distro}")
             with log.stage("iso", distro=distro, key=ip.key[:12], log=str(log_path)):
-                record = isostage.build(ip, log_path)
+                record = iso.build(ip, log_path)
     else:
         log.get().info("iso.up-to-date", distro=distro, key=ip.key[:12], iso=str(ip.out))
     return ip, record
 
 
 def iso_plan(project: Project, distro: str, profile: str | None,
-             glibc_plan: glibc.Plan | None = None) -> isostage.Plan:
+             glibc_plan: glibc.Plan | None = None) -> iso.Plan:
     """The plan of the distro's ISO as the inputs on disk say (builds nothing); pass
     ``glibc_plan`` when the caller has it already."""
     plugin = distros.load(project, distro)
     gp: rootfs.GlibcArtifact | None = None
     if wants_glibc(project, plugin):
-        gp = (glibc_plan or glibc.plan(project)) if plugin.glibc_format == "deb" else elglibc.plan(el_plugin(plugin))
-    return isostage.plan(rootfs.plan(plugin, kernel.plan(project, profile), gp))
+        gp = (glibc_plan or glibc.plan(project)) if plugin.glibc_format == "deb" else glibcrpm.plan(el_plugin(plugin))
+    return iso.plan(rootfs.plan(plugin, kernel.plan(project, profile), gp))
 
 
 @dataclass

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from builder import schema
-from builder.config import Project
-from builder.distro import Plugin
+from builder.distros.base import Plugin
 from builder.distros.debian import DebianPlugin, DebianSettings
 from builder.distros.el import ELPlugin, ELSettings
-from builder.errors import UserError
+from builder.infra import schema
+from builder.infra.config import Project
+from builder.infra.errors import UserError
 
 FAMILIES: dict[str, tuple[type[Plugin], type[Any]]] = {
     "debian": (DebianPlugin, DebianSettings),

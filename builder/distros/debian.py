@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder import aptrepo, aptsources, chroot, hosttools, log, paths, runner, sandbox, stagekey
-from builder.chroot import Chroot
-from builder.distro import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
-from builder.errors import InfraError, UserError
-from builder.rootdir import Root
-from builder.schema import at_least, matches, setting
+from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
+from builder.infra import hosttools, keys, log, paths, runner, sandbox
+from builder.infra.errors import InfraError, UserError
+from builder.infra.schema import at_least, matches, setting
+from builder.tools import aptrepo, aptsources, chroot
+from builder.tools.chroot import Chroot
+from builder.tools.rootdir import Root
 
 # live-boot settings in the initramfs (see DebianPlugin.initramfs_settings)
 INITRAMFS_CONF = "isobuild-live"
@@ -129,7 +130,7 @@ class DebianPlugin(Plugin):
 
     @property
     def deb_arch(self) -> str:
-        from builder.arch import ARCHES
+        from builder.infra.arch import ARCHES
 
         return ARCHES[self.project.settings.arch].deb_arch
 
@@ -166,7 +167,7 @@ class DebianPlugin(Plugin):
         tool = runner.output([argv[0], "--version"]).strip().splitlines()[0]
         generic = [a.replace(str(out), "<out>").replace(str(cache), "<cache>") for a in argv]
         generic = [a for a in generic if not a.startswith("--mode=")]  # root or unshare: the same root
-        return stagekey.compute({"argv": generic, "tool": tool, "mirror_release": self.release.sha256})
+        return keys.compute({"argv": generic, "tool": tool, "mirror_release": self.release.sha256})
 
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
         """The bootstrapped root, unpacked from the bootstrap cache (a tarball per command and mirror
@@ -254,7 +255,7 @@ class DebianPlugin(Plugin):
             r.remove("/tmp/isobuild-debs")
 
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
-        from builder import glibc
+        from builder.stages import glibc
 
         installed = {row["package"]: row["version"] for row in self.manifest(root, log_path)}
         ours = str(meta["version"])
@@ -297,7 +298,7 @@ class DebianPlugin(Plugin):
                      "NONETWORKING=true\nexport NONETWORKING\n")
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
-        """Written from outside through builder.rootdir (nothing mounted in the root meanwhile);
+        """Written from outside through builder.tools.rootdir (nothing mounted in the root meanwhile);
         the overlay comes after isobuild's own files, so a project can override them."""
         s = self.settings
         r = Root(root)

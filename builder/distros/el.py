@@ -3,7 +3,7 @@
 AlmaLinux and Rocky are data (``distros/alma.yaml``, ``distros/rocky.yaml``)
 over this one plugin.  Every build starts from a kickstart rendered from
 ``kickstart/*.ks.j2`` and validated when the distro file is loaded, before any
-build (``builder/kickstart.py``).  The root comes one of two ways, by what the
+build (``builder/tools/kickstart.py``).  The root comes one of two ways, by what the
 host has (``build: auto``; ``isobuild doctor`` says which):
 
 - ``mock``, on an EL host with mock: livemedia-creator ``--make-iso --no-virt``
@@ -11,7 +11,7 @@ host has (``build: auto``; ``isobuild doctor`` says which):
   media); the root filesystem is then taken out of the ISO it made.
 - ``dnf``, anywhere else (Debian ships dnf, rpm, createrepo-c): ``dnf
   --installroot --releasever`` installs the kickstart's %packages from the
-  same repositories in one transaction (``builder/dnf.py``).
+  same repositories in one transaction (``builder/tools/dnf.py``).
 
 Either way the kernel is ours: its binrpm-pkg RPM (never its kernel-headers,
 which would obsolete the distribution's that glibc-devel needs) in a local
@@ -31,14 +31,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder import dnf, kickstart, log, paths, runner
-from builder.chroot import Chroot
-from builder.config import SHA256, Project
-from builder.distro import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
+from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
 from builder.distros.debian import SquashfsSettings
-from builder.errors import InfraError, UserError
-from builder.rootdir import Root
-from builder.schema import matches, setting
+from builder.infra import log, paths, runner
+from builder.infra.config import SHA256, Project
+from builder.infra.errors import InfraError, UserError
+from builder.infra.schema import matches, setting
+from builder.tools import dnf, kickstart
+from builder.tools.chroot import Chroot
+from builder.tools.rootdir import Root
 
 ARCH = "x86_64"
 # inside the mock chroot: where the kickstart, our repository and livemedia-creator's results go
@@ -182,7 +183,7 @@ class ELSettings:
     squashfs: SquashfsSettings = setting(factory=SquashfsSettings, help="root filesystem image")
     overlay: str | None = setting(None, help="directory copied over the root after configuration "
                                   "(relative to the project)")
-    glibc: ELGlibcSettings = setting(factory=ELGlibcSettings, help="the patched glibc RPM (builder/elglibc.py)")
+    glibc: ELGlibcSettings = setting(factory=ELGlibcSettings, help="the patched glibc RPM (builder/stages/glibcrpm.py)")
 
     def validate(self) -> str | None:
         if not self.repositories:
@@ -225,7 +226,7 @@ def rpm_version(release: str) -> str:
 
 class ELPlugin(Plugin):
     family = "el"
-    glibc_format = "rpm"  # builder/elglibc.py: the distribution's glibc source RPM with our series
+    glibc_format = "rpm"  # builder/stages/glibcrpm.py: the distribution's glibc source RPM with our series
     settings: ELSettings
 
     def __init__(self, name: str, settings: Any, project: Project):
@@ -295,7 +296,7 @@ class ELPlugin(Plugin):
         self.probe_repositories()
         glibc = self.settings.glibc
         if self.project.settings.glibc.enabled and glibc.enabled and glibc.srpm.type == "repo":
-            from builder.elglibc import srpm_repos
+            from builder.stages.glibcrpm import srpm_repos
 
             for repo in srpm_repos(self)[len(self.settings.repositories):]:
                 dnf.probe(repo, self.settings.release, ARCH, self.where)
@@ -306,7 +307,7 @@ class ELPlugin(Plugin):
                   "mock": ("mock", "rpm", "createrepo_c", "unsquashfs")}[self.build_path()]
         missing = [tool for tool in needed if shutil.which(tool) is None]
         if missing:
-            from builder.hosttools import install_hint
+            from builder.infra.hosttools import install_hint
 
             hint = "mock runs on EL hosts (dnf install mock lorax); elsewhere set build: dnf" \
                 if "mock" in missing else install_hint(missing[0])
@@ -422,11 +423,11 @@ class ELPlugin(Plugin):
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
         """Replace the root's glibc packages (glibc, glibc-common, its langpacks, ...: the ones it has)
         with ours from the glibc-rpm stage, and hold them -- never a downgrade."""
-        from builder import elglibc
+        from builder.stages import glibcrpm
 
         installed = {row["package"]: row["version"] for row in dnf.query(root)}
         ours = str(meta["version"])
-        if "glibc" in installed and elglibc.vercmp(installed["glibc"], ours) > 0:
+        if "glibc" in installed and glibcrpm.vercmp(installed["glibc"], ours) > 0:
             raise UserError(f"the repositories moved on: glibc {installed['glibc']} in the {self.name} root is newer "
                             f"than ours {ours}", hint=f"rebuild it from their newest source RPM: isobuild {self.name} "
                             "--force-glibc")
@@ -434,7 +435,7 @@ class ELPlugin(Plugin):
             raise UserError(f"{glibc_dir}/rpms: no glibc package to install in the {self.name} root",
                             hint=f"rebuild it: isobuild {self.name} --force-glibc")
         # glibc itself, and of the rest the ones the root has: it stays what its packages asked for
-        self.install_packages(root, elglibc.rpms_for(meta, glibc_dir, {*installed, "glibc"}), True, log_path)
+        self.install_packages(root, glibcrpm.rpms_for(meta, glibc_dir, {*installed, "glibc"}), True, log_path)
 
     def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
         """Our kernel came with the kickstart's %packages; check it is ours, hold it, make its initramfs."""
@@ -465,7 +466,7 @@ class ELPlugin(Plugin):
     # --- configuration --------------------------------------------------------------
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:
-        """Written from outside through builder.rootdir (nothing mounted in the root meanwhile); then
+        """Written from outside through builder.tools.rootdir (nothing mounted in the root meanwhile); then
         the kickstart's %post sections in the root (the dnf path; anaconda runs them on the mock
         path) and the SELinux labels."""
         s = self.settings

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import cli, lock
-from builder.errors import ExitCode
+from builder import cli
+from builder.infra import lock
 from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, sha256
 from tests.fakemirror import Mirror
 
@@ -245,8 +245,10 @@ def _missing_tool(c: Case) -> None:
 CASES: list[tuple[str, Break, list[str], int, str]] = [
     # --- isobuild.yaml ---------------------------------------------------------------------
     ("yaml-syntax", _settings_text("kernel: [\n"), ["status"], 2, r"isobuild.yaml:\d+: not valid YAML"),
-    ("yaml-top-list", _settings_text("- a\n- b\n"), ["status"], 2, r"isobuild.yaml: \(top level\): expected a mapping"),
-    ("yaml-not-utf8", _settings_bytes(b"work_dir: \xff\xfe\n"), ["status"], 2, r"isobuild.yaml: settings file is not UTF-8"),
+    ("yaml-top-list", _settings_text("- a\n- b\n"), ["status"], 2,
+     r"isobuild.yaml: \(top level\): expected a mapping"),
+    ("yaml-not-utf8", _settings_bytes(b"work_dir: \xff\xfe\n"), ["status"], 2,
+     r"isobuild.yaml: settings file is not UTF-8"),
     ("unknown-key", lambda c: c.set(kernel__patchez="x"), ["status"], 2, r"isobuild.yaml: kernel.patchez: unknown key"),
     ("wrong-type", lambda c: c.set(jobs="many"), ["kernel"], 2, r"isobuild.yaml: jobs: expected an integer"),
     ("work-dir-root", lambda c: c.set(work_dir="/"), ["status"], 2, r"work_dir: / is the root directory"),
@@ -275,11 +277,14 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
      r"linux-fake.tar.gz: checksum mismatch"),
     ("tarball-missing", lambda c: c.set(kernel__source__path="../nope.tar.gz"), ["kernel"], 2,
      r"nope.tar.gz: kernel source tarball not found"),
-    ("localversion", lambda c: c.set(kernel__localversion="-$(reboot)"), ["kernel"], 2, r"kernel.localversion: must be"),
+    ("localversion", lambda c: c.set(kernel__localversion="-$(reboot)"), ["kernel"], 2,
+     r"kernel.localversion: must be"),
     # --- patches and series ----------------------------------------------------------------
-    ("patch-escapes", lambda c: c.series({"0001-x.patch": make_patch("../../etc/cron.d/x", "", "* * * * * root x\n")}),
+    ("patch-escapes",
+     lambda c: c.series({"0001-x.patch": make_patch("../../etc/cron.d/x", "", "* * * * * root x\n")}),
      ["kernel"], 2, r"0001-x.patch:\d+: patch 0001-x.patch touches 'a/../../etc/cron.d/x', outside the source tree"),
-    ("patch-absolute", lambda c: c.series({"0001-x.patch": "--- /etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-a\n+b\n"}),
+    ("patch-absolute",
+     lambda c: c.series({"0001-x.patch": "--- /etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-a\n+b\n"}),
      ["kernel"], 2, r"touches '/etc/passwd', outside the source tree"),
     ("patch-symlink-abs", lambda c: c.series({"0001-x.patch": _symlink_patch("/etc/shadow")}), ["kernel"], 2,
      r"0001-x.patch:2: patch 0001-x.patch creates symlink drivers/xsc-link -> '/etc/shadow', an absolute path"),
@@ -290,13 +295,15 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("patch-git-name", lambda c: c.series({"0001-x.patch": "diff --git a/../x b/../x\n--- a/y\n+++ b/y\n"
                                                            "@@ -1 +1 @@\n-a\n+b\n"}),
      ["kernel"], 2, r"touches 'a/../x', outside the source tree"),
-    ("patch-index", lambda c: c.series({"0001-x.patch": "Index: /etc/passwd\n--- a/y\n+++ b/y\n@@ -1 +1 @@\n-a\n+b\n"}),
+    ("patch-index",
+     lambda c: c.series({"0001-x.patch": "Index: /etc/passwd\n--- a/y\n+++ b/y\n@@ -1 +1 @@\n-a\n+b\n"}),
      ["kernel"], 2, r"touches '/etc/passwd'"),
     ("patch-rename", lambda c: c.series({"0001-x.patch": "diff --git a/y b/y\nrename from y\nrename to ../y\n"}),
      ["kernel"], 2, r"touches '../y'"),
     ("series-missing-patch", lambda c: (c.project / "patches/kernel/series").write_text("0009-gone.patch\n"),
      ["kernel"], 2, r"series:1: patch 0009-gone.patch not found"),
-    ("series-link-out", _series_link, ["kernel"], 2, r"series:2: patch 0002-link.patch is a symlink to .*canary/secret"),
+    ("series-link-out", _series_link, ["kernel"], 2,
+     r"series:2: patch 0002-link.patch is a symlink to .*canary/secret"),
     ("series-not-utf8", lambda c: (c.project / "patches/kernel/series").write_bytes(b"\xff\xfe.patch\n"),
      ["kernel"], 2, r"series: series file is not UTF-8"),
     ("series-option", lambda c: (c.project / "patches/kernel/series").write_text("0001-xsc.patch --reverse\n"),
@@ -353,7 +360,8 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
                                                               "baseurl": f"http://127.0.0.1:{_free_port()}/"}]),
      ["alma", "--no-smoke"], 3, r"repository 'baseos' of distros/alma.yaml is unreachable"),
     # --- command line ------------------------------------------------------------------------
-    ("cli-profile-path", lambda c: None, ["kernel", "--profile", "../../etc/x"], 2, r"argument --profile: .*'../../etc/x' is not a profile name"),
+    ("cli-profile-path", lambda c: None, ["kernel", "--profile", "../../etc/x"], 2,
+     r"argument --profile: .*'../../etc/x' is not a profile name"),
     ("cli-modes", lambda c: None, ["debian", "--modes", "bios-floppy"], 2, r"boot mode\(s\) bios-floppy unknown"),
     ("cli-config-dir", lambda c: None, ["-c", "patches", "status"], 2, r"patches: is a directory, not a settings file"),
     ("cli-config-missing", lambda c: None, ["-c", "nope.yaml", "status"], 2, r"nope.yaml: settings file not found"),
@@ -375,10 +383,7 @@ def test_bad_input_is_one_line_naming_it_and_changes_nothing(
     breaks(case)
     before = _snapshot(case.base)
     try:
-        if argv[0] == "-c":
-            result = cli.main(argv)
-        else:
-            result = case.run(*argv)
+        result = cli.main(argv) if argv[0] == "-c" else case.run(*argv)
     except SystemExit as exc:  # argparse's own errors
         result = int(exc.code or 0)
     finally:

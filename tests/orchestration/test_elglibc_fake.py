@@ -1,4 +1,4 @@
-"""Orchestration of the glibc-rpm stage (builder/elglibc.py) on a tiny fake
+"""Orchestration of the glibc-rpm stage (builder/stages/glibcrpm.py) on a tiny fake
 "glibc" source RPM made here with the real rpmbuild: a spec named glibc
 (Version 2.34, Release 3%{?dist}, %autosetup -p1, its own Patch1) over a C
 program printing a banner our series changes.  Real rpm, rpmbuild and patch
@@ -21,10 +21,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import distros, elglibc, log, pipeline, status
-from builder.config import load_project
+from builder import distros, pipeline
+from builder.commands import status
 from builder.distros.el import ELPlugin
-from builder.errors import ExitCode, UserError
+from builder.infra import log
+from builder.infra.config import load_project
+from builder.infra.errors import ExitCode, UserError
+from builder.stages import glibcrpm
 from tests.conftest import REPO, make_patch, sha256, write_series
 
 BANNER = """#include <stdio.h>
@@ -121,9 +124,9 @@ def make_srpm(work: Path, dist: str = ".el9", binaries: bool = False) -> Path:
 
 
 def host_rebuild(calls: list[Path]) -> object:
-    """Stands in for elglibc.rebuild_in: host rpmbuild of the same patched source RPM."""
+    """Stands in for glibcrpm.rebuild_in: host rpmbuild of the same patched source RPM."""
 
-    def rebuild_in(p: elglibc.Plan, srpm: Path, result: Path, log_path: Path) -> None:
+    def rebuild_in(p: glibcrpm.Plan, srpm: Path, result: Path, log_path: Path) -> None:
         calls.append(srpm)
         work = p.tree / "host-rebuild"
         rpmbuild(work, "--define", f"dist {p.dist}", "--nodeps", "--rebuild", str(srpm))
@@ -155,7 +158,7 @@ class ElProject:
         assert isinstance(plugin, ELPlugin)
         return plugin
 
-    def ensure(self, force: bool = False) -> tuple[elglibc.Plan, dict[str, object], bool]:
+    def ensure(self, force: bool = False) -> tuple[glibcrpm.Plan, dict[str, object], bool]:
         plugin = self.plugin()
         return pipeline.ensure_elglibc(plugin.project, plugin, force)
 
@@ -180,7 +183,7 @@ def el_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ElPr
     (root / "distros/alma.yaml").write_text(yaml.safe_dump(alma, sort_keys=False))
     project = ElProject(root, work, srpm, [])
     project.set_series({"0001-csu-xsc-banner.patch": XSC_PATCH})
-    monkeypatch.setattr(elglibc, "rebuild_in", host_rebuild(project.rebuilds))
+    monkeypatch.setattr(glibcrpm, "rebuild_in", host_rebuild(project.rebuilds))
     monkeypatch.chdir(root)
     log.setup()
     yield project
@@ -299,9 +302,9 @@ def test_the_source_rpm_from_repositories_with_dnf_download(el_project: ElProjec
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     plugin = el_project.plugin()
     with pytest.raises(Exception, match="not downloaded yet"):
-        elglibc.plan(plugin)  # planning (status) never downloads
+        glibcrpm.plan(plugin)  # planning (status) never downloads
     p, meta, fresh = el_project.ensure()
-    assert fresh and p.srpm.path.parent == elglibc.srpm_cache(plugin)
+    assert fresh and p.srpm.path.parent == glibcrpm.srpm_cache(plugin)
     assert p.srpm.path.name == "glibc-2.34-3.el9.src.rpm" and meta["version"] == "2.34-3.el9.isobuild1"
     assert not (el_project.stage / "download").exists()
     _, _, again = el_project.ensure()
@@ -309,7 +312,7 @@ def test_the_source_rpm_from_repositories_with_dnf_download(el_project: ElProjec
 
 
 def test_clean_drops_superseded_glibc_rpms_and_failed_trees_keeps_current(el_project: ElProject) -> None:
-    from builder import clean
+    from builder.commands import clean
 
     first, _, _ = el_project.ensure()
     el_project.set_series({"0001-csu-xsc-banner.patch": XSC_PATCH + "\n"})

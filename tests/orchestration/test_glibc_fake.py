@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from builder import cli
-from builder.errors import ExitCode
+from builder.infra.errors import ExitCode
 from tests.conftest import REPO, make_patch, sha256, write_series
 
 FAKEGLIBC = Path(__file__).parent / "fakeglibc"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import ExitCode
+from builder.infra.errors import ExitCode
 from tests.conftest import XSC_PATCH, FakeProject, make_patch
 
 
@@ -398,7 +398,7 @@ def test_killed_build_is_reported_as_killed(fake_project: FakeProject, capsys: p
 
 
 def test_work_dir_lock_keeps_two_runs_apart(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
-    from builder import lock
+    from builder.infra import lock
 
     with lock.held(fake_project.work):
         assert fake_project.run("kernel") == ExitCode.INFRA

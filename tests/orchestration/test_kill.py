@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from builder import atomic
+from builder.infra import atomic
 from tests.conftest import FakeProject
 from tests.orchestration.test_glibc_fake import GlibcProject, new_project
 

@@ -17,8 +17,9 @@ import git
 import pytest
 import yaml
 
-from builder import cli, patchtools
-from builder.errors import ExitCode
+from builder import cli
+from builder.commands import patches
+from builder.infra.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 LINES = [f"line {n}" for n in range(1, 61)]
@@ -319,7 +320,7 @@ def test_generated_patches_ignore_the_users_git_config(tiny: Tiny, tmp_path: Pat
 
 def test_glibc_is_checked_on_its_own_pristine_tree(tiny: Tiny, monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from builder import glibc as glibc_stage
+    from builder.stages import glibc as glibc_stage
 
     # ``all`` is the kernel alone while the project does not build glibc
     capsys.readouterr()
@@ -330,12 +331,12 @@ def test_glibc_is_checked_on_its_own_pristine_tree(tiny: Tiny, monkeypatch: pyte
     settings["glibc"] = {"enabled": True}
     (tiny.root / "isobuild.yaml").write_text(yaml.safe_dump(settings))
 
-    # builder/glibc.py's pristine_tree (Debian's patched tree; the real one is in the real tier)
-    def pristine_tree(project: object) -> patchtools.Pristine:
+    # builder/stages/glibc.py's pristine_tree (Debian's patched tree; the real one is in the real tier)
+    def pristine_tree(project: object) -> patches.Pristine:
         def unpack(dest: Path, log_path: Path) -> None:
             (dest / "libc").mkdir(parents=True)
             (dest / "libc" / "x.c").write_text(text(LINES))
-        return patchtools.Pristine({"kind": "test", "sha256": "0" * 64}, "test glibc", unpack)
+        return patches.Pristine({"kind": "test", "sha256": "0" * 64}, "test glibc", unpack)
 
     monkeypatch.setattr(glibc_stage, "pristine_tree", pristine_tree)
     glibc = tiny.root / "patches" / "glibc"

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import iso
-from builder.errors import ExitCode
+from builder.infra.errors import ExitCode
+from builder.tools import iso9660
 from tests.real.conftest import WORK, run
 
 MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
@@ -52,7 +52,7 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
                             text=True, check=True).stdout
     stanza = next(s for s in status.split("\n\n") if s.startswith(f"Package: linux-image-{release}\n"))
     assert "Status: hold ok installed" in stanza
-    info = iso.describe(image)
+    info = iso9660.describe(image)
     assert info["label"] == "ISOBUILD_DEBIAN" and info["hybrid_mbr"]
     assert [(e["platform"], e["emulation"]) for e in info["eltorito"]] == [("bios", "noemul"), ("uefi", "noemul")]
     assert "No problems found" in subprocess.run(["sgdisk", "-v", str(image)], capture_output=True,

@@ -33,11 +33,14 @@ import pycdlib
 import pytest
 import yaml
 
-from builder import distros, elglibc, iso, isostage, kernel, lock, log, pipeline, rootfs, smoke
-from builder.config import load_project
+from builder import distros, pipeline
 from builder.distros.debian import DebianPlugin, DebianSettings
 from builder.distros.el import ELPlugin, ELSettings, Repository
-from builder.errors import ExitCode, UserError
+from builder.infra import lock, log
+from builder.infra.config import load_project
+from builder.infra.errors import ExitCode, UserError
+from builder.stages import glibcrpm, iso, kernel, rootfs, smoke
+from builder.tools import iso9660
 from tests.conftest import sha256
 from tests.orchestration.test_elglibc_fake import SPEC, XSC_PATCH, host_rebuild, make_srpm
 from tests.orchestration.test_elglibc_fake import rpmbuild as fake_rpmbuild
@@ -156,7 +159,7 @@ def alma(project: Path, test_repo: Path, fake_glibc: Path, monkeypatch: pytest.M
         old.unlink()
     (series / "0001-csu-xsc-banner.patch").write_text(XSC_PATCH)
     (series / "series").write_text("0001-csu-xsc-banner.patch\n")
-    monkeypatch.setattr(elglibc, "rebuild_in", host_rebuild([]))
+    monkeypatch.setattr(glibcrpm, "rebuild_in", host_rebuild([]))
     return project
 
 
@@ -223,7 +226,7 @@ def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keep
     assert not list(root.glob("var/cache/dnf/*")) and not list(root.glob("var/log/dnf*"))
 
     # the EL live layout on the ISO, with our hybrid boot loaders
-    info = iso.describe(image)
+    info = iso9660.describe(image)
     assert info["label"] == "ISOBUILD_ALMA" and info["hybrid_mbr"]
     assert [e["platform"] for e in info["eltorito"]] == ["bios", "uefi"]
     reader = pycdlib.PyCdlib()
@@ -361,14 +364,14 @@ def test_el_live_layout_boots_with_dmsquash_live(el_on_debian: DebianRootEL, pro
     log.setup()  # the stages log as under the CLI (an earlier test's CLI run left its closed stream)
     kp, kernel_meta, _ = pipeline.ensure_kernel(proj, "ci")
     rp = rootfs.plan(plugin, kp)
-    ip = isostage.plan(rp)
+    ip = iso.plan(rp)
     assert ip.layout.squashfs == "LiveOS/squashfs.img"
     assert ip.layout.cmdline.startswith("root=live:CDLABEL=ISOBUILD_ELDEB rd.live.image rd.live.overlay.overlayfs=1")
     with lock.held(proj.work_dir):
         if rootfs.built(rp) is None:
             rootfs.build(rp, pipeline.stage_log(proj, "rootfs-eldeb"))
-        if isostage.built(ip) is None:
-            isostage.build(ip, pipeline.stage_log(proj, "iso-eldeb"))
+        if iso.built(ip) is None:
+            iso.build(ip, pipeline.stage_log(proj, "iso-eldeb"))
         meta = rootfs.built(rp)
         assert meta is not None
         assert {"dracut", "dracut-live", f"linux-image-{kernel_meta['kernel_release']}"} <= \

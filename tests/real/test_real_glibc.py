@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from builder.errors import ExitCode
+from builder.infra.errors import ExitCode
 from tests.real.conftest import WORK, run
 
 pytestmark = pytest.mark.real

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import console, initramfs, iso, isoboot
-from builder.arch import ARCHES
+from builder.infra.arch import ARCHES
+from builder.tools import bootmedia, console, initramfs, iso9660
 from tests.real.conftest import WORK, copy_project, run
 
 pytestmark = pytest.mark.real
@@ -54,19 +54,20 @@ def live_iso(kernel: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     (tree / "live").mkdir(parents=True)
     shutil.copyfile(kernel / "bzImage", tree / "live" / "vmlinuz")
     initramfs.busybox_initramfs(tree / "live" / "initrd.img", MARKER_FILE)
-    spec = iso.BootSpec("ISOBUILD_REAL", "live/vmlinuz", "live/initrd.img", CMDLINE, f"isobuild real tier ({release})")
+    spec = iso9660.BootSpec("ISOBUILD_REAL", "live/vmlinuz", "live/initrd.img", CMDLINE,
+                            f"isobuild real tier ({release})")
     image = tmp / "out" / "real.iso"
-    iso.master(tree, image, spec, tmp / "work", tmp / "master.log", 1_700_000_000)
+    iso9660.master(tree, image, spec, tmp / "work", tmp / "master.log", 1_700_000_000)
     return image, release
 
 
-@pytest.mark.parametrize(("firmware", "media"), isoboot.MODES, ids=[f"{f}-{m}" for f, m in isoboot.MODES])
-def test_iso_boots_the_patched_kernel(live_iso: tuple[Path, str], firmware: isoboot.Firmware,
-                                      media: isoboot.Media, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("firmware", "media"), bootmedia.MODES, ids=[f"{f}-{m}" for f, m in bootmedia.MODES])
+def test_iso_boots_the_patched_kernel(live_iso: tuple[Path, str], firmware: bootmedia.Firmware,
+                                      media: bootmedia.Media, tmp_path: Path) -> None:
     image, release = live_iso
     expect = console.Expect({"UNAME": re.escape(release), "MARKER": r"\d+\.\d+\.\d+"})
     log_path = tmp_path / f"{firmware}-{media}.log"
-    verdict = isoboot.boot_iso(ARCHES["x86_64"], image, firmware, media, expect, log_path,
+    verdict = bootmedia.boot_iso(ARCHES["x86_64"], image, firmware, media, expect, log_path,
                                timeout=2 * BOOT_LIMIT, memory=512)
     assert verdict.status == "pass", (verdict.reasons, verdict.tail)
     assert verdict.markers == {"UNAME": release, "MARKER": verdict.markers["MARKER"]}
@@ -97,8 +98,9 @@ def test_fw_cfg_items_reach_the_guest(kernel: Path, tmp_path: Path) -> None:
     shutil.copyfile(kernel / "bzImage", tree / "boot" / "linux")
     (tree / "boot" / "initrd").write_bytes(initramfs.cpio(entries))
     image = tmp_path / "fwcfg.iso"
-    iso.master(tree, image, iso.BootSpec("FWCFG", "boot/linux", "boot/initrd", CMDLINE, "fw_cfg"), tmp_path / "work",
+    iso9660.master(tree, image, iso9660.BootSpec("FWCFG", "boot/linux", "boot/initrd", CMDLINE, "fw_cfg"),
+                   tmp_path / "work",
                tmp_path / "master.log", 0)
-    verdict = isoboot.boot_iso(ARCHES["x86_64"], image, "bios", "cd", console.Expect({"SMOKE": "1"}),
+    verdict = bootmedia.boot_iso(ARCHES["x86_64"], image, "bios", "cd", console.Expect({"SMOKE": "1"}),
                                tmp_path / "console.log", timeout=2 * BOOT_LIMIT, fw_cfg={"opt/isobuild/smoke": "1"})
     assert verdict.status == "pass", (verdict.reasons, verdict.tail)

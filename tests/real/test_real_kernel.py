@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from builder import console, initramfs, qemu
-from builder.arch import ARCHES
-from builder.errors import ExitCode
+from builder.infra.arch import ARCHES
+from builder.infra.errors import ExitCode
+from builder.tools import console, initramfs, qemu
 from tests.real.conftest import WORK, run
 
 pytestmark = pytest.mark.real

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import status
-from builder.config import load_project
+from builder.commands import status
+from builder.infra.config import load_project
 from tests.conftest import FakeProject
 from tests.real.conftest import run
 from tests.unit.test_report import HOSTILE, expected_rows, make_state, parse

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from builder import aptsources
-from builder.errors import UserError
+from builder.infra.errors import UserError
+from builder.tools import aptsources
 
 # Placeholders only: the repository never names a real archive host.
 MIRROR = "http://mirror.invalid/archive"

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from builder import console, distros, rootfs, schema, smoke
-from builder.chroot import Chroot
-from builder.config import Project, Settings
+from builder import distros
 from builder.distros.debian import DebianPlugin, DebianSettings
-from builder.errors import CheckFailed, InfraError, UserError
+from builder.infra import schema
+from builder.infra.config import Project, Settings
+from builder.infra.errors import CheckFailed, InfraError, UserError
+from builder.stages import rootfs, smoke
+from builder.tools import console
+from builder.tools.chroot import Chroot
 from tests.fakemirror import Mirror
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +85,7 @@ def test_bootstrap_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_default_mirror_comes_from_the_host(tmp_path: Path) -> None:
-    from builder import aptsources
+    from builder.tools import aptsources
 
     plugin = distros.load(project(tmp_path, "family: debian\n"), "debian")
     assert plugin.mirror() == aptsources.default_mirror("bookworm")  # type: ignore[attr-defined]
@@ -190,7 +193,7 @@ def test_a_command_in_the_root_sees_its_mounts_and_the_host_never_does(tmp_path:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 def test_a_root_with_a_mount_inside_is_never_deleted(tmp_path: Path) -> None:
-    from builder import chroot
+    from builder.tools import chroot
 
     root = tmp_path / "root"
     (root / "mnt").mkdir(parents=True)
@@ -211,7 +214,8 @@ def test_distro_settings_describe_every_key() -> None:
 
 
 def test_clean_keeps_the_last_good_rootfs_and_drops_the_rest(tmp_path: Path) -> None:
-    from builder import atomic, clean
+    from builder.commands import clean
+    from builder.infra import atomic
 
     distro = tmp_path / "distros" / "debian"
     for key in ("good", "old", ".root-abandoned"):

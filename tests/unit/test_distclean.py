@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from builder import cli, lock
-from builder.errors import ExitCode
+from builder import cli
+from builder.infra import lock
+from builder.infra.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,11 +20,14 @@ import pycdlib
 import pytest
 import yaml
 
-from builder import cli, distros, dnf, doctor, kickstart, runner
-from builder.config import Project, Settings
+from builder import cli, distros
+from builder.commands import doctor
 from builder.distros import el
 from builder.distros.el import ELPlugin
-from builder.errors import ExitCode, InfraError, UserError
+from builder.infra import runner
+from builder.infra.config import Project, Settings
+from builder.infra.errors import ExitCode, InfraError, UserError
+from builder.tools import dnf, kickstart
 
 REPO = Path(__file__).resolve().parents[2]
 ALMA = yaml.safe_load((REPO / "distros/alma.yaml").read_text())
@@ -538,7 +541,7 @@ def test_rootfs_without_its_kernel_or_glibc_rpms_names_what_to_run(tmp_path: Pat
     RPMs, each time naming the verb that builds them (for an EL distro: its own)."""
     from types import SimpleNamespace
 
-    from builder import rootfs
+    from builder.stages import rootfs
 
     plugin = alma(tmp_path)
     kernel_dir, glibc_dir = tmp_path / "kernel-artifact", tmp_path / "glibc-artifact"

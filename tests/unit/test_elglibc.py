@@ -1,4 +1,4 @@
-"""The glibc-rpm stage's parts (builder/elglibc.py): spec editing on EL9-style
+"""The glibc-rpm stage's parts (builder/stages/glibcrpm.py): spec editing on EL9-style
 glibc specs, rpm's version order (the real rpm), the source RPM pin and
 download's bad inputs, the mock and dnf-buildroot commands, the stage key."""
 
@@ -14,10 +14,13 @@ from typing import Any
 import pytest
 import yaml
 
-from builder import distros, dnf, elglibc, log, patches, runner
-from builder.config import load_project
+from builder import distros
 from builder.distros.el import ELPlugin
-from builder.errors import ExitCode, InfraError, UserError
+from builder.infra import log, runner
+from builder.infra.config import load_project
+from builder.infra.errors import ExitCode, InfraError, UserError
+from builder.stages import glibcrpm
+from builder.tools import dnf, quilt
 from tests.conftest import REPO, make_patch, sha256
 from tests.orchestration.test_elglibc_fake import DISTRO, OURS, make_srpm
 
@@ -93,7 +96,7 @@ make
 """
 
 
-def series(tmp_path: Path, **patches_: str) -> list[patches.Patch]:
+def series(tmp_path: Path, **patches_: str) -> list[quilt.Patch]:
     d = tmp_path / "series-dir"
     d.mkdir(exist_ok=True)
     lines = []
@@ -101,12 +104,12 @@ def series(tmp_path: Path, **patches_: str) -> list[patches.Patch]:
         (d / name).write_text(make_patch("a.c", "x\n", "y\n"))
         lines.append(name if strip == "1" else f"{name} -p{strip}")
     (d / "series").write_text("\n".join(lines) + "\n")
-    return patches.read_series(d)
+    return quilt.read_series(d)
 
 
 def test_el9_spec_gets_our_tags_above_its_own_the_suffix_and_a_changelog_entry(tmp_path: Path) -> None:
     ours = series(tmp_path, **{"0001-csu-xsc-banner.patch": "1", "0002-more.patch": "1"})
-    text, added = elglibc.patch_spec(EL9_SPEC, ours, ".isobuild1", "glibc.spec")
+    text, added = glibcrpm.patch_spec(EL9_SPEC, ours, ".isobuild1", "glibc.spec")
     assert [(p.number, p.source) for p in added] == [(1048, "isobuild-0001-csu-xsc-banner.patch"),
                                                      (1049, "isobuild-0002-more.patch")]
     lines = text.splitlines()
@@ -135,7 +138,7 @@ def test_el9_spec_gets_our_tags_above_its_own_the_suffix_and_a_changelog_entry(t
 
 def test_setup_and_patch_spec_also_gets_patch_lines_after_its_last(tmp_path: Path) -> None:
     ours = series(tmp_path, **{"0001-a.patch": "1", "0002-b.patch": "0"})
-    text, added = elglibc.patch_spec(SETUP_SPEC, ours, ".isobuild1", "glibc.spec")
+    text, added = glibcrpm.patch_spec(SETUP_SPEC, ours, ".isobuild1", "glibc.spec")
     assert [p.number for p in added] == [8, 9]
     lines = text.splitlines()
     prep = lines[lines.index("%prep"):lines.index("%build")]
@@ -150,7 +153,7 @@ def test_real_rpmspec_reads_the_edited_specs(tmp_path: Path) -> None:
     """rpm's own parser takes the result: our tags are patches, the release carries the suffix."""
     ours = series(tmp_path, **{"0001-a.patch": "1"})
     for name, spec, release in (("el9", EL9_SPEC, "100.el9.isobuild1"), ("setup", SETUP_SPEC, "236.el9.isobuild1")):
-        text, _ = elglibc.patch_spec(spec, ours, ".isobuild1", "glibc.spec")
+        text, _ = glibcrpm.patch_spec(spec, ours, ".isobuild1", "glibc.spec")
         path = tmp_path / f"{name}.spec"
         path.write_text(text)
         out = subprocess.run(["rpmspec", "-q", "--srpm", "--define", "dist .el9", "--qf", "%{RELEASE}\n[%{PATCH}\n]",
@@ -161,18 +164,18 @@ def test_real_rpmspec_reads_the_edited_specs(tmp_path: Path) -> None:
 def test_a_spec_that_applies_no_patches_in_prep_is_refused(tmp_path: Path) -> None:
     spec = SETUP_SPEC.replace("%patch2 -p1\n", "").replace("%patch7 -p1\n", "")
     with pytest.raises(UserError) as exc:
-        elglibc.patch_spec(spec, series(tmp_path, **{"0001-a.patch": "1"}), ".isobuild1", "glibc-2.28.src.rpm: x.spec")
+        glibcrpm.patch_spec(spec, series(tmp_path, **{"0001-a.patch": "1"}), ".isobuild1", "glibc-2.28.src.rpm: x.spec")
     assert exc.value.exit_code == ExitCode.USER
     assert exc.value.message == ("glibc-2.28.src.rpm: x.spec: %prep has no %autosetup, %autopatch or %patch line: "
                                  "isobuild cannot tell how the spec applies patches")
     # %autosetup -N applies nothing either
     with pytest.raises(UserError, match="%prep has no %autosetup, %autopatch or %patch line"):
-        elglibc.patch_spec(EL9_SPEC.replace("-p1\n", "-N\n"), series(tmp_path, **{"0001-a.patch": "1"}), ".x", "s")
+        glibcrpm.patch_spec(EL9_SPEC.replace("-p1\n", "-N\n"), series(tmp_path, **{"0001-a.patch": "1"}), ".x", "s")
 
 
 def test_a_p0_patch_under_autosetup_p1_is_named(tmp_path: Path) -> None:
     with pytest.raises(UserError) as exc:
-        elglibc.patch_spec(EL9_SPEC, series(tmp_path, **{"0001-a.patch": "1", "0002-flat.patch": "0"}), ".x", "s")
+        glibcrpm.patch_spec(EL9_SPEC, series(tmp_path, **{"0001-a.patch": "1", "0002-flat.patch": "0"}), ".x", "s")
     assert exc.value.message == ("patch 0002-flat.patch is applied with -p0, but the spec's %autosetup applies every "
                                  "patch with -p1")
 
@@ -180,7 +183,7 @@ def test_a_p0_patch_under_autosetup_p1_is_named(tmp_path: Path) -> None:
 def test_numbering_without_patch_tags_starts_at_zero_after_the_sources(tmp_path: Path) -> None:
     spec = "\n".join(line for line in SETUP_SPEC.splitlines() if not line.startswith(("Patch", "%patch")))
     spec = spec.replace("%setup -q -n glibc-2.28", "%autosetup -p1")
-    text, added = elglibc.patch_spec(spec, series(tmp_path, **{"0001-a.patch": "1"}), ".isobuild1", "s")
+    text, added = glibcrpm.patch_spec(spec, series(tmp_path, **{"0001-a.patch": "1"}), ".isobuild1", "s")
     assert [p.number for p in added] == [0]
     lines = text.splitlines()
     assert lines[lines.index("Source0: glibc-2.28.tar.xz") + 2] == "Patch0: isobuild-0001-a.patch"
@@ -196,12 +199,12 @@ def test_numbering_without_patch_tags_starts_at_zero_after_the_sources(tmp_path:
     ("2.34-3.el9", "2.34-3.el9", 0),
 ])
 def test_vercmp_is_rpms_own_order(a: str, b: str, order: int) -> None:
-    assert elglibc.vercmp(a, b) == order
+    assert glibcrpm.vercmp(a, b) == order
 
 
 def test_vercmp_refuses_what_is_not_a_version() -> None:
     with pytest.raises(UserError, match=re.escape("'2.34\"); os.exit(1' is not an rpm")):
-        elglibc.vercmp('2.34"); os.exit(1', "2.34-1")
+        glibcrpm.vercmp('2.34"); os.exit(1', "2.34-1")
 
 
 # --- the stage on a project --------------------------------------------------------------------
@@ -233,7 +236,7 @@ def test_srpm_checksum_mismatch_names_the_file_and_both_hashes(tmp_path: Path) -
     plugin = el_project(tmp_path, srpm={"type": "file", "path": "glibc.src.rpm", "sha256": "0" * 64})
     (plugin.project.root / "glibc.src.rpm").write_bytes(b"not the pinned one")
     with pytest.raises(UserError) as exc:
-        elglibc.plan(plugin)
+        glibcrpm.plan(plugin)
     assert exc.value.exit_code == ExitCode.USER
     actual = sha256(plugin.project.root / "glibc.src.rpm")
     assert exc.value.message == (f"{plugin.project.root}/glibc.src.rpm: checksum mismatch: distros/alma.yaml pins "
@@ -244,7 +247,7 @@ def test_srpm_that_is_missing_or_not_glibcs_is_named(tmp_path: Path) -> None:
     plugin = el_project(tmp_path, srpm={"type": "file", "path": "nowhere.src.rpm", "sha256": "0" * 64})
     with pytest.raises(UserError, match=r"nowhere.src.rpm: glibc source RPM not found \(distros/alma.yaml: "
                                         r"glibc.srpm.path\)"):
-        elglibc.plan(plugin)
+        glibcrpm.plan(plugin)
     other = tmp_path / "other.src.rpm"
     srpm = next((tmp_path / "distro/top/SRPMS").glob("*.src.rpm"))
     binary = tmp_path / "distro-bin"
@@ -253,7 +256,7 @@ def test_srpm_that_is_missing_or_not_glibcs_is_named(tmp_path: Path) -> None:
     shutil.copy(rpm, other)
     plugin = el_project(tmp_path, srpm={"type": "file", "path": str(other), "sha256": sha256(other)})
     with pytest.raises(UserError) as exc:
-        elglibc.plan(plugin)
+        glibcrpm.plan(plugin)
     assert exc.value.message == f"{other}: not a glibc source RPM (it is glibc-common 2.34-3.el9, a bin package)"
     assert srpm.exists()
 
@@ -285,7 +288,7 @@ def test_unreachable_source_repository_is_an_infrastructure_error_naming_it(tmp_
         {"name": "baseos-source", "baseurl": "http://127.0.0.1:9/el/$releasever/BaseOS/Source/", "gpgcheck": False}])
     plugin.settings.repositories[0].baseurl = f"file://{repo}"
     with pytest.raises(InfraError) as exc:
-        elglibc.download_srpm(plugin, tmp_path / "log")
+        glibcrpm.download_srpm(plugin, tmp_path / "log")
     assert exc.value.exit_code == ExitCode.INFRA
     assert exc.value.message.startswith("repository 'baseos-source' of distros/alma.yaml is unreachable: "
                                         "http://127.0.0.1:9/el/9/BaseOS/Source/")
@@ -295,11 +298,11 @@ def test_unreachable_source_repository_is_an_infrastructure_error_naming_it(tmp_
 def test_no_source_repositories_for_type_repo_is_named(tmp_path: Path) -> None:
     plugin = el_project(tmp_path, srpm={"type": "repo"}, source_repositories=[])
     with pytest.raises(UserError, match=r"distros/alma\.yaml: glibc\.source_repositories: none configured"):
-        elglibc.download_srpm(plugin, tmp_path / "log")
+        glibcrpm.download_srpm(plugin, tmp_path / "log")
 
 
 def test_download_argv_uses_only_dnfs_download_plugin(tmp_path: Path) -> None:
-    assert elglibc.download_argv(tmp_path / "dnf.conf", tmp_path / "root", "9", tmp_path / "out") == [
+    assert glibcrpm.download_argv(tmp_path / "dnf.conf", tmp_path / "root", "9", tmp_path / "out") == [
         "dnf", "-y", f"--installroot={tmp_path}/root", "--releasever=9", f"--config={tmp_path}/dnf.conf",
         "--disableplugin=*", "--enableplugin=download", "--refresh", "download", "--source",
         f"--destdir={tmp_path}/out", "glibc"]
@@ -307,18 +310,18 @@ def test_download_argv_uses_only_dnfs_download_plugin(tmp_path: Path) -> None:
 
 def test_key_follows_series_suffix_srpm_and_build_path(tmp_path: Path) -> None:
     plugin = el_project(tmp_path)
-    base = elglibc.plan(plugin)
+    base = glibcrpm.plan(plugin)
     assert base.inputs["srpm"] == {"file": "glibc-2.34-3.el9.src.rpm", "sha256": base.srpm.sha256}
     assert base.dist == ".el9" and base.build_path == "dnf" and base.version == "2.34-3.el9.isobuild1"
-    assert elglibc.plan(plugin).key == base.key  # same inputs, same key
+    assert glibcrpm.plan(plugin).key == base.key  # same inputs, same key
     patch = plugin.project.root / "patches/glibc/0001-xsc.patch"
     patch.write_text(patch.read_text() + "\n")
-    changed_series = elglibc.plan(plugin)
+    changed_series = glibcrpm.plan(plugin)
     assert changed_series.key != base.key
-    suffix = elglibc.plan(el_project(tmp_path, release_suffix=".isobuild2"))
-    mock = elglibc.plan(_with(tmp_path, build="mock"))
+    suffix = glibcrpm.plan(el_project(tmp_path, release_suffix=".isobuild2"))
+    mock = glibcrpm.plan(_with(tmp_path, build="mock"))
     srpm2 = make_srpm(tmp_path / "distro2", dist=".el9_4")
-    other = elglibc.plan(el_project(tmp_path, srpm={"type": "file", "path": str(srpm2), "sha256": sha256(srpm2)}))
+    other = glibcrpm.plan(el_project(tmp_path, srpm={"type": "file", "path": str(srpm2), "sha256": sha256(srpm2)}))
     keys = {base.key, changed_series.key, suffix.key, mock.key, other.key}
     assert len(keys) == 5
     assert other.dist == ".el9_4", "the dist of the source RPM's own release"
@@ -337,11 +340,11 @@ def _with(tmp_path: Path, **distro: Any) -> ELPlugin:
 
 
 def test_mock_rebuild_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    p = elglibc.plan(_with(tmp_path, build="mock"))
+    p = glibcrpm.plan(_with(tmp_path, build="mock"))
     srpm, result = tmp_path / "glibc-2.34-3.el9.isobuild1.src.rpm", tmp_path / "result"
     calls: list[list[str]] = []
     monkeypatch.setattr(runner, "run", lambda argv, **kw: calls.append([str(a) for a in argv]))
-    elglibc.rebuild(p, srpm, result, tmp_path / "log")
+    glibcrpm.rebuild(p, srpm, result, tmp_path / "log")
     assert calls == [["mock", "-r", "almalinux-9-x86_64", "--uniqueext=isobuild-alma", "--rebuild", str(srpm),
                       f"--resultdir={result}", "--define", "dist .el9", "--nocheck"]]
 
@@ -349,7 +352,7 @@ def test_mock_rebuild_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_dnf_buildroot_and_rebuild_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The dnf path: mock's base packages + the source RPM's BuildRequires into a fresh buildroot,
     then rpmbuild --rebuild inside it (chroot), laid out like mock's /builddir."""
-    p = elglibc.plan(el_project(tmp_path, check=True))
+    p = glibcrpm.plan(el_project(tmp_path, check=True))
     srpm = make_srpm(tmp_path / "patched")
     real_run = runner.run
     calls: list[list[str]] = []
@@ -369,7 +372,7 @@ def test_dnf_buildroot_and_rebuild_argv(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.setattr(dnf, "probe", lambda repo, *args, **kw: probed.append(repo.name))
     monkeypatch.setattr(runner, "run", run)
     result = tmp_path / "result"
-    elglibc.rebuild(p, srpm, result, tmp_path / "log")
+    glibcrpm.rebuild(p, srpm, result, tmp_path / "log")
     assert probed == ["el-test"], "the distribution's repositories are probed before dnf runs"
     buildroot = p.tree / "buildroot"
     install = calls[0]
@@ -391,7 +394,7 @@ def test_missing_buildrequires_point_at_repositories_not_packages(tmp_path: Path
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # dnf's "No match" for the buildroot names the packages and says where the fix is:
     # the repositories (CRB on EL9), not the root's 'packages'
-    p = elglibc.plan(el_project(tmp_path))
+    p = glibcrpm.plan(el_project(tmp_path))
     srpm = make_srpm(tmp_path / "patched")
     real_run = runner.run
 
@@ -405,7 +408,7 @@ def test_missing_buildrequires_point_at_repositories_not_packages(tmp_path: Path
     monkeypatch.setattr(dnf, "probe", lambda *args, **kw: None)
     monkeypatch.setattr(runner, "run", run)
     with pytest.raises(UserError) as exc:
-        elglibc.rebuild(p, srpm, tmp_path / "result", tmp_path / "log")
+        glibcrpm.rebuild(p, srpm, tmp_path / "result", tmp_path / "log")
     assert exc.value.message.endswith(
         "glibc buildroot package(s) glibc-static not found in the configured repositories")
     assert "'repositories'" in (exc.value.hint or "") and "CRB" in (exc.value.hint or "")
@@ -416,7 +419,7 @@ def test_missing_buildrequires_point_at_repositories_not_packages(tmp_path: Path
 def test_install_glibc_picks_the_roots_packages(tmp_path: Path) -> None:
     meta = {"rpms": [{"package": n, "file": f"{n}-2.34-3.el9.isobuild1.x86_64.rpm"}
                      for n in ("glibc", "glibc-common", "glibc-minimal-langpack", "glibc-langpack-de")]}
-    picked = elglibc.rpms_for(meta, tmp_path, {"glibc", "glibc-common", "glibc-minimal-langpack", "bash"})
+    picked = glibcrpm.rpms_for(meta, tmp_path, {"glibc", "glibc-common", "glibc-minimal-langpack", "bash"})
     assert [p.name for p in picked] == ["glibc-2.34-3.el9.isobuild1.x86_64.rpm",
                                         "glibc-common-2.34-3.el9.isobuild1.x86_64.rpm",
                                         "glibc-minimal-langpack-2.34-3.el9.isobuild1.x86_64.rpm"]
@@ -424,7 +427,7 @@ def test_install_glibc_picks_the_roots_packages(tmp_path: Path) -> None:
 
 
 def test_the_boot_check_asks_rpm_for_glibc_on_el_roots(tmp_path: Path) -> None:
-    from builder import rootfs
+    from builder.stages import rootfs
 
     deb = rootfs.smoke_script("/sys/kernel/xsc/version", "XSC extensions:")
     rpm = rootfs.smoke_script("/sys/kernel/xsc/version", "XSC extensions:", "rpm")

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from builder import glibc, log, patches, pipeline, rootfs, smoke
-from builder.config import GlibcSettings
-from builder.errors import CheckFailed, UserError
-from builder.schema import load
+from builder import pipeline
+from builder.infra import log
+from builder.infra.config import GlibcSettings
+from builder.infra.errors import CheckFailed, UserError
+from builder.infra.schema import load
+from builder.stages import glibc, rootfs, smoke
+from builder.tools import quilt
 
 CHANGELOG = """glibc (2.36-9+deb12u14) bookworm; urgency=medium
 
@@ -29,11 +32,11 @@ glibc (2.36-9+deb12u13) bookworm; urgency=medium
 """
 
 
-def patch(tmp_path: Path, name: str, strip: int = 1) -> patches.Patch:
+def patch(tmp_path: Path, name: str, strip: int = 1) -> quilt.Patch:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("--- a/x\n+++ b/x\n@@ -1 +1 @@\n-a\n+b\n")
-    return patches.Patch(name, strip, path, "ab" * 32, 1)
+    return quilt.Patch(name, strip, path, "ab" * 32, 1)
 
 
 def test_changelog_top_reads_the_newest_entry(tmp_path: Path) -> None:
@@ -90,7 +93,7 @@ def test_our_series_goes_after_debians(tmp_path: Path) -> None:
                      "isobuild/0001-a.patch", "isobuild/sub/0002-b.patch -p0"]
     assert (debian_patches / "isobuild" / "sub" / "0002-b.patch").is_file()
     # quilt's own reading of the merged series: Debian's then ours, in order
-    assert [p.name for p in patches.read_series(debian_patches)][-2:] == ["isobuild/0001-a.patch",
+    assert [p.name for p in quilt.read_series(debian_patches)][-2:] == ["isobuild/0001-a.patch",
                                                                           "isobuild/sub/0002-b.patch"]
 
 

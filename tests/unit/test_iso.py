@@ -1,4 +1,4 @@
-"""ISO mastering (builder.iso) and ISO boot command lines (builder.isoboot).
+"""ISO mastering (builder.tools.iso9660) and ISO boot command lines (builder.tools.bootmedia).
 
 Fast: real grub-mkimage, mkfs.vfat, mtools and pycdlib on a tree of dummy
 files (about a second per ISO), no QEMU.  The ISO is checked with pycdlib,
@@ -23,12 +23,13 @@ from typing import Any
 import pycdlib
 import pytest
 
-from builder import iso, isoboot, runner
-from builder.arch import ARCHES
-from builder.errors import InfraError, UserError
+from builder.infra import runner
+from builder.infra.arch import ARCHES
+from builder.infra.errors import InfraError, UserError
+from builder.tools import bootmedia, iso9660
 
 EPOCH = 1_700_000_000
-SPEC = iso.BootSpec("ISOBUILD_UNIT", "live/vmlinuz", "live/initrd.img",
+SPEC = iso9660.BootSpec("ISOBUILD_UNIT", "live/vmlinuz", "live/initrd.img",
                     "console=ttyS0,115200 panic=-1 x='a b' $y", "Unit test ISO")
 # Two names that mangle to the same ISO9660 name, a name too long for ISO9660
 # and Joliet, non-ASCII, a dot file, a nested directory and a symlink.
@@ -48,8 +49,8 @@ def make_tree(root: Path) -> Path:
     return root
 
 
-def master(tmp: Path, tree: Path, out: Path, spec: iso.BootSpec = SPEC, epoch: int = EPOCH) -> Path:
-    iso.master(tree, out, spec, tmp / "work", tmp / "master.log", epoch)
+def master(tmp: Path, tree: Path, out: Path, spec: iso9660.BootSpec = SPEC, epoch: int = EPOCH) -> Path:
+    iso9660.master(tree, out, spec, tmp / "work", tmp / "master.log", epoch)
     return out
 
 
@@ -91,18 +92,18 @@ def walk(image: Path, **root: str) -> set[str]:
 @pytest.mark.parametrize("label", ["", "lower", "WITH SPACE", "DASH-ED", "A" * 33, "ÜMLAUT"])
 def test_invalid_label_is_a_user_error_naming_it(label: str) -> None:
     with pytest.raises(UserError) as err:
-        iso.validate_label(label)
+        iso9660.validate_label(label)
     assert repr(label) in err.value.message and "A-Z, 0-9 and _" in err.value.message
     assert "\n" not in err.value.message
 
 
 @pytest.mark.parametrize("label", ["A", "DEBIAN_12_LIVE", "X" * 32, "0_9"])
 def test_valid_labels(label: str) -> None:
-    iso.validate_label(label)
+    iso9660.validate_label(label)
 
 
 def test_iso9660_names_are_d1_characters_and_unique() -> None:
-    names = iso.iso9660_names({"foo-bar.txt": False, "foo_bar.txt": False, "FOO_BAR.TXT": False, "live": True,
+    names = iso9660.iso9660_names({"foo-bar.txt": False, "foo_bar.txt": False, "FOO_BAR.TXT": False, "live": True,
                                "vmlinuz": False, LONG: False, ".bashrc": False, "x" * 40: True,
                                "archive.tar.gz": False, "filesystem.squashfs": False})
     assert names["foo-bar.txt"] == "FOO_BAR_1.TXT;1"  # sorted: FOO_BAR.TXT, foo-bar.txt, foo_bar.txt
@@ -121,30 +122,30 @@ def test_iso9660_names_are_d1_characters_and_unique() -> None:
 
 def test_iso9660_names_resolve_a_clash_at_full_length() -> None:
     a, b = "n" * 40 + "-1.txt", "n" * 40 + "_1.txt"
-    names = iso.iso9660_names({a: False, b: False})
+    names = iso9660.iso9660_names({a: False, b: False})
     assert len({names[a], names[b]}) == 2
     assert all(len(n.removesuffix(";1")) <= 31 for n in names.values())
 
 
 def test_joliet_names_fit_64_bytes_and_are_unique_ignoring_case() -> None:
-    names = iso.joliet_names([LONG, LONG.upper(), "a:b?c", "plain.txt"])
+    names = iso9660.joliet_names([LONG, LONG.upper(), "a:b?c", "plain.txt"])
     assert names["plain.txt"] == "plain.txt" and names["a:b?c"] == "a_b_c"
     assert names[LONG].endswith(".txt") and len(names[LONG].encode()) <= 64
     assert names[LONG].upper() != names[LONG.upper()].upper()
 
 
 def test_boot_configs_boot_the_spec_on_the_serial_console() -> None:
-    cfg = iso.isolinux_cfg(SPEC).splitlines()
+    cfg = iso9660.isolinux_cfg(SPEC).splitlines()
     assert cfg[0] == "SERIAL 0 115200", "SERIAL must be the first directive"
     assert "PROMPT 0" in cfg and "  LINUX /live/vmlinuz" in cfg and "  INITRD /live/initrd.img" in cfg
     assert f"  APPEND {SPEC.cmdline}" in cfg
-    grub = iso.grub_cfg(SPEC)
+    grub = iso9660.grub_cfg(SPEC)
     assert "serial --unit=0 --speed=115200" in grub and "terminal_output serial console" in grub
     assert "set timeout=1" in grub
     # GRUB would expand $y and split 'a b': each word is quoted where needed
     assert "\tlinux /live/vmlinuz console=ttyS0,115200 panic=-1 'x='\\''a' 'b'\\''' '$y'\n" in grub
     assert "menuentry 'Unit test ISO' {" in grub
-    early = iso.grub_early_cfg("ISOBUILD_UNIT")
+    early = iso9660.grub_early_cfg("ISOBUILD_UNIT")
     assert early.splitlines() == ["search --no-floppy --set=root --label ISOBUILD_UNIT",
                                   "set prefix=($root)/boot/grub", "configfile $prefix/grub.cfg"]
 
@@ -155,7 +156,7 @@ def test_padding_always_leaves_room_for_the_backup_gpt() -> None:
 
     mib = 1 << 20
     for size in (mib, mib - 2048, mib - 16 * 1024, 3 * mib + 2048, 5 * mib - 40 * 512):
-        cylinders, padding = iso.cylinders_with_gpt_room(Geometry(), size)
+        cylinders, padding = iso9660.cylinders_with_gpt_room(Geometry(), size)
         assert padding >= 33 * 512 and (size + padding) % mib == 0 and cylinders == (size + padding) // mib
 
 
@@ -163,7 +164,7 @@ def test_padding_always_leaves_room_for_the_backup_gpt() -> None:
 
 def test_el_torito_bios_and_uefi_entries(built: tuple[Path, Path]) -> None:
     _, image = built
-    info = iso.describe(image)
+    info = iso9660.describe(image)
     assert info["label"] == "ISOBUILD_UNIT" and info["rock_ridge"] and info["joliet"]
     assert info["hybrid_mbr"] and info["gpt"]
     bios, uefi = info["eltorito"]
@@ -197,8 +198,8 @@ def test_rock_ridge_and_joliet_carry_the_real_names(built: tuple[Path, Path]) ->
     for rel in FILES:
         assert read_back(image, rr_path=f"/{rel}") == (tree / rel).read_bytes(), rel
     assert read_back(image, joliet_path="/foo_bar.txt") == (tree / "foo_bar.txt").read_bytes()
-    assert read_back(image, rr_path="/boot/grub/grub.cfg").decode() == iso.grub_cfg(SPEC)
-    assert read_back(image, rr_path="/isolinux/isolinux.cfg").decode() == iso.isolinux_cfg(SPEC)
+    assert read_back(image, rr_path="/boot/grub/grub.cfg").decode() == iso9660.grub_cfg(SPEC)
+    assert read_back(image, rr_path="/isolinux/isolinux.cfg").decode() == iso9660.isolinux_cfg(SPEC)
 
 
 def test_uefi_image_holds_grub_that_finds_the_iso_by_label(built: tuple[Path, Path], tmp_path: Path) -> None:
@@ -230,7 +231,7 @@ def test_usb_partition_tables_are_valid(built: tuple[Path, Path]) -> None:
     data = image.read_bytes()
     assert data[510:512] == b"\x55\xaa"
     assert data[:2] == b"\x33\xed", "pycdlib's isohybrid boot code stays in the MBR"
-    assert struct.unpack_from("<I", data, 440)[0] == iso.MBR_ID
+    assert struct.unpack_from("<I", data, 440)[0] == iso9660.MBR_ID
     mbr = [struct.unpack_from("<B3sB3sII", data, 446 + 16 * i) for i in range(4)]
     assert (mbr[0][0], mbr[0][2], mbr[0][4]) == (0x00, 0xEE, 1), "a protective MBR, not active (EDK2 insists)"
     assert mbr[1][0] == 0x80 and mbr[1][2] == 0x00 and mbr[2][2] == mbr[3][2] == 0
@@ -244,7 +245,7 @@ def test_usb_partition_tables_are_valid(built: tuple[Path, Path]) -> None:
     assert primary["guid"] == backup["guid"] and primary["entries"] == backup["entries"]
     table = subprocess.run(["sgdisk", "-p", str(image)], capture_output=True, text=True, check=True).stdout
     esp = [line.split() for line in table.splitlines() if re.match(r"\s+\d+\s", line)]
-    uefi = iso.describe(image)["eltorito"][1]
+    uefi = iso9660.describe(image)["eltorito"][1]
     assert esp == [["1", str(uefi["load_rba"] * 4), str(uefi["load_rba"] * 4 + uefi["load_size"] - 1),
                     "2.0", "MiB", "EF00", "EFI", "boot"]]
 
@@ -296,7 +297,7 @@ def test_failure_after_the_temp_file_keeps_the_previous_iso(tmp_path: Path, monk
         seen.append(image)
         raise exc
 
-    monkeypatch.setattr(iso, "repair_partition_tables", fail)
+    monkeypatch.setattr(iso9660, "repair_partition_tables", fail)
     (tree / "new-file").write_text("changes the ISO")
     with pytest.raises(type(exc)):
         master(tmp_path, tree, out)
@@ -308,12 +309,12 @@ def test_mastering_child_failure_keeps_the_previous_iso(tmp_path: Path, monkeypa
     tree = make_tree(tmp_path / "tree")
     out = master(tmp_path, tree, tmp_path / "out" / "live.iso")
     before = sha256(out)
-    real_write = iso._write_iso
+    real_write = iso9660._write_iso
 
     def child_fails(roots: list[Path], dest: Path, label: str) -> None:
         real_write([tmp_path / "vanished", *roots[1:]], dest, label)  # the mastering child dies half-way
 
-    monkeypatch.setattr(iso, "_write_iso", child_fails)
+    monkeypatch.setattr(iso9660, "_write_iso", child_fails)
     with pytest.raises(runner.CommandFailed) as err:
         master(tmp_path, tree, out)
     assert "full log:" in err.value.details[-1]
@@ -341,17 +342,17 @@ def test_every_command_goes_through_the_runner_as_argv(tmp_path: Path, monkeypat
     master(tmp_path, make_tree(tmp_path / "tree"), tmp_path / "x.iso")
     assert [Path(c[0]).name for c in calls] == ["grub-mkimage", "mkfs.vfat", "mmd", "mcopy",
                                                 Path(sys.executable).name]
-    assert calls[0][:7] == ["grub-mkimage", "-O", "x86_64-efi", "-d", str(iso.GRUB_EFI_DIR), "-p", "/boot/grub"]
-    assert calls[0][-len(iso.GRUB_MODULES):] == list(iso.GRUB_MODULES)
-    assert calls[1][:5] == ["mkfs.vfat", "--invariant", "-i", iso.FAT_VOLUME_ID, "-C"]
-    assert calls[4][1:3] == ["-m", "builder.iso"]
+    assert calls[0][:7] == ["grub-mkimage", "-O", "x86_64-efi", "-d", str(iso9660.GRUB_EFI_DIR), "-p", "/boot/grub"]
+    assert calls[0][-len(iso9660.GRUB_MODULES):] == list(iso9660.GRUB_MODULES)
+    assert calls[1][:5] == ["mkfs.vfat", "--invariant", "-i", iso9660.FAT_VOLUME_ID, "-C"]
+    assert calls[4][1:3] == ["-m", "builder.tools.iso9660"]
     log = (tmp_path / "master.log").read_text()
     assert "$ env SOURCE_DATE_EPOCH=1700000000 TZ=UTC" in log.replace("MTOOLS_SKIP_CHECK=1 ", "")
 
 
 def test_missing_tools_and_loaders_are_infra_errors_with_hints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_tree(tmp_path / "tree")
-    monkeypatch.setattr(iso, "ISOLINUX_BIN", tmp_path / "no-isolinux.bin")
+    monkeypatch.setattr(iso9660, "ISOLINUX_BIN", tmp_path / "no-isolinux.bin")
     with pytest.raises(InfraError) as err:
         master(tmp_path, tree, tmp_path / "x.iso")
     assert "no-isolinux.bin not found" in err.value.message and "apt-get install isolinux" in (err.value.hint or "")
@@ -365,13 +366,13 @@ def test_missing_tools_and_loaders_are_infra_errors_with_hints(tmp_path: Path, m
 def test_tree_mistakes_are_user_errors(tmp_path: Path) -> None:
     tree = make_tree(tmp_path / "tree")
     with pytest.raises(UserError, match="boot kernel live/missing is not a file"):
-        master(tmp_path, tree, tmp_path / "x.iso", iso.BootSpec("L", "live/missing", "live/initrd.img", "", "t"))
+        master(tmp_path, tree, tmp_path / "x.iso", iso9660.BootSpec("L", "live/missing", "live/initrd.img", "", "t"))
     with pytest.raises(UserError, match="is not allowed"):
-        master(tmp_path, tree, tmp_path / "x.iso", iso.BootSpec("L", "../etc/passwd", "live/initrd.img", "", "t"))
+        master(tmp_path, tree, tmp_path / "x.iso", iso9660.BootSpec("L", "../etc/passwd", "live/initrd.img", "", "t"))
     with pytest.raises(UserError, match="one line"):
-        master(tmp_path, tree, tmp_path / "x.iso", iso.BootSpec("L", SPEC.kernel, SPEC.initrd, "a\nb", "t"))
+        master(tmp_path, tree, tmp_path / "x.iso", iso9660.BootSpec("L", SPEC.kernel, SPEC.initrd, "a\nb", "t"))
     with pytest.raises(UserError, match="'bad label'"):
-        master(tmp_path, tree, tmp_path / "x.iso", iso.BootSpec("bad label", SPEC.kernel, SPEC.initrd, "", "t"))
+        master(tmp_path, tree, tmp_path / "x.iso", iso9660.BootSpec("bad label", SPEC.kernel, SPEC.initrd, "", "t"))
     (tree / "isolinux").mkdir()
     (tree / "isolinux" / "isolinux.cfg").write_text("mine")
     with pytest.raises(UserError, match=r"isolinux/isolinux\.cfg comes from two sources"):
@@ -386,15 +387,15 @@ def test_tree_mistakes_are_user_errors(tmp_path: Path) -> None:
 # --- booting: the QEMU command lines ---------------------------------------------
 
 @pytest.fixture
-def fake_ovmf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> isoboot.Ovmf:
+def fake_ovmf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bootmedia.Ovmf:
     code, variables = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
     code.write_bytes(b"c")
     variables.write_bytes(b"v")
-    monkeypatch.setattr(isoboot, "OVMF_CANDIDATES", ((tmp_path / "absent.fd", variables), (code, variables)))
-    return isoboot.Ovmf(code, variables)
+    monkeypatch.setattr(bootmedia, "OVMF_CANDIDATES", ((tmp_path / "absent.fd", variables), (code, variables)))
+    return bootmedia.Ovmf(code, variables)
 
 
-def test_iso_argv_for_the_four_modes(fake_ovmf: isoboot.Ovmf, tmp_path: Path) -> None:
+def test_iso_argv_for_the_four_modes(fake_ovmf: bootmedia.Ovmf, tmp_path: Path) -> None:
     arch = ARCHES["x86_64"]
     image, store = Path("/srv/a,b.iso"), tmp_path / "vars.fd"
     common = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-cpu", "max,-erms,-fsrm", "-m", "1024",
@@ -406,15 +407,15 @@ def test_iso_argv_for_the_four_modes(fake_ovmf: isoboot.Ovmf, tmp_path: Path) ->
           "-device", "ide-cd,drive=cd,bus=ide.0,bootindex=0"]
     usb = ["-device", "qemu-xhci,id=xhci", "-drive", "file=/srv/a,,b.iso,format=raw,if=none,id=stick,readonly=on",
            "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]
-    assert isoboot.iso_argv(arch, "tcg", image, "bios", "cd", 1024, None) == common + cd
-    assert isoboot.iso_argv(arch, "tcg", image, "bios", "usb", 1024, None) == common + usb
-    assert isoboot.iso_argv(arch, "tcg", image, "uefi", "cd", 1024, store) == common + uefi + cd
-    assert isoboot.iso_argv(arch, "tcg", image, "uefi", "usb", 1024, store) == common + uefi + usb
-    assert isoboot.iso_argv(arch, "kvm", image, "bios", "cd", 1024, None)[1:7] == [
+    assert bootmedia.iso_argv(arch, "tcg", image, "bios", "cd", 1024, None) == common + cd
+    assert bootmedia.iso_argv(arch, "tcg", image, "bios", "usb", 1024, None) == common + usb
+    assert bootmedia.iso_argv(arch, "tcg", image, "uefi", "cd", 1024, store) == common + uefi + cd
+    assert bootmedia.iso_argv(arch, "tcg", image, "uefi", "usb", 1024, store) == common + uefi + usb
+    assert bootmedia.iso_argv(arch, "kvm", image, "bios", "cd", 1024, None)[1:7] == [
         "-accel", "kvm", "-machine", "q35", "-cpu", "host"]
     with pytest.raises(ValueError, match="writable copy"):
-        isoboot.iso_argv(arch, "tcg", image, "uefi", "cd", 1024, None)
-    smoke = isoboot.iso_argv(arch, "tcg", image, "bios", "cd", 1024, None,
+        bootmedia.iso_argv(arch, "tcg", image, "uefi", "cd", 1024, None)
+    smoke = bootmedia.iso_argv(arch, "tcg", image, "bios", "cd", 1024, None,
                              {"opt/isobuild/smoke": "1", "opt/isobuild/a": "x,y"})
     assert smoke == common + cd + ["-fw_cfg", "name=opt/isobuild/a,string=x,,y",
                                    "-fw_cfg", "name=opt/isobuild/smoke,string=1"]
@@ -422,20 +423,20 @@ def test_iso_argv_for_the_four_modes(fake_ovmf: isoboot.Ovmf, tmp_path: Path) ->
 
 def test_missing_ovmf_is_an_infra_error(tmp_path: Path) -> None:
     with pytest.raises(InfraError) as err:
-        isoboot.ovmf(((tmp_path / "CODE.fd", tmp_path / "VARS.fd"),))
+        bootmedia.ovmf(((tmp_path / "CODE.fd", tmp_path / "VARS.fd"),))
     assert "OVMF" in err.value.message and err.value.hint == "apt-get install ovmf"
 
 
 def test_debian_ovmf_is_found() -> None:
     # the set-up installs every tool in the doctor table; a missing one must fail, not skip
-    fw = isoboot.ovmf()
+    fw = bootmedia.ovmf()
     assert fw.code.name.startswith("OVMF_CODE") and fw.vars.name.startswith("OVMF_VARS")
     assert ("4M" in fw.code.name) == ("4M" in fw.vars.name), "code and vars of the same flash size"
 
 
 def test_boot_iso_refuses_a_missing_iso(tmp_path: Path) -> None:
-    from builder import console
+    from builder.tools import console
 
     with pytest.raises(UserError, match="not found"):
-        isoboot.boot_iso(ARCHES["x86_64"], tmp_path / "none.iso", "bios", "cd", console.Expect({}),
+        bootmedia.boot_iso(ARCHES["x86_64"], tmp_path / "none.iso", "bios", "cd", console.Expect({}),
                          tmp_path / "log")

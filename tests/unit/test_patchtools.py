@@ -1,4 +1,4 @@
-"""Unit tests for builder/patchtools.py: file names, series text, reading
+"""Unit tests for builder/tools/quilt.py: file names, series text, reading
 quilt/GNU patch output, the verdict (fake outputs; real git where it is quick)."""
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import log, patches, patchtools
-from builder.errors import UserError
-from builder.patchtools import Hunk, PatchResult, Report
+from builder.commands import patches
+from builder.commands.patches import Hunk, PatchResult, Report
+from builder.infra import log
+from builder.infra.errors import UserError
+from builder.tools import quilt
 
 # --- names -------------------------------------------------------------------------------
 
@@ -28,23 +30,23 @@ from builder.patchtools import Hunk, PatchResult, Report
     ("---", ""),
 ])
 def test_slug_follows_git(subject: str, expected: str) -> None:
-    assert patchtools.slug(subject) == expected
+    assert patches.slug(subject) == expected
 
 
 def test_patch_filename_numbers_and_cuts_like_git() -> None:
-    assert patchtools.patch_filename(1, "xsc: add the uapi header") == "0001-xsc-add-the-uapi-header.patch"
-    assert patchtools.patch_filename(12345, "x") == "12345-x.patch"
-    long = patchtools.patch_filename(7, "a very long subject " * 10)
+    assert patches.patch_filename(1, "xsc: add the uapi header") == "0001-xsc-add-the-uapi-header.patch"
+    assert patches.patch_filename(12345, "x") == "12345-x.patch"
+    long = patches.patch_filename(7, "a very long subject " * 10)
     assert len(long) == 63 and long == "0007-a-very-long-subject-a-very-long-subject-a-very-long-.patch"
 
 
 def test_title_is_the_first_non_blank_line() -> None:
-    assert patchtools.title("\n\n  first line\nsecond line\n\nbody\n") == "first line"
-    assert patchtools.title("one") == "one"
+    assert patches.title("\n\n  first line\nsecond line\n\nbody\n") == "first line"
+    assert patches.title("one") == "one"
 
 
 def test_series_text_has_comment_then_names() -> None:
-    assert patchtools.series_text(["0001-a.patch", "0002-b.patch"], ["made here"]) == \
+    assert patches.series_text(["0001-a.patch", "0002-b.patch"], ["made here"]) == \
         "# made here\n0001-a.patch\n0002-b.patch\n"
 
 
@@ -67,7 +69,7 @@ def test_names_match_real_git_format_patch(tmp_path: Path) -> None:
         git(repo, "commit", "-q", "-m", subject)
     git(repo, "format-patch", "-q", "--root", "-o", str(tmp_path / "out"), "HEAD")
     theirs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    ours = [patchtools.patch_filename(n, patchtools.title(s)) for n, s in enumerate(subjects, 1)]
+    ours = [patches.patch_filename(n, patches.title(s)) for n, s in enumerate(subjects, 1)]
     assert ours == theirs
 
 
@@ -93,15 +95,15 @@ Applied patch 0003-c.patch (forced; needs refresh)
 
 def test_sections_hunks_and_classes() -> None:
     names = ["0001-a.patch", "sub/0002-b.patch", "0003-c.patch"]
-    sections = patchtools.split_sections(PUSH, names)
+    sections = patches.split_sections(PUSH, names)
     assert [n for n, _ in sections] == names
-    first, second, third = (patchtools.hunks(lines) for _, lines in sections)
+    first, second, third = (patches.hunks(lines) for _, lines in sections)
     assert first == [Hunk("src/a.c", 1, 13, offset=3), Hunk("src/a.c", 2, 40, offset=-1)]
     assert second == [Hunk("src/b c.c", 1, 27, fuzz=1), Hunk("src/b c.c", 2, 50, offset=4, fuzz=2)]
-    assert [patchtools.classify(h, []) for h in (first, second, [])] == ["offset", "fuzz", "clean"]
-    failures = patches.parse_push_output("\n".join(sections[2][1]))
+    assert [patches.classify(h, []) for h in (first, second, [])] == ["offset", "fuzz", "clean"]
+    failures = quilt.parse_push_output("\n".join(sections[2][1]))
     assert [f.describe() for f in failures] == ["src/c.c hunk #1 (at line 30): hunk does not apply"]
-    assert patchtools.classify(third, failures) == "fails"
+    assert patches.classify(third, failures) == "fails"
     assert first[1].describe() == "src/a.c hunk #2 at 40 (offset -1 line)"
     assert second[1].describe() == "src/b c.c hunk #2 at 50 (offset +4 lines, fuzz 2)"
 
@@ -118,21 +120,21 @@ The text leading up to this was:
 --------------------------
 No file to patch.  Skipping patch.
 """
-    assert [f.describe() for f in patches.parse_push_output(out)] == ["a/src/nope.c: file to patch not found"]
+    assert [f.describe() for f in quilt.parse_push_output(out)] == ["a/src/nope.c: file to patch not found"]
 
 
 def test_quilt_printing_the_patches_dir_still_maps_to_series_names() -> None:
-    sections = patchtools.split_sections("Applying patch patches/0001-a.patch\npatching file x\n", ["0001-a.patch"])
+    sections = patches.split_sections("Applying patch patches/0001-a.patch\npatching file x\n", ["0001-a.patch"])
     assert sections == [("0001-a.patch", ["patching file x"])]
     both = ["a.patch", "sub/a.patch"]
-    assert [n for n, _ in patchtools.split_sections("Applying patch sub/a.patch\nApplying patch a.patch\n", both)] \
+    assert [n for n, _ in patches.split_sections("Applying patch sub/a.patch\nApplying patch a.patch\n", both)] \
         == ["sub/a.patch", "a.patch"]
 
 
 def test_worst_status_orders_clean_offset_fuzz_fails() -> None:
-    assert patchtools.worst([]) == "clean"
-    assert patchtools.worst(["offset", "clean"]) == "offset"
-    assert patchtools.worst(["fuzz", "fails", "offset"]) == "fails"
+    assert patches.worst([]) == "clean"
+    assert patches.worst(["offset", "clean"]) == "offset"
+    assert patches.worst(["fuzz", "fails", "offset"]) == "fails"
 
 
 # --- verdict and report ------------------------------------------------------------------
@@ -146,21 +148,21 @@ def test_offset_is_a_warning_fuzz_and_fails_are_user_errors() -> None:
     events = io.StringIO()
     log.setup(json_console=True, stream=events)
     offset = PatchResult("0001-a.patch", "offset", [Hunk("a.c", 1, 13, offset=3)])
-    patchtools.verdict([report(offset)])  # no exception: the build applies it
+    patches.verdict([report(offset)])  # no exception: the build applies it
     warning = json.loads(events.getvalue().splitlines()[-1])
     assert warning["event"] == "patches.offset" and warning["patches"] == ["0001-a.patch"]
     assert warning["level"] == "warning" and "isobuild patches refresh" in warning["hint"]
     fuzz = PatchResult("0002-b.patch", "fuzz", [Hunk("b.c", 1, 27, fuzz=1)])
     with pytest.raises(UserError) as exc:
-        patchtools.verdict([report(offset, fuzz)])
+        patches.verdict([report(offset, fuzz)])
     assert exc.value.message == "kernel series: 0002-b.patch needs fuzz: b.c hunk #1 at 27 (fuzz 1)"
     assert exc.value.hint and "--accept-fuzz" in exc.value.hint
     fails = PatchResult("0003-c.patch", "fails", [],
-                        [patches.Failure("0003-c.patch", "c.c", 1, 30, "hunk does not apply")], after=None)
-    later = PatchResult("0004-d.patch", "fails", [], [patches.Failure("0004-d.patch", "d.c", 2, 9, "x")],
+                        [quilt.Failure("0003-c.patch", "c.c", 1, 30, "hunk does not apply")], after=None)
+    later = PatchResult("0004-d.patch", "fails", [], [quilt.Failure("0004-d.patch", "d.c", 2, 9, "x")],
                         after="0003-c.patch")
     with pytest.raises(UserError) as exc:
-        patchtools.verdict([report(offset, fuzz, fails, later)])
+        patches.verdict([report(offset, fuzz, fails, later)])
     assert exc.value.message == "kernel series: 0003-c.patch fails: c.c hunk #1 (at line 30): hunk does not apply"
     assert "kernel: 0004-d.patch: fails: d.c hunk #2 (at line 9): x; (checked on top of 0003-c.patch, which fails)" \
         in exc.value.details
@@ -170,7 +172,7 @@ def test_refreshed_patches_count_as_clean() -> None:
     fuzz = PatchResult("0002-b.patch", "fuzz", [Hunk("b.c", 1, 27, fuzz=1)])
     done = report(fuzz, refreshed=["0002-b.patch"])
     assert done.status == "clean"
-    patchtools.verdict([done])
+    patches.verdict([done])
     assert report(fuzz).status == "fuzz"
 
 
@@ -178,13 +180,13 @@ def test_render_and_json() -> None:
     rep = report(PatchResult("0001-a.patch", "clean"),
                  PatchResult("0002-b.patch", "offset", [Hunk("a.c", 1, 13, offset=3)]), refreshed=["0002-b.patch"])
     rep.seconds = {"tree": 0.01, "apply": 0.2}
-    text = patchtools.render(rep)
+    text = patches.render(rep)
     assert text.splitlines() == [
         "kernel: 2 patch(es) from /p on linux (x.tar) (tree 0.0 s, apply 0.2 s)",
         "  clean   0001-a.patch",
         "  offset  0002-b.patch  a.c hunk #1 at 13 (offset +3 lines)",
         "  refreshed: 0002-b.patch"]
-    data = json.loads(patchtools.to_json([rep]))
+    data = json.loads(patches.to_json([rep]))
     assert data["status"] == "clean"
     assert data["components"][0]["patches"][1]["hunks"] == [
         {"file": "a.c", "hunk": 1, "line": 13, "offset": 3, "fuzz": 0}]
@@ -202,7 +204,7 @@ def test_replace_series_keeps_unlisted_files_and_drops_the_old_patches(tmp_path:
     (d / "notes").mkdir()
     (d / "notes" / "README").write_text("kept")
     d.chmod(0o750)
-    patchtools.replace_series(d, [("0001-new.patch", "new")], ["generated"])
+    patches.replace_series(d, [("0001-new.patch", "new")], ["generated"])
     assert sorted(p.relative_to(d).as_posix() for p in d.rglob("*")) == [
         "0001-new.patch", "notes", "notes/README", "series", "xsc.config"]
     assert (d / "series").read_text() == "# generated\n0001-new.patch\n"
@@ -218,9 +220,9 @@ def test_replace_series_failure_keeps_the_old_series(tmp_path: Path, monkeypatch
     def boom(names: list[str], comment: list[str]) -> str:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(patchtools, "series_text", boom)
+    monkeypatch.setattr(patches, "series_text", boom)
     with pytest.raises(Exception, match="disk full"):
-        patchtools.replace_series(d, [("0001-new.patch", "new")], [])
+        patches.replace_series(d, [("0001-new.patch", "new")], [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["patches"], "no temp dir left behind"
     assert sorted(p.name for p in d.iterdir()) == ["old.patch", "series"]
     assert (d / "series").read_text() == "old.patch\n"
@@ -232,7 +234,7 @@ def test_sparse_copy_takes_only_named_files(tmp_path: Path) -> None:
     (tree / "a" / "b" / "f.c").write_text("f")
     (tree / "a" / "other.c").write_text("o")
     (tree / "a" / "link").symlink_to("b/f.c")
-    patchtools.sparse_copy(tree, tmp_path / "out", {"a/b/f.c", "a/link", "a/new/file.c"})
+    patches.sparse_copy(tree, tmp_path / "out", {"a/b/f.c", "a/link", "a/new/file.c"})
     out = tmp_path / "out"
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["a", "a/b", "a/b/f.c", "a/link"]
     assert (out / "a" / "link").is_symlink()

@@ -20,8 +20,11 @@ from typing import Any
 import pytest
 import yaml
 
-from builder import clean, cli, console, distros, glibc, kernel, report, rootfs, smoke
-from builder.config import Project, load_project
+from builder import cli, distros
+from builder.commands import clean, report
+from builder.infra.config import Project, load_project
+from builder.stages import glibc, kernel, rootfs, smoke
+from builder.tools import console
 
 REPO = Path(__file__).resolve().parents[2]
 GITHUB = REPO / ".github" / "workflows" / "isobuild.yml"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from builder import cli
-from builder.errors import ExitCode
+from builder.infra.errors import ExitCode
 
 
 @dataclass
@@ -330,8 +330,8 @@ def test_release_settings_are_validated(project: Project, capsys: pytest.Capture
 
 
 def test_repository_settings_document_the_release_section() -> None:
-    from builder import schema
-    from builder.config import Settings
+    from builder.infra import schema
+    from builder.infra.config import Settings
 
     root = Path(__file__).resolve().parents[2]
     settings = schema.load_file(Settings, root / "isobuild.yaml")

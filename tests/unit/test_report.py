@@ -13,8 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from builder import kernel, pipeline, report, smoke, state, status
-from builder.config import load_project
+from builder import pipeline
+from builder.commands import report, status
+from builder.infra import state
+from builder.infra.config import load_project
+from builder.stages import kernel, smoke
 from tests.conftest import FakeProject
 
 REPO = Path(__file__).resolve().parents[2]

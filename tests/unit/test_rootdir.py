@@ -1,7 +1,7 @@
-"""builder.rootdir: every write into a build root stays inside it, whatever links the root holds.
+"""builder.tools.rootdir: every write into a build root stays inside it, whatever links the root holds.
 
 Each test builds a root whose absolute symlinks point at canary files and directories *outside*
-it (stand-ins for the build host's /usr/share/zoneinfo, /etc, /dev), writes through builder.rootdir,
+it (stand-ins for the build host's /usr/share/zoneinfo, /etc, /dev), writes through builder.tools.rootdir,
 and checks the canaries are byte-for-byte and mtime-for-mtime unchanged.
 """
 
@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from builder.distro import SMOKE_UNIT
+from builder.distros.base import SMOKE_UNIT
 from builder.distros.debian import DebianPlugin
-from builder.errors import UserError
-from builder.rootdir import Root, vet_overlay
+from builder.infra.errors import UserError
+from builder.tools.rootdir import Root, vet_overlay
 
 
 class Canaries:
@@ -161,7 +161,7 @@ def test_debian_configure_through_a_hostile_root(hostile: tuple[Root, Canaries],
     """The Debian plugin's own writes (hostname, hosts, locale, timezone, smoke unit, machine-id) on a
     root whose etc/ files are links out of it: all land inside."""
     from builder import distros
-    from builder.config import Project, Settings
+    from builder.infra.config import Project, Settings
 
     root, canaries = hostile
     (tmp_path / "distros").mkdir()

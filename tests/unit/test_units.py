@@ -12,11 +12,12 @@ from typing import Literal
 
 import pytest
 
-from builder import atomic, console, initramfs, kconfig, patches, progress, qemu, runner, schema, stagekey
-from builder.arch import ARCHES
-from builder.config import Settings
-from builder.digest import DigestCache
-from builder.errors import InfraError, UserError
+from builder.infra import atomic, keys, progress, runner, schema
+from builder.infra.arch import ARCHES
+from builder.infra.config import Settings
+from builder.infra.digests import DigestCache
+from builder.infra.errors import InfraError, UserError
+from builder.tools import console, initramfs, kconfig, qemu, quilt
 
 # --- schema ---------------------------------------------------------------------------
 
@@ -92,7 +93,7 @@ def test_series_comments_blank_lines_and_strip_levels(tmp_path: Path) -> None:
     write(tmp_path / "a.patch", "")
     write(tmp_path / "sub/b.patch", "")
     write(tmp_path / "series", "# header\n\na.patch   # trailing comment\nsub/b.patch -p0\n")
-    series = patches.read_series(tmp_path)
+    series = quilt.read_series(tmp_path)
     assert [(p.name, p.strip, p.series_line) for p in series] == [("a.patch", 1, 3), ("sub/b.patch", 0, 4)]
 
 
@@ -106,26 +107,26 @@ def test_series_errors(tmp_path: Path, series: str, message: str) -> None:
     write(tmp_path / "a.patch", "")
     write(tmp_path / "series", series)
     with pytest.raises(UserError) as exc:
-        patches.read_series(tmp_path)
+        quilt.read_series(tmp_path)
     assert message in exc.value.message
 
 
 def test_missing_series_means_no_patches_but_missing_dir_is_an_error(tmp_path: Path) -> None:
-    assert patches.read_series(tmp_path) == []
+    assert quilt.read_series(tmp_path) == []
     with pytest.raises(UserError, match="patch directory not found"):
-        patches.read_series(tmp_path / "nope")
+        quilt.read_series(tmp_path / "nope")
 
 
-def one(tmp_path: Path, text: str, strip: int = 1) -> patches.Patch:
+def one(tmp_path: Path, text: str, strip: int = 1) -> quilt.Patch:
     path = write(tmp_path / "p.patch", text)
-    return patches.Patch("p.patch", strip, path, "", 1)
+    return quilt.Patch("p.patch", strip, path, "", 1)
 
 
 def test_touched_paths_skips_hunk_bodies(tmp_path: Path) -> None:
     # a removed line "-- x" appears as "--- x" inside the hunk: not a header
     text = ("--- a/doc.txt\n+++ b/doc.txt\n@@ -1 +1 @@\n--- ../../etc/passwd\n+++ /etc/shadow\n"
             "diff --git a/x b/y\nrename from old/name.c\nrename to new/name.c\n")
-    assert patches.touched_paths(one(tmp_path, text)) == ["doc.txt", "x", "y", "old/name.c", "new/name.c"]
+    assert quilt.touched_paths(one(tmp_path, text)) == ["doc.txt", "x", "y", "old/name.c", "new/name.c"]
 
 
 @pytest.mark.parametrize("header", [
@@ -136,12 +137,12 @@ def test_touched_paths_skips_hunk_bodies(tmp_path: Path) -> None:
 ])
 def test_touched_paths_refuses_escapes(tmp_path: Path, header: str) -> None:
     with pytest.raises(UserError, match="outside the source tree"):
-        patches.touched_paths(one(tmp_path, header + "@@ -1 +1 @@\n-a\n+b\n"))
+        quilt.touched_paths(one(tmp_path, header + "@@ -1 +1 @@\n-a\n+b\n"))
 
 
 def test_dev_null_and_strip_zero(tmp_path: Path) -> None:
     text = "--- /dev/null\n+++ new/file.c\n@@ -0,0 +1 @@\n+x\n"
-    assert patches.touched_paths(one(tmp_path, text, strip=0)) == ["new/file.c"]
+    assert quilt.touched_paths(one(tmp_path, text, strip=0)) == ["new/file.c"]
 
 
 def test_parse_push_output() -> None:
@@ -155,7 +156,7 @@ Hunk #2 FAILED at 40.
 can't find file to patch at input line 12
 Patch patches/0002-b.patch does not apply (enforce with -f)
 """
-    failures = patches.parse_push_output(out)
+    failures = quilt.parse_push_output(out)
     assert [f.describe() for f in failures] == [
         "drivers/y.c hunk #2 (at line 40): hunk does not apply",
         "drivers/y.c: file to patch not found"]
@@ -173,16 +174,16 @@ def test_real_quilt_push_and_rollback(tmp_path: Path) -> None:
     write(srcdir / "2.patch", bad)
     write(srcdir / "series", "0.patch\n1.patch\n2.patch\n")
     copy = tmp_path / "copy"
-    patches.stage_copy(patches.read_series(srcdir), copy)
+    quilt.stage_copy(quilt.read_series(srcdir), copy)
     with pytest.raises(UserError) as exc:
-        patches.push(tree, copy, tmp_path / "log")
+        quilt.push(tree, copy, tmp_path / "log")
     assert exc.value.message == "patch 2.patch does not apply at fuzz 0: f.c hunk #1 (at line 1): hunk does not apply"
     assert (tree / "f.c").read_text() == "one\ntwo\nthree\n", "rolled back to pristine"
     assert not (tree / ".pc").exists()
     assert sorted(p.name for p in tree.iterdir()) == ["f.c"], "directories patch 0 created are gone"
     write(srcdir / "series", "1.patch\n")
-    patches.stage_copy(patches.read_series(srcdir), copy)
-    patches.push(tree, copy, tmp_path / "log")
+    quilt.stage_copy(quilt.read_series(srcdir), copy)
+    quilt.push(tree, copy, tmp_path / "log")
     assert (tree / "f.c").read_text() == "one\nTWO\nthree\n"
 
 
@@ -194,9 +195,9 @@ def test_quilt_ignores_the_users_quiltrc(tmp_path: Path, monkeypatch: pytest.Mon
     write(tree / "f.c", "one\ntwo\nthree\n")
     write(tmp_path / "p/1.patch", "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n uno\n-two\n+TWO\n three\n")
     write(tmp_path / "p/series", "1.patch\n")
-    patches.stage_copy(patches.read_series(tmp_path / "p"), tmp_path / "copy")
+    quilt.stage_copy(quilt.read_series(tmp_path / "p"), tmp_path / "copy")
     with pytest.raises(UserError, match="does not apply at fuzz 0"):
-        patches.push(tree, tmp_path / "copy", tmp_path / "log")
+        quilt.push(tree, tmp_path / "copy", tmp_path / "log")
 
 
 def test_quilt_ignores_the_users_quilt_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,11 +210,11 @@ def test_quilt_ignores_the_users_quilt_environment(tmp_path: Path, monkeypatch: 
     write(tree / "f.c", "one\ntwo\nthree\n")
     write(tmp_path / "p/1.patch", "--- a/f.c\n+++ b/f.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n")
     write(tmp_path / "p/series", "1.patch\n")
-    patches.stage_copy(patches.read_series(tmp_path / "p"), tmp_path / "copy")
-    patches.push(tree, tmp_path / "copy", tmp_path / "log")
+    quilt.stage_copy(quilt.read_series(tmp_path / "p"), tmp_path / "copy")
+    quilt.push(tree, tmp_path / "copy", tmp_path / "log")
     assert (tree / "f.c").read_text() == "one\nTWO\nthree\n"
     assert (tree / ".pc").is_dir() and not (tree / ".elsewhere").exists()
-    env = patches.quilt_env(tmp_path / "copy")
+    env = quilt.quilt_env(tmp_path / "copy")
     assert env["QUILT_SERIES"] == env["QUILT_PATCH_OPTS"] == "" and env["QUILT_PC"] == ".pc"
 
 
@@ -260,11 +261,11 @@ def test_stage_key_is_stable_and_changes_are_named() -> None:
     a = {"stage": "kernel", "patches": [{"name": "1.patch", "sha256": "a" * 64}], "toolchain": "gcc 12"}
     b = {"stage": "kernel", "patches": [{"name": "1.patch", "sha256": "b" * 64}, {"name": "2.patch"}],
          "toolchain": "gcc 13"}
-    assert stagekey.compute(a) == stagekey.compute(json.loads(json.dumps(a)))
-    assert stagekey.compute(a) != stagekey.compute(b)
-    assert stagekey.changes(a, b) == ["patches: 2.patch added", "patches: 1.patch changed",
+    assert keys.compute(a) == keys.compute(json.loads(json.dumps(a)))
+    assert keys.compute(a) != keys.compute(b)
+    assert keys.changes(a, b) == ["patches: 2.patch added", "patches: 1.patch changed",
                                       "toolchain: gcc 12 -> gcc 13"]
-    assert stagekey.changes({"s": "a" * 64}, {"s": "b" * 64}) == ["s: aaaaaaaaaaaa -> bbbbbbbbbbbb"]
+    assert keys.changes({"s": "a" * 64}, {"s": "b" * 64}) == ["s: aaaaaaaaaaaa -> bbbbbbbbbbbb"]
 
 
 def test_digest_cache_rehashes_only_on_change(tmp_path: Path) -> None:
@@ -509,7 +510,8 @@ def test_progress_counts_kbuild_steps_and_estimates() -> None:
 
 def test_doctor_reports_missing_tools_with_the_apt_line(monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    from builder import cli, doctor
+    from builder import cli
+    from builder.commands import doctor
 
     monkeypatch.setenv("PATH", "/nonexistent")
     missing = doctor.missing()
@@ -547,8 +549,8 @@ def test_doctor_passes_on_this_host(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_missing_debian_source_package_is_an_infrastructure_error(tmp_path: Path) -> None:
-    from builder import sources
-    from builder.config import SourceSettings
+    from builder.infra.config import SourceSettings
+    from builder.tools import sources
 
     settings = SourceSettings(package="linux-source-0.1")
     with pytest.raises(InfraError) as exc:

@@ -1,0 +1,49 @@
+"""Host tools the pipeline needs: who needs them, how to check, what to install.
+
+The table is the single source for ``isobuild doctor``, the runner's
+"command not found" hint and the set-up script (``doctor --install``).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from builder.infra import runner
+from builder.infra.hosttools import TOOLS, Tool, apt_line, install_hint, missing
+
+__all__ = ["TOOLS", "Tool", "apt_line", "el_build", "glibc_build_deps", "install", "install_hint", "missing"]
+
+
+def install(tools: list[Tool], log_path: Path) -> None:
+    if not tools:
+        return
+    packages = sorted({t.package for t in tools})
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    runner.run(["apt-get", "update", "-q"], log_path=log_path, env=env)
+    runner.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+               log_path=log_path, env=env)
+
+
+def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
+    """glibc's unmet build dependencies (None: its packaging or dpkg-checkbuilddeps is not installed yet;
+    the tool table says so)."""
+    from builder.stages import glibc
+
+    if not control.exists() or shutil.which("dpkg-checkbuilddeps") is None:
+        return None
+    return glibc.unmet_build_deps(control, profiles)
+
+
+def el_build() -> tuple[str, str]:
+    """How ``build: auto`` installs an EL root on this host: (mock | dnf, why)."""
+    from builder.distros.el import resolve_build
+
+    return resolve_build("auto")
+
+
+def namespaces() -> tuple[bool, str]:
+    """Whether this host lets isobuild run a root's commands in namespaces (as this user): (ok, why)."""
+    from builder.infra import sandbox
+
+    return sandbox.probe()

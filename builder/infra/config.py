@@ -1,0 +1,193 @@
+"""Project settings: ``isobuild.yaml`` at the project root.
+
+The dataclasses below are the schema (see builder.infra.schema).  ``Project`` adds
+the resolved paths every stage uses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from builder.infra import paths
+from builder.infra.errors import UserError
+from builder.infra.schema import at_least, load_file, matches, setting
+
+SHA256 = matches(r"[0-9a-f]{64}", "64 lowercase hex digits (a sha256)")
+PROFILE_NAME = r"[A-Za-z0-9_-]{1,64}"
+
+
+def regex(value: Any) -> str | None:
+    """A setting that is a regular expression: it must compile."""
+    try:
+        re.compile(str(value))
+    except re.error as exc:
+        return f"is not a valid regular expression ({exc})"
+    return None
+
+
+def check_profile_name(name: str, where: str = "--profile") -> str:
+    """A kernel profile name (a file under profiles/kernel/, never a path)."""
+    if not re.fullmatch(PROFILE_NAME, name):
+        raise UserError(f"{where}: {name!r} is not a profile name",
+                        hint="a profile is profiles/kernel/<name>.yaml: give the name (A-Z a-z 0-9 _ -), not a path")
+    return name
+
+
+@dataclass
+class SourceSettings:
+    type: Literal["debian", "tarball", "git"] = setting(
+        "debian", help="debian: Debian's linux-source package; tarball: a local file pinned by sha256; "
+        "git: a repository and ref")
+    package: str = setting("linux-source-6.1", help="debian: the package that ships /usr/src/<package>.tar.*",
+                           check=matches(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"))
+    path: str | None = setting(None, help="tarball: path to the .tar.* file (relative to the project)")
+    sha256: str | None = setting(None, help="tarball: its sha256; a mismatch refuses to build", check=SHA256)
+    url: str | None = setting(None, help="git: repository URL or path")
+    ref: str | None = setting(None, help="git: branch, tag or commit to build")
+
+    def validate(self) -> str | None:
+        if self.type == "tarball" and not (self.path and self.sha256):
+            return "type 'tarball' needs both 'path' and 'sha256'"
+        if self.type == "git" and not (self.url and self.ref):
+            return "type 'git' needs both 'url' and 'ref'"
+        return None
+
+
+@dataclass
+class GlibcSourceSettings(SourceSettings):
+    package: str = setting("glibc-source", help="debian: the package that ships /usr/src/glibc/ (the upstream "
+                           "tarball with Debian's series applied, and debian/)",
+                           check=matches(r"[a-z0-9][a-z0-9.+-]+", "a Debian package name"))
+    debian_dir: str | None = setting(None, help="tarball/git: the Debian packaging (a debian/ directory) to build "
+                                     "with; default: the glibc-source package's /usr/src/glibc/debian")
+
+
+@dataclass
+class GlibcSettings:
+    enabled: bool = setting(True, help="build the patched glibc and install it in the Debian ISO "
+                            "(false: the ISO keeps the distribution's glibc)")
+    source: GlibcSourceSettings = setting(factory=GlibcSourceSettings, help="where the glibc source comes from")
+    patches: str = setting("patches/glibc", help="directory with the quilt 'series' applied after Debian's own")
+    packaging_patches: str | None = setting(
+        "patches/glibc-debian", help="directory with a 'series' of patches to Debian's packaging (paths start "
+        "with debian/), applied before the build; the default one defines the pkg.glibc.nolocalesall profile")
+    suffix: str = setting("+isobuild1", help="appended to the distribution's version (must sort higher: '+...')",
+                          check=matches(r"[+~][A-Za-z0-9.+~]{1,32}", "'+' or '~' then up to 32 of A-Z a-z 0-9 . + ~"))
+    profiles: list[str] = setting(factory=lambda: ["nobiarch", "noudeb", "pkg.glibc.nolocalesall"],
+                                  help="DEB_BUILD_PROFILES: skip the 32-bit/x32 libraries, the installer udeb and "
+                                  "locales-all (two thirds of the build; no live ISO installs it)")
+    options: list[str] = setting(factory=lambda: ["nocheck", "noautodbgsym"],
+                                 help="DEB_BUILD_OPTIONS besides parallel=N: skip the test suite and debug packages")
+    install_build_deps: bool = setting(True, help="apt-get build-dep what dpkg-checkbuilddeps finds missing "
+                                       "(false: fail naming it)")
+    tests: list[str] = setting(factory=list, help="glibc tests to run after the build, e.g. string/test-strlen "
+                               "(isobuild glibc --tests adds more)")
+    marker: str = setting("XSC extensions:", help="text the patched libc.so.6 prints when run as a program; "
+                          "the boot check looks for it in the booted system",
+                          check=matches(r"[^'\\\n]{1,80}", "1 to 80 characters without quotes or backslashes"))
+
+
+@dataclass
+class BootSettings:
+    marker_file: str = setting("/sys/kernel/xsc/version",
+                               help="file the booted patched kernel exposes; its content is the marker",
+                               check=matches(r"/[A-Za-z0-9_./-]+", "an absolute path"))
+    marker_pattern: str = setting(r"\d+\.\d+\.\d+", help="regular expression the marker must match fully",
+                                  check=regex)
+    timeout: int = setting(300, help="seconds before the boot check gives up", check=at_least(10))
+    memory: int = setting(512, help="guest memory in MiB", check=at_least(64))
+
+
+@dataclass
+class KernelSettings:
+    source: SourceSettings = setting(factory=SourceSettings, help="where the kernel source comes from")
+    patches: str = setting("patches/kernel", help="directory with the quilt 'series' and its patches")
+    profile: str = setting("default", help="config profile: profiles/kernel/<name>.yaml",
+                           check=matches(PROFILE_NAME, "a profile name"))
+    fragments: list[str] = setting(factory=lambda: ["patches/kernel/xsc.config"],
+                                   help="extra config fragments merged after the profile's")
+    localversion: str = setting("-isobuild", help="pinned LOCALVERSION appended to the kernel release",
+                                check=matches(r"[-+._a-z0-9]{0,32}", "up to 32 of a-z 0-9 - + . _"))
+    boot: BootSettings = setting(factory=BootSettings, help="the QEMU boot check")
+
+
+@dataclass
+class SmokeSettings:
+    timeout: int = setting(300, help="seconds per boot before it counts as hung", check=at_least(10))
+    memory: int = setting(1536, help="guest memory in MiB (systemd wants about 1.5 GiB)", check=at_least(256))
+    parallel: int = setting(0, help="boots at once; 0 means one per two CPUs", check=at_least(0))
+
+
+@dataclass
+class ReleaseSettings:
+    key: str | None = setting(None, help="GnuPG key that signs releases: a fingerprint (best), key id or user id; "
+                              "isobuild release --key overrides")
+    gnupg_home: str | None = setting(None, help="GnuPG home directory holding that key (relative to the project; "
+                                     "default: $GNUPGHOME or ~/.gnupg)")
+
+
+@dataclass
+class Settings:
+    work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
+    logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
+    arch: Literal["x86_64"] = setting("x86_64", help="target architecture")
+    jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
+    kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
+    glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
+    smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
+    release: ReleaseSettings = setting(factory=ReleaseSettings, help="signing: isobuild release")
+
+
+@dataclass
+class Project:
+    root: Path
+    config_file: Path
+    settings: Settings
+    work_dir: Path = field(init=False)
+    logs_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        env = os.environ.get("ISOBUILD_WORK_DIR")
+        work = env or self.settings.work_dir
+        self.work_dir = self.path(os.path.expanduser(work))
+        self.logs_dir = self.path(os.path.expanduser(self.settings.logs_dir))
+        where = self.config_file.name
+        paths.check_output_dir(self.work_dir, self.root, "ISOBUILD_WORK_DIR" if env else "work_dir",
+                               "environment" if env else where)
+        paths.check_output_dir(self.logs_dir, self.root, "logs_dir", where)
+        if self.work_dir.resolve() == self.logs_dir.resolve():
+            raise UserError(f"{where}: logs_dir and work_dir are the same directory ({self.work_dir})",
+                            hint="give the logs a directory of their own")
+
+    def input_dir(self, value: str, setting: str) -> Path:
+        """A project input directory named by a setting (inside the project; see builder.infra.paths)."""
+        return paths.project_input(self.root, value, setting, self.config_file.name, "dir")
+
+    def input_file(self, value: str, setting: str) -> Path:
+        return paths.project_input(self.root, value, setting, self.config_file.name, "file")
+
+    def path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else self.root / p
+
+    @property
+    def iso_dir(self) -> Path:
+        """Where the ISO stage publishes: iso/<distro>/ (release and report read it)."""
+        return self.root / "iso"
+
+    @property
+    def jobs(self) -> int:
+        return self.settings.jobs or os.cpu_count() or 1
+
+
+def load_project(config_file: Path) -> Project:
+    if config_file.is_dir():
+        raise UserError(f"{config_file}: is a directory, not a settings file",
+                        hint="pass the settings file with -c (default: ./isobuild.yaml)")
+    config_file = config_file.resolve() if config_file.exists() else config_file.absolute()
+    settings = load_file(Settings, config_file)
+    return Project(root=config_file.parent, config_file=config_file, settings=settings)

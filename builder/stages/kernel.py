@@ -1,0 +1,362 @@
+"""The kernel stage: source + quilt series + config -> bzImage, modules, .deb, metadata.
+
+Data flows forward: ``plan()`` resolves every input and computes the stage
+key without touching the build tree (this is all a no-op run does);
+``build()`` prepares the patched tree, configures, compiles out of tree,
+packages with ``make bindeb-pkg`` (Debian) and ``make binrpm-pkg`` (EL) and publishes the artifacts under
+``<work>/kernel/artifacts/<key>/`` through a temp directory and a rename.
+
+One build tree per profile is kept so a changed patch costs an incremental
+make, not a cold build.  The tree carries a marker (``tree.json``) naming the
+source and the applied series; the marker is removed before the tree is
+touched and written back only once the tree is in a known state, so a run
+killed mid-patch is never mistaken for a good tree.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.infra import atomic, hosttools, keys, log, runner, state
+from builder.infra.arch import ARCHES, Arch
+from builder.infra.config import Project
+from builder.infra.digests import DigestCache, sha256_file
+from builder.infra.errors import UserError
+from builder.tools import kconfig, quilt, rootdir, sources
+
+# what a kernel build runs (bindeb-pkg and binrpm-pkg included)
+KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync",
+                "dpkg-deb", "dpkg-architecture", "fakeroot", "rpmbuild"]
+STAGE_VERSION = 2  # 2: the artifact also holds the binrpm-pkg RPMs (rpms/)
+_WARNING = re.compile(r"\bwarning:")
+_ERROR = re.compile(r"\berror:")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the kernel stage keeps things under the work dir."""
+
+    root: Path
+    profile: str
+
+    @property
+    def tree(self) -> Path:
+        return self.root / "trees" / self.profile
+
+    @property
+    def src(self) -> Path:
+        return self.tree / "src"
+
+    @property
+    def build(self) -> Path:
+        return self.tree / "build"
+
+    @property
+    def patch_copy(self) -> Path:
+        return self.tree / "patches"
+
+    @property
+    def marker(self) -> Path:
+        return self.tree / "tree.json"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state" / f"{self.profile}.json"
+
+    @property
+    def current(self) -> Path:
+        return self.root / "current" / self.profile
+
+    def artifact(self, key: str) -> Path:
+        return self.root / "artifacts" / key
+
+
+@dataclass
+class Plan:
+    project: Project
+    layout: Layout
+    arch: Arch
+    source: sources.Source
+    series: list[quilt.Patch]
+    profile: kconfig.Profile
+    toolchain: str
+    inputs: dict[str, Any]
+    key: str
+
+    @property
+    def artifact(self) -> Path:
+        return self.layout.artifact(self.key)
+
+
+def toolchain_version() -> str:
+    return runner.output(["gcc", "--version"]).splitlines()[0].strip()
+
+
+def plan(project: Project, profile_name: str | None = None) -> Plan:
+    """Resolve every input and the stage key; reads files, changes nothing."""
+    ks = project.settings.kernel
+    name = profile_name or ks.profile
+    hosttools.require(KERNEL_TOOLS, "the kernel stage")
+    root = project.work_dir / "kernel"
+    digests = DigestCache(project.work_dir / "digests.json")
+    source = sources.resolve(project, ks.source, digests)
+    digests.save()
+    series = quilt.read_series(project.input_dir(ks.patches, "kernel.patches"))
+    profile = kconfig.load_profile(project.root, name, ks.fragments)
+    arch = ARCHES[project.settings.arch]
+    toolchain = toolchain_version()
+    inputs: dict[str, Any] = {
+        "stage": "kernel",
+        "stage_version": STAGE_VERSION,
+        "source": source.identity,
+        "patches": [p.identity() for p in series],
+        "config": profile.identity(),
+        "localversion": ks.localversion,
+        "arch": arch.name,
+        "toolchain": toolchain,
+        "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
+    }
+    return Plan(project, Layout(root, name), arch, source, series, profile, toolchain, inputs,
+                keys.compute(inputs))
+
+
+def built(p: Plan) -> dict[str, Any] | None:
+    """The metadata of the artifact for this plan's key, if it was built."""
+    return state.load(p.artifact / "metadata.json")
+
+
+def adopt(p: Plan) -> bool:
+    """Make the plan's already-built artifact the profile's current one (see state.adopt)."""
+    lay = p.layout
+    return state.adopt(p.artifact, lay.current, lay.state, p.key, p.inputs, {"stage": "kernel", "profile": lay.profile})
+
+
+# --- the build ---------------------------------------------------------------------------
+
+
+def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, epoch: int) -> dict[str, str]:
+    """Variables that pin the kernel release and make the build reproducible:
+    the same inputs give the same bzImage from any directory."""
+    stamp = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
+    return {
+        "ARCH": make_arch,
+        "LOCALVERSION": localversion,
+        "KBUILD_BUILD_TIMESTAMP": stamp,
+        "KBUILD_BUILD_USER": "isobuild",
+        "KBUILD_BUILD_HOST": "isobuild",
+        "KBUILD_BUILD_VERSION": "1",
+        "KCFLAGS": f"-ffile-prefix-map={src}/= -ffile-prefix-map={build}/=",
+        "SOURCE_DATE_EPOCH": str(epoch),
+        "KDEB_CHANGELOG_DIST": "isobuild",
+    }
+
+
+def make_env(p: Plan, epoch: int) -> dict[str, str]:
+    return reproducible_env(p.layout.src, p.layout.build, p.arch.make_arch,
+                            p.project.settings.kernel.localversion, epoch)
+
+
+def _make(p: Plan, *targets: str) -> list[str]:
+    return ["make", f"O={p.layout.build}", *targets]
+
+
+def prepare_tree(p: Plan, log_path: Path) -> list[str]:
+    """Bring the profile's source tree to 'source + this series'; return quilt notes.
+
+    The marker is removed before the tree is touched and written only when the
+    tree is in a known state, so a run killed mid-way leaves no marker and the
+    next run starts from a fresh extract (and a clean build dir).
+    """
+    lay = p.layout
+    want = [x.identity() for x in p.series]
+    touched_by = quilt.vet(p.series)  # before anything is applied or unapplied
+    touched = sorted({f for files in touched_by.values() for f in files})
+    marker = state.load(lay.marker)
+    touched_before: list[str] = []
+    if marker is None or marker.get("source") != p.source.identity or not lay.src.exists():
+        lay.marker.unlink(missing_ok=True)
+        shutil.rmtree(lay.src, ignore_errors=True)
+        # Objects in build/ may come from another source or a series we no longer
+        # know; a fresh tree's files are older than them, so make would keep them.
+        shutil.rmtree(lay.build, ignore_errors=True)
+        with log.stage("kernel.extract", tarball=str(p.source.tarball)):
+            sources.extract(p.source, lay.src, log_path)
+    elif marker.get("series") == want:
+        return []
+    else:
+        touched_before = list(marker.get("touched", []))
+        lay.marker.unlink()
+        quilt.pop_all(lay.src, lay.patch_copy, log_path)
+        if (lay.src / ".pc").exists():
+            raise UserError(f"{lay.src}: quilt could not unapply the previous series",
+                            hint="run 'isobuild clean' to drop the tree and rebuild it")
+    quilt.stage_copy(p.series, lay.patch_copy)
+    try:
+        notes = quilt.push(lay.src, lay.patch_copy, log_path)
+    except UserError:
+        # push rolled the tree back to pristine; remember what may be stale in build/
+        state.save(lay.marker, {"source": p.source.identity, "series": [],
+                                "touched": sorted(set(touched_before) | set(touched))})
+        raise
+    # quilt restores unpatched files with their old mtimes; make would then keep
+    # objects built from the patched versions.  Touch every file either series
+    # touched so make rebuilds exactly those.
+    now = time.time()
+    tree = rootdir.Root(lay.src)
+    for rel in set(touched) | set(touched_before):
+        try:  # resolved inside the tree; a symlink itself gets the time, never what it points at
+            path = tree.resolve(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if path.exists() or path.is_symlink():
+            os.utime(path, (now, now), follow_symlinks=False)
+    state.save(lay.marker, {"source": p.source.identity, "series": want, "touched": touched})
+    return notes
+
+
+def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, str], str]:
+    lay = p.layout
+    lay.build.mkdir(parents=True, exist_ok=True)
+    config = lay.build / ".config"
+    if p.profile.base in kconfig.BASE_TARGETS:
+        runner.run(_make(p, p.profile.base), cwd=lay.src, env=env, log_path=log_path)
+    else:
+        shutil.copyfile(p.profile.base, config)
+    frags = [str(f.path) for f in p.profile.fragments]
+    runner.run([str(lay.src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(lay.build), str(config), *frags],
+               cwd=lay.src, env=env, log_path=log_path)
+    runner.run(_make(p, "olddefconfig"), cwd=lay.src, env=env, log_path=log_path)
+    effective = kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir)
+    release = runner.output(_make(p, "-s", "kernelrelease"), cwd=lay.src, env=env).strip().splitlines()[-1]
+    return effective, release
+
+
+def compile_kernel(p: Plan, env: dict[str, str], log_path: Path, modules: bool, expected: int | None) -> int:
+    from builder.infra.progress import Progress
+
+    progress = Progress("kernel.compile", expected)
+    targets = [Path(p.arch.image).name] + (["modules"] if modules else [])
+    try:
+        runner.run(_make(p, f"-j{p.project.jobs}", *targets), cwd=p.layout.src, env=env,
+                   log_path=log_path, on_line=progress.line)
+    except runner.CommandFailed as exc:
+        raise UserError(
+            "kernel compile failed" + (f": {exc.error_lines[0].strip()}" if exc.error_lines else ""),
+            hint=exc.hint, details=exc.details) from None
+    finally:
+        progress.finish()
+    return progress.done
+
+
+def package(p: Plan, env: dict[str, str], log_path: Path, release: str) -> list[Path]:
+    """``make bindeb-pkg``; the .debs land in the build dir's parent."""
+    for old in list(p.layout.tree.glob("*.deb")) + list(p.layout.tree.glob("*.buildinfo")) + \
+            list(p.layout.tree.glob("*.changes")):
+        old.unlink()
+    deb_env = dict(env, KDEB_PKGVERSION=f"{release}-1")
+    runner.run(_make(p, f"-j{p.project.jobs}", "bindeb-pkg"), cwd=p.layout.src, env=deb_env, log_path=log_path)
+    return sorted(p.layout.tree.glob("*.deb"))
+
+
+def package_rpm(p: Plan, env: dict[str, str], log_path: Path) -> list[Path]:
+    """``make binrpm-pkg`` in the same build dir: its make run finds everything built, so it only
+    packages (kernel-<release> and kernel-headers RPMs for the EL images).
+
+    rpmbuild reads ``$HOME/.rpmmacros``: a private HOME puts its tree beside the build dir instead
+    of ~/rpmbuild and pins the build host and time so the RPM headers do not vary.
+    """
+    home, top = p.layout.tree / "rpmhome", p.layout.tree / "rpmbuild"
+    shutil.rmtree(top, ignore_errors=True)
+    home.mkdir(parents=True, exist_ok=True)
+    (home / ".rpmmacros").write_text(f"%_topdir {top}\n%_buildhost isobuild\n"
+                                     "%use_source_date_epoch_as_buildtime 1\n%clamp_mtime_to_source_date_epoch 1\n")
+    runner.run(_make(p, f"-j{p.project.jobs}", "binrpm-pkg"), cwd=p.layout.src, env=dict(env, HOME=str(home)),
+               log_path=log_path)
+    return sorted(top.glob("RPMS/*/*.rpm"))
+
+
+def build(p: Plan, log_path: Path) -> dict[str, Any]:
+    """Build the plan's kernel and publish it; return its metadata."""
+    lay = p.layout
+    phases = log.Phases("kernel")
+    started = state.now()
+    previous = state.load(lay.state) or {}
+    record: dict[str, Any] = {
+        "stage": "kernel", "profile": lay.profile, "key": p.key, "started": started, "log": str(log_path),
+        "inputs": p.inputs, "last_good": previous.get("last_good"),
+        "steps_last_build": previous.get("steps_last_build"),
+    }
+    with state.recorded(lay.state, record) as done:
+        with phases.phase("patch"):
+            notes = prepare_tree(p, log_path)
+        epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
+        env = make_env(p, epoch)
+        with phases.phase("config"):
+            effective, release = configure(p, env, log_path)
+        modules = kconfig.read_config(lay.build / ".config").get("CONFIG_MODULES") == "y"
+        log_offset = log_path.stat().st_size
+        with phases.phase("compile"):
+            steps = compile_kernel(p, env, log_path, modules, previous.get("steps_last_build"))
+        warnings, errors = log.count_since(log_path, log_offset, _WARNING, _ERROR)
+        with phases.phase("package"):
+            debs = package(p, env, log_path, release)
+            rpms = package_rpm(p, env, log_path)
+        collect_start = time.monotonic()
+        with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
+            metadata = collect(p, out, env, log_path, debs, rpms, modules)
+            metadata.update({
+                "kernel_release": release,
+                "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
+                           "effective": effective},
+                "quilt_notes": notes,
+                "diagnostics": {"warnings": warnings, "errors": errors},
+                "started": started,
+                "finished": state.now(),
+                "log": str(log_path),
+            })
+            metadata["durations"] = dict(phases.seconds, collect=round(time.monotonic() - collect_start, 3))
+            atomic.write_json(out / "metadata.json", metadata)
+        atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
+        done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
+    return metadata
+
+
+def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[Path], rpms: list[Path],
+            modules: bool) -> dict[str, Any]:
+    lay = p.layout
+    shutil.copyfile(lay.build / p.arch.image, out / Path(p.arch.image).name)
+    shutil.copyfile(lay.build / "System.map", out / "System.map")
+    shutil.copyfile(lay.build / ".config", out / "config")
+    if modules:
+        runner.run(_make(p, "INSTALL_MOD_STRIP=1", f"INSTALL_MOD_PATH={out / 'modules'}", "modules_install"),
+                   cwd=lay.src, env=env, log_path=log_path)
+    (out / "debs").mkdir()
+    for deb in debs:
+        shutil.copyfile(deb, out / "debs" / deb.name)
+    (out / "rpms").mkdir()
+    for rpm in rpms:
+        shutil.copyfile(rpm, out / "rpms" / rpm.name)
+    files = sorted(f for f in out.rglob("*") if f.is_file() and "modules" not in f.relative_to(out).parts[:1])
+    return {
+        "stage": "kernel",
+        "key": p.key,
+        "profile": lay.profile,
+        "inputs": p.inputs,
+        "source": {"label": p.source.label, **p.source.identity},
+        "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
+        "toolchain": p.toolchain,
+        "arch": p.arch.name,
+        "make_env": env,
+        "artifacts": {str(f.relative_to(out)): sha256_file(f) for f in files},
+        "reproducer": {
+            "isobuild": f"isobuild kernel --profile {lay.profile}",
+            "make": runner.reproducer(_make(p, f"-j{p.project.jobs}", Path(p.arch.image).name, "modules"),
+                                      lay.src, env),
+        },
+    }

@@ -1,0 +1,120 @@
+"""The smoke stage: boot an ISO in each firmware x media mode and prove the
+running system is the patched one.
+
+The image carries a boot-check unit that runs only when QEMU passes
+``-fw_cfg name=opt/isobuild/smoke`` (inert on real machines).  It reports the
+kernel release, the patched-kernel marker, the systemd state and the failed
+units; the host also watches the console for panics, Oopses and BUGs.
+Results: one state record per mode, ``logs/smoke-<distro>.json`` and
+``logs/smoke-<distro>.xml`` (JUnit).  Verdicts: pass / fail / error
+(infrastructure), with distinct exit codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from builder.infra import atomic, state
+from builder.infra.errors import CheckFailed, InfraError, UserError
+from builder.stages import iso
+from builder.tools import bootmedia, console
+
+MODES = tuple(f"{fw}-{media}" for fw, media in bootmedia.MODES)
+FW_CFG = {"opt/isobuild/smoke": "1"}
+
+
+def parse_modes(text: str) -> list[str]:
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise UserError(f"boot mode(s) {', '.join(unknown) or '(none)'} unknown",
+                        hint=f"choose from {', '.join(MODES)}, comma-separated")
+    return modes
+
+
+def expect(marker_pattern: str, release: str, glibc: dict[str, Any] | None = None) -> console.Expect:
+    """What a good boot reports; with ``glibc`` (the ISO record's) also our libc6 version and banner marker."""
+    markers = {"UNAME": re.escape(release), "MARKER": marker_pattern, "SYSTEM": "running", "FAILED": "none"}
+    if glibc:
+        markers.update(GLIBC=re.escape(str(glibc["version"])), LIBC=f".*{re.escape(str(glibc['marker']))}.*")
+    return console.Expect(markers)
+
+
+def state_path(ip: iso.Plan, mode: str) -> Path:
+    return ip.rootfs.layout.state_dir / f"smoke-{mode}.json"
+
+
+def run(ip: iso.Plan, modes: list[str], log_for: Callable[[str], Path]) -> list[console.Verdict]:
+    record = iso.built(ip)
+    if record is None:
+        name = ip.rootfs.plugin.name
+        raise UserError(f"the {name} ISO is missing or stale ({ip.out})", hint=f"run: isobuild {name}")
+    project = ip.rootfs.plugin.project
+    smoke = project.settings.smoke
+    want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
+    arch = ip.rootfs.kernel.arch
+    workers = smoke.parallel or max(1, (os.cpu_count() or 1) // 2)
+
+    def one(mode: str) -> console.Verdict:
+        firmware, media = mode.split("-")
+        verdict = bootmedia.boot_iso(arch, ip.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
+                                   timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG)
+        verdict.extra["mode"] = mode
+        state.save(state_path(ip, mode), {"stage": "smoke", "mode": mode, "key": ip.key, "finished": state.now(),
+                                          **verdict.as_dict()})
+        return verdict
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        verdicts = list(pool.map(one, modes))
+    write_results(project.logs_dir, ip.rootfs.plugin.name, verdicts)
+    return verdicts
+
+
+def write_results(logs_dir: Path, distro: str, verdicts: list[console.Verdict]) -> None:
+    atomic.write_json(logs_dir / f"smoke-{distro}.json", [v.as_dict() for v in verdicts])
+    atomic.write_text(logs_dir / f"smoke-{distro}.xml", junit(distro, verdicts))
+
+
+def junit(distro: str, verdicts: list[console.Verdict]) -> str:
+    suite = ET.Element("testsuite", name=f"isobuild.smoke.{distro}", tests=str(len(verdicts)),
+                       failures=str(sum(v.status == "fail" for v in verdicts)),
+                       errors=str(sum(v.status == "error" for v in verdicts)),
+                       time=f"{sum(v.seconds for v in verdicts):.1f}")
+    for v in verdicts:
+        case = ET.SubElement(suite, "testcase", classname=f"smoke.{distro}", name=str(v.extra.get("mode")),
+                             time=f"{v.seconds:.1f}")
+        if v.status != "pass":
+            tag = "failure" if v.status == "fail" else "error"
+            node = ET.SubElement(case, tag, message="; ".join(v.reasons)[:500])
+            node.text = "\n".join(v.tail)
+        out = ET.SubElement(case, "system-out")
+        out.text = json.dumps({"markers": v.markers, "findings": v.findings, "log": v.log}, sort_keys=True)
+    return ET.tostring(suite, encoding="unicode") + "\n"
+
+
+def summary(verdicts: list[console.Verdict]) -> str:
+    return "\n".join(f"smoke {v.extra.get('mode')}: {v.status} in {v.seconds:.0f} s"
+                     + (f" -- {'; '.join(v.reasons)}" if v.reasons else "") for v in verdicts)
+
+
+def raise_for(verdicts: list[console.Verdict]) -> None:
+    failed = [v for v in verdicts if v.status == "fail"]
+    broken = [v for v in verdicts if v.status == "error"]
+    if not failed and not broken:
+        return
+    details: list[Any] = []
+    for v in failed + broken:
+        details += [f"{v.extra.get('mode')}: {r}" for r in v.reasons]
+        details += [f"  {line}" for line in v.tail[-8:]] + [f"  console log: {v.log}"]
+    if failed:
+        raise CheckFailed(f"boot check failed in {', '.join(str(v.extra.get('mode')) for v in failed)}: "
+                          f"{failed[0].reasons[0]}", details=details, hint="the ISO is kept; see the console logs")
+    raise InfraError(f"boot check could not run in {', '.join(str(v.extra.get('mode')) for v in broken)}",
+                     details=details)
