@@ -1,4 +1,4 @@
-"""The ``isobuild`` command line."""
+"""The ``isobuild`` command line: a table of verbs (``VERBS``), their handlers, and ``main``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,20 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from builder import __version__, pipeline
-from builder.commands import doctor
+from builder import __version__, distros, pipeline
+from builder.commands import clean, doctor, patches, release, report, status
 from builder.infra import lock, log
-from builder.infra.config import Project, check_profile_name, load_project
+from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
 from builder.infra.errors import ExitCode, IsobuildError
-from builder.stages import iso
-from builder.stages.kernel import Plan
-from builder.tools.console import Verdict
+from builder.stages import glibc, iso, kernelboot, smoke
+from builder.stages.kernel import KernelStage
+from builder.tools.console import Verdict, raise_for
 
 EXIT_CODES = """exit codes:
   0    success (or: already up to date)
@@ -47,30 +49,8 @@ def _project(args: argparse.Namespace) -> Project:
     return load_project(Path(args.config))
 
 
-def cmd_kernel(args: argparse.Namespace) -> int:
-    project = _project(args)
-    p, meta, fresh = pipeline.ensure_kernel(project, args.profile, force=args.force)
-    verb = "built" if fresh else "is up to date"
-    summary = f"kernel {meta.get('kernel_release')} ({p.layout.profile}) {verb}: {p.artifact}"
-    verdict = _boot(project, p) if args.boot else None
-    if args.json:
-        print(json.dumps({"kernel": meta, "boot": verdict.as_dict() if verdict else None}, indent=2))
-    else:
-        print(summary)
-        if verdict:
-            print(_verdict_line(verdict))
-    if verdict:
-        from builder.stages import kernelboot
-
-        kernelboot.raise_for(verdict)
-    return 0
-
-
-def _boot(project: Project, p: Plan) -> Verdict:
-    from builder.stages import kernelboot
-
-    with pipeline.locked(project):
-        return kernelboot.boot(p, pipeline.stage_log(project, f"boot-kernel-{p.layout.profile}"))
+def _modes(text: str | None) -> list[str]:
+    return smoke.parse_modes(text) if text else list(smoke.MODES)
 
 
 def _verdict_line(verdict: Verdict) -> str:
@@ -79,32 +59,15 @@ def _verdict_line(verdict: Verdict) -> str:
                if verdict.status == "pass" else ""))
 
 
-def cmd_test(args: argparse.Namespace) -> int:
-    from builder.stages import kernel, kernelboot
-
-    project = _project(args)
-    if args.target == "kernel":
-        verdict = _boot(project, kernel.plan(project, args.profile))
-        print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
-        kernelboot.raise_for(verdict)
-        return 0
-    modes = _modes(args.modes)
-    ip = pipeline.iso_plan(project, args.target, args.profile)
-    return _smoke(project, ip, modes, args.json, {})
+def _boot(stage: KernelStage) -> Verdict:
+    with pipeline.locked(stage.project):
+        return kernelboot.KernelBootCheck(stage).run(pipeline.stage_log(stage.project, f"boot-{stage.label}"))
 
 
-def _modes(text: str | None) -> list[str]:
-    from builder.stages import smoke
-
-    return smoke.parse_modes(text) if text else list(smoke.MODES)
-
-
-def _smoke(project: Project, ip: iso.Plan, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
-    from builder.stages import smoke
-
-    distro = ip.rootfs.plugin.name
+def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
+    project = stage.project
     with pipeline.locked(project):
-        verdicts = smoke.run(ip, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{distro}-{mode}"))
+        verdicts = smoke.run(stage, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{stage.label}-{mode}"))
     if as_json:
         print(json.dumps({**built, "smoke": [v.as_dict() for v in verdicts]}, indent=2, default=str))
     else:
@@ -113,76 +76,103 @@ def _smoke(project: Project, ip: iso.Plan, chosen: list[str], as_json: bool, bui
     return 0
 
 
+# --- handlers ---------------------------------------------------------------------------------
+
+def cmd_kernel(args: argparse.Namespace) -> int:
+    project = _project(args)
+    done = pipeline.ensure_kernel(project, args.profile, force=args.force)
+    stage, meta = done.stage, done.meta
+    verb = "built" if done.built_now else "is up to date"
+    verdict = _boot(stage) if args.boot else None  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({"kernel": meta, "boot": verdict.as_dict() if verdict else None}, indent=2))
+    else:
+        print(f"kernel {meta.get('kernel_release')} ({stage.instance}, {stage.arch}) {verb}: {stage.artifact}")
+        if verdict:
+            print(_verdict_line(verdict))
+    if verdict:
+        raise_for([verdict], "the kernel artifact")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    project = _project(args)
+    if args.target == "kernel":
+        verdict = _boot(KernelStage(project, args.profile))
+        print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
+        raise_for([verdict], "the kernel artifact")
+        return 0
+    modes = _modes(args.modes)
+    return _smoke(pipeline.iso_stage(project, args.target, args.profile), modes, args.json, {})
+
+
 def cmd_distro(args: argparse.Namespace) -> int:
     project = _project(args)
     modes = _modes(args.modes)  # a typo must not wait for the build
     checked = pipeline.preflight(project, [args.distro], args.profile)  # every input, before any build
-    ip, record = pipeline.ensure_iso(project, args.distro, args.profile,
-                                     force_glibc=getattr(args, "force_glibc", False),
-                                     plugin=checked.plugins[args.distro])
+    stages = checked.stages[args.distro]
+    done = pipeline.ensure_distro(stages, force_glibc=getattr(args, "force_glibc", False))
+    record = done.meta
     if not args.json:
-        print(f"{args.distro} ISO: {ip.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
+        print(f"{args.distro} ISO: {stages.iso.out} ({record.get('size', 0) / 2**20:.0f} MiB, "
               f"sha256 {str(record.get('sha256'))[:16]}..., kernel {record.get('kernel_release')})")
     if args.no_smoke:
         if args.json:
             print(json.dumps({"iso": record}, indent=2, default=str))
         return 0
-    return _smoke(project, ip, modes, args.json, {"iso": record})
+    return _smoke(stages.iso, modes, args.json, {"iso": record})
 
 
 def cmd_glibc(args: argparse.Namespace) -> int:
     project = _project(args)
     tests = [t.strip() for t in (args.tests or "").split(",") if t.strip()]
-    p, meta, fresh = pipeline.ensure_glibc(project, force=args.force, tests=tests)
+    done = pipeline.ensure_glibc(project, force=args.force, tests=tests)
+    meta = done.meta
     if args.json:
         print(json.dumps({"glibc": meta}, indent=2, default=str))
     else:
-        verb = "built" if fresh else "is up to date"
+        verb = "built" if done.built_now else "is up to date"
         names = ", ".join(str(x["package"]) for x in meta.get("packages", []))
-        print(f"glibc {meta.get('version')} {verb}: {p.artifact}/debs ({names})")
+        print(f"glibc {meta.get('version')} {verb}: {done.stage.artifact}/debs ({names})")
         for test, result in meta.get("tests", {}).items():
             print(f"  test {test}: {result}")
     return 0
 
 
-def _stages(project: Project, distros_: list[str], args: argparse.Namespace) -> list[pipeline.Stage]:
+def _steps(project: Project, names: list[str], args: argparse.Namespace) -> list[pipeline.Step]:
     """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks."""
-    from builder.stages import smoke
-
     modes = _modes(args.modes)  # a typo must not wait for the builds
-    checked = pipeline.preflight(project, distros_, args.profile, keep_going=args.keep_going)
-    plugins = checked.plugins
-    stages = [pipeline.Stage("kernel", [], lambda: pipeline.ensure_kernel(project, args.profile)[1]
-                             .get("kernel_release", ""))]
-    # Debian's glibc stage; an EL distro's glibc-rpm stage runs inside its ISO stage
-    glibc_for = [n for n, plugin in plugins.items()
-                 if pipeline.wants_glibc(project, plugin) and plugin.glibc_format == "deb"]
+    checked = pipeline.preflight(project, names, args.profile, keep_going=args.keep_going)
+    graph = checked.graph
+    steps = [pipeline.Step("kernel", [], lambda: pipeline.ensure(graph.kernel()).meta.get("kernel_release", ""))]
+    # Debian's glibc stage; an EL distro's glibc-rpm stage runs inside its ISO step
+    glibc_for = [n for n, s in checked.stages.items() if s.glibc is not None and s.glibc.kind == "glibc"]
     if glibc_for:
-        stages.append(pipeline.Stage("glibc", [], lambda: pipeline.ensure_glibc(project)[1].get("version", "")))
-    for name in distros_:
+        steps.append(pipeline.Step("glibc", [], lambda: pipeline.ensure_glibc(project).meta.get("version", "")))
+    for name in names:
         deps = ["kernel", *(["glibc"] if name in glibc_for else [])]
 
-        def iso(name: str = name) -> str:
+        def build_iso(name: str = name) -> str:
             if name in checked.failed:  # --keep-going: this distro failed its checks, the others go on
                 raise checked.failed[name]
-            ip, record = pipeline.ensure_iso(project, name, args.profile, plugin=plugins[name])
-            return f"{ip.out} ({int(record.get('size', 0)) // 2**20} MiB)"
+            record = pipeline.ensure_distro(checked.stages[name]).meta
+            return f"{checked.stages[name].iso.out} ({int(record.get('size', 0)) // 2**20} MiB)"
 
         def check(name: str = name) -> str:
-            ip = pipeline.iso_plan(project, name, args.profile)
+            stage = checked.stages[name].iso
             with pipeline.locked(project):
-                verdicts = smoke.run(ip, modes, lambda m: pipeline.stage_log(project, f"smoke-{name}-{m}"))
+                verdicts = smoke.run(stage, modes, lambda m: pipeline.stage_log(project, f"smoke-{stage.label}-{m}"))
             smoke.raise_for(verdicts)
             return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
 
-        stages.append(pipeline.Stage(f"{name}-iso", deps, iso))
+        steps.append(pipeline.Step(f"{name}-iso", deps, build_iso))
         if not args.no_smoke:
-            stages.append(pipeline.Stage(f"{name}-smoke", [f"{name}-iso"], check))
-    return stages
+            steps.append(pipeline.Step(f"{name}-smoke", [f"{name}-iso"], check))
+    return steps
 
 
-def _run_stages(project: Project, distros_: list[str], args: argparse.Namespace) -> int:
-    outcomes = pipeline.run_stages(_stages(project, distros_, args), keep_going=args.keep_going)
+def _run_steps(project: Project, names: list[str], args: argparse.Namespace) -> int:
+    outcomes = pipeline.run_stages(_steps(project, names, args), keep_going=args.keep_going)
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=2))
     else:
@@ -192,19 +182,15 @@ def _run_stages(project: Project, distros_: list[str], args: argparse.Namespace)
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    return _run_stages(_project(args), ["debian"], args)
+    return _run_steps(_project(args), ["debian"], args)
 
 
 def cmd_isos(args: argparse.Namespace) -> int:
-    from builder import distros
-
     project = _project(args)
-    return _run_stages(project, distros.enabled(project), args)
+    return _run_steps(project, distros.enabled(project), args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from builder.commands import status
-
     rows = status.rows(_project(args), args.profile)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
@@ -215,68 +201,54 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _glibc_build_deps(args: argparse.Namespace) -> list[str] | None:
-    """Unmet build dependencies of the configured glibc packaging (None: not installed yet)."""
-    from builder.stages import glibc
-
-    try:
-        gs = _project(args).settings.glibc
-    except IsobuildError:
-        from builder.infra.config import GlibcSettings
-
-        gs = GlibcSettings()
-    if not gs.enabled:
-        return []
-    return doctor.glibc_build_deps(glibc.DEBIAN_GLIBC / "debian" / "control", gs.profiles)
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from builder.stages import glibc
-
-    missing = doctor.missing()
-    log_file = Path(args.log or "/tmp/isobuild-doctor-install.log")
+    try:
+        project: Project | None = _project(args)
+    except IsobuildError:
+        project = None  # doctor answers for the host even when the settings are broken
+    gs = project.settings.glibc if project else GlibcSettings()
+    tools = doctor.tools(project)
+    missing = doctor.missing(tools)
+    log_file = Path(args.log) if args.log else (project.logs_dir / "doctor-install.log" if project
+                                                 else Path("doctor-install.log").absolute())
     if args.install and missing:
         doctor.install(missing, log_file)
-        missing = doctor.missing()
-    deps = _glibc_build_deps(args)
+        missing = doctor.missing(tools)
+    deps = doctor.glibc_build_deps(glibc.DEBIAN_GLIBC / "debian" / "control", gs.profiles) if gs.enabled else []
     if args.install and deps:
-        glibc.install_build_deps(glibc.DEBIAN_GLIBC, _project(args).settings.glibc.profiles, log_file)
-        deps = _glibc_build_deps(args)
-    rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()}
-            for t in doctor.TOOLS]
+        glibc.install_build_deps(glibc.DEBIAN_GLIBC, gs.profiles, log_file)
+        deps = doctor.glibc_build_deps(glibc.DEBIAN_GLIBC / "debian" / "control", gs.profiles)
+    rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()} for t in tools]
     contained, contained_why = doctor.namespaces()
+    el_path, el_why = doctor.el_build()
     if args.json:
-        el_path, el_why = doctor.el_build()
         print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps,
                           "el_build": {"path": el_path, "why": el_why},
                           "namespaces": {"ok": contained, "why": contained_why}}, indent=2))
+        return ExitCode.INFRA if missing or deps or not contained else 0
+    width = max(len(str(r["tool"])) for r in rows)
+    for r in rows:
+        mark = "ok     " if r["present"] else "MISSING"
+        print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(18)} {r['used_by']}")
+    if deps is None:
+        print("\nglibc build dependencies: not checked (glibc-source or dpkg-dev is not installed)")
+    elif deps:
+        print(f"\nglibc build dependencies missing: {' '.join(deps)}\n"
+              f"  install them: apt-get build-dep --arch-only {glibc.DEBIAN_GLIBC}/  (or isobuild doctor --install)")
     else:
-        width = max(len(r["tool"]) for r in rows)  # type: ignore[arg-type]
-        for r in rows:
-            mark = "ok     " if r["present"] else "MISSING"
-            print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(18)} {r['used_by']}")
-        if deps is None:
-            print("\nglibc build dependencies: not checked (glibc-source or dpkg-dev is not installed)")
-        elif deps:
-            print(f"\nglibc build dependencies missing: {' '.join(deps)}\n"
-                  f"  install them: apt-get build-dep --arch-only {glibc.DEBIAN_GLIBC}/  "
-                  "(or isobuild doctor --install)")
-        else:
-            print("\nglibc build dependencies: all present")
-        print("\nalma, rocky with build: auto: {} ({})".format(*doctor.el_build()))
-        print(f"\nbuild roots (the root's commands in private mount and PID namespaces"
-              f"{', as this ordinary user' if os.geteuid() else ''}): "
-              f"{'ok' if contained else 'NOT POSSIBLE'} ({contained_why})")
-        if missing:
-            print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
-        else:
-            print("\nall host tools are present")
+        print("\nglibc build dependencies: all present")
+    print(f"\nalma, rocky with build: auto: {el_path} ({el_why})")
+    print(f"\nbuild roots (the root's commands in private mount and PID namespaces"
+          f"{', as this ordinary user' if os.geteuid() else ''}): "
+          f"{'ok' if contained else 'NOT POSSIBLE'} ({contained_why})")
+    if missing:
+        print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
+    else:
+        print("\nall host tools are present")
     return ExitCode.INFRA if missing or deps or not contained else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
-    from builder.commands import clean
-
     project = _project(args)
     with lock.held(project.work_dir):  # not pipeline.locked: its sweep would not wait for --dry-run
         removed = clean.clean(project.work_dir, dry_run=args.dry_run, iso_dir=project.iso_dir)
@@ -285,13 +257,11 @@ def cmd_clean(args: argparse.Namespace) -> int:
     for path, size in removed:
         print(f"{verb} {path} ({size / 2**20:.1f} MiB)")
     print(f"{verb} {len(removed)} item(s), {total / 2**20:.1f} MiB; "
-          "kept the caches, the last good kernels, glibc packages and root filesystems")
+          "kept the caches and every artifact a project's last good build uses")
     return 0
 
 
 def cmd_release(args: argparse.Namespace) -> int:
-    from builder.commands import release
-
     project = _project(args)
     with pipeline.locked(project):  # no ISO stage may replace an ISO while it is summed and signed
         made = release.make(project, args.key, Path(args.out) if args.out else None,
@@ -304,8 +274,6 @@ def cmd_release(args: argparse.Namespace) -> int:
 
 
 def cmd_release_verify(args: argparse.Namespace) -> int:
-    from builder.commands import release
-
     project = _project(args)
     where = args.dir or args.out
     done = release.verify(project, Path(where) if where else None, args.key,
@@ -318,8 +286,6 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from builder.commands import report
-
     project = _project(args)
     out = Path(args.out).absolute() if args.out else report.default_path(project)
     report.write(project, out, args.profile)
@@ -328,8 +294,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_distclean(args: argparse.Namespace) -> int:
-    from builder.commands import clean
-
     project = _project(args)
     result = clean.distclean(project, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
@@ -343,24 +307,213 @@ def cmd_distclean(args: argparse.Namespace) -> int:
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from builder.commands import patches
-
     project = _project(args)
     log_path = pipeline.stage_log(project, f"patches-{args.patches_action}")
     if args.patches_action == "generate":
         comp = patches.COMPONENTS[args.component]
-        out = Path(args.out) if args.out else comp.patch_dir(project)
+        out = patches.output_dir(project, args.out) if args.out else comp.patch_dir(project)
         made = patches.generate(Path(args.repo), args.base, args.head, out, log_path)
         for g in made:
             print(f"  {g.name}  ({g.commit[:12]})")
         print(f"wrote {len(made)} patch(es) and series to {out}")
         return 0
     reports = [patches.check(project, comp, log_path, refresh=args.patches_action == "refresh",
-                                accept_fuzz=getattr(args, "accept_fuzz", False))
+                             accept_fuzz=getattr(args, "accept_fuzz", False))
                for comp in patches.selected(args.component, project)]
     print(patches.to_json(reports) if args.json else "\n".join(patches.render(r) for r in reports))
     patches.verdict(reports)
     return 0
+
+
+# --- the table of verbs -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Verb:
+    name: str
+    help: str
+    description: str
+    func: Callable[[argparse.Namespace], int] | None
+    args: tuple[Arg, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+    actions: tuple[Verb, ...] = ()  # sub-verbs (release verify; patches generate/check/refresh)
+    action_dest: str = ""
+    actions_required: bool = False
+
+
+PROFILE = arg("--profile", type=_profile, help="kernel profile from profiles/kernel/ (default: kernel.profile)")
+STATUS_PROFILE = arg("--profile", type=_profile,
+                     help="kernel profile the distro rows are computed for (default: kernel.profile)")
+MODES = arg("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
+NO_SMOKE = arg("--no-smoke", action="store_true", help="build the ISO only")
+JSON = arg("--json", action="store_true", help="machine-readable output")
+DRY_RUN = arg("--dry-run", action="store_true", help="only list what would be removed")
+KEEP_GOING = arg("--keep-going", action="store_true", help="after a failure, still run the stages that do not "
+                 "depend on the failed one; exit with the first failure's code")
+
+
+def _el_verb(name: str, title: str) -> Verb:
+    return Verb(
+        name, f"build the {title} live ISO (kernel, glibc RPM, rootfs, ISO as needed) and boot-test it",
+        f"Build what changed of kernel (and its RPM) and the patched glibc RPM (the distribution's glibc source RPM "
+        f"rebuilt with patches/glibc/series; glibc: in distros/{name}.yaml) -> {title} root filesystem -> hybrid "
+        f"BIOS/UEFI ISO (iso/{name}/<name>.iso, .sha256, .manifest.json) from distros/{name}.yaml and its kickstart "
+        "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf --installroot "
+        "from the configured repositories (isobuild doctor says which); dracut's dmsquash-live boots it "
+        "(root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.",
+        cmd_distro, (PROFILE, MODES, NO_SMOKE, arg("--json", action="store_true", help="print the ISO record and "
+                     "smoke verdicts as JSON"),
+                     arg("--force-glibc", action="store_true", help="download the repositories' newest glibc source "
+                         "RPM again and rebuild the glibc RPM")), {"distro": name})
+
+
+VERBS: tuple[Verb, ...] = (
+    Verb("kernel", "build the kernel (if its inputs changed)",
+         "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
+         "requested CONFIG_* did not land, build the kernel image + modules out of tree and a linux-image .deb. "
+         "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.",
+         cmd_kernel, (PROFILE,
+                      arg("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and "
+                          "check the release and the patched marker"),
+                      arg("--force", action="store_true", help="rebuild even if an artifact with this key exists"),
+                      arg("--json", action="store_true", help="print the build's metadata (and the boot verdict) "
+                          "as JSON"))),
+    Verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",
+         "Build what changed of kernel + glibc packages -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
+         "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS and "
+         "UEFI and check the running kernel and glibc are the patched ones and systemd has no failed units. Every "
+         "input of every stage is checked first.",
+         cmd_distro, (PROFILE, MODES, NO_SMOKE,
+                      arg("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")),
+         {"distro": "debian"}),
+    _el_verb("alma", "AlmaLinux"),
+    _el_verb("rocky", "Rocky Linux"),
+    Verb("glibc", "build the patched glibc packages (if their inputs changed)",
+         "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
+         "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "
+         "give it the version <distro's>+isobuild1, install missing build dependencies, and build the "
+         "distribution's own packages (libc6, libc-bin, libc6-dev, ...) with dpkg-buildpackage. isobuild debian "
+         "installs them in the ISO and its boot check proves the patched glibc runs.",
+         cmd_glibc, (arg("--force", action="store_true", help="rebuild even if packages with this key exist"),
+                     arg("--tests", metavar="T1,T2", help="then run these glibc tests (with glibc.tests) in the "
+                         "kept build tree, e.g. string/test-strlen,elf/tst-auxv; exit 4 if one fails"),
+                     arg("--json", action="store_true", help="print the build's metadata as JSON"))),
+    Verb("all", "kernel + glibc + the Debian ISO + its boot checks",
+         "The product's default job: build what changed of the kernel, the glibc packages and the Debian live ISO, "
+         "then boot-test the ISO in every mode. Stages run in dependency order, each only if its key changed.",
+         cmd_all, (PROFILE, arg("--modes", help="boot modes, comma-separated (default: all four)"),
+                   arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
+                   arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
+    Verb("isos", "kernel + glibc + every enabled distro's ISO + boot checks",
+         "Like 'all' for every distro in distros/*.yaml that is enabled.",
+         cmd_isos, (PROFILE, arg("--modes", help="boot modes, comma-separated (default: all four)"),
+                    arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
+                    arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
+    Verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.",
+         cmd_test, (arg("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test"), PROFILE,
+                    arg("--modes", help="ISO boot modes, comma-separated (default: all four)"),
+                    arg("--json", action="store_true", help="print the verdict as JSON"))),
+    Verb("status", "show every stage: built / stale (what changed) / missing / failed",
+         "Recompute each stage key from the inputs on disk and compare with what this project built. Builds "
+         "nothing.",
+         cmd_status, (JSON, arg("--check", action="store_true", help="exit 4 unless every stage is built and every "
+                                "check passed"), STATUS_PROFILE)),
+    Verb("doctor", "check the host tools the pipeline needs",
+         "List every host tool, whether it is present, and the apt-get line that installs what is missing; "
+         "whether this host can run a build root's commands in namespaces (as this user). Exits 3 when something "
+         "is missing.",
+         cmd_doctor, (JSON, arg("--install", action="store_true", help="apt-get install what is missing (as root)"),
+                      arg("--log", help="log file for --install (default: logs_dir/doctor-install.log)"))),
+    Verb("clean", "remove build trees and superseded artifacts",
+         "Remove build trees, artifacts no project's last good build uses (every project that shares the work "
+         "dir is asked), and what killed runs left. Keeps the source and package caches, and everything in iso/.",
+         cmd_clean, (DRY_RUN,)),
+    Verb("release", "sum and sign the built ISOs (SHA256SUMS, GnuPG signatures)",
+         "Write SHA256SUMS over every ISO in iso/<distro>/ and its manifest (paths relative to the release "
+         "directory: 'sha256sum -c SHA256SUMS' works there), a detached ASCII-armored signature SHA256SUMS.asc and "
+         "one per ISO (<name>.iso.asc), signed with release.key from isobuild.yaml or --key. A key that wants a "
+         "passphrase reads it from $ISOBUILD_GPG_PASSPHRASE. Files are renamed into place only once every "
+         "signature is made. 'isobuild release verify' checks a release.",
+         cmd_release, (arg("--key", help="signing key: fingerprint, key id or user id (default: release.key)"),
+                       arg("--out", metavar="DIR", help="assemble the release in DIR: the ISOs and manifests are "
+                           "linked (or copied) there beside the sums and signatures (default: sign in place, in "
+                           "iso/)")),
+         actions=(Verb("verify", "check a release's signatures and sums",
+                       "Check SHA256SUMS.asc, every file SHA256SUMS lists against its sha256, every ISO's signature, "
+                       "and that no ISO in the directory is left out. With a key (--key or release.key) every "
+                       "signature must be that key's. Exits 4 naming the first missing or changed file or bad "
+                       "signature.",
+                       cmd_release_verify,
+                       (arg("dir", nargs="?", metavar="DIR", help="release directory (default: iso/)"),
+                        arg("--key", default=argparse.SUPPRESS, help="the key every signature must be made with "
+                            "(default: release.key; none: any key gpg knows)"))),),
+         action_dest="release_action"),
+    Verb("report", "write the build report: one static HTML page",
+         "Write one self-contained HTML page (no external assets) with every stage's state, timings and key (the "
+         "rows of 'isobuild status'), each boot check's verdict with its console log, each ISO's package manifest "
+         "and the patch series with sha256s. Builds nothing.",
+         cmd_report, (arg("--out", metavar="FILE", help="where to write it (default: iso/report.html)"),
+                      STATUS_PROFILE)),
+    Verb("distclean", "remove everything isobuild made: work dir (caches too), iso/, logs/",
+         "Remove what isobuild made in the work dir (build trees, artifacts, records, source and package caches), "
+         "the ISOs, sums, signatures and report in iso/, and the logs in logs/. Files isobuild does not make are "
+         "kept and listed. Refuses a work dir without isobuild's marker, and a work or logs dir that is /, a home "
+         "directory, the project or a parent of it. Writes no log of its own (it would remove it): what it removes "
+         "is printed. Compare 'clean', which keeps the caches and the last good outputs.",
+         cmd_distclean, (DRY_RUN,)),
+    Verb("patches", "make a quilt series from git; check or refresh the series against a fresh tree",
+         "generate: the commits between --base and --head of a git branch become NNNN-subject.patch files (git "
+         "format-patch: commit message headers) and a series, swapped in whole. check: apply each series to a "
+         "fresh pristine tree with quilt at fuzz 0 and report every patch as clean, offset, fuzz or fails (file and "
+         "hunk) in seconds, before any long build. refresh: rewrite offset patches so they apply exactly (quilt "
+         "refresh, headers kept). check and refresh exit 0 when every patch applies at fuzz 0 (offsets are a "
+         "warning: the build accepts them) and 2 when any needs fuzz or fails.",
+         cmd_patches, actions=(
+             Verb("generate", "write the series from the commits base..head of a git repository (oldest first); "
+                  "refuses merge commits, empty commits and binary changes", "", None,
+                  (arg("--component", choices=["kernel", "glibc"], default="kernel",
+                       help="whose series (default: kernel)"),
+                   arg("--repo", required=True, metavar="PATH", help="the git repository"),
+                   arg("--base", required=True, metavar="REF", help="where the branch forked (not included)"),
+                   arg("--head", required=True, metavar="REF", help="the branch tip (included)"),
+                   arg("--out", metavar="DIR", help="patch directory, in the project (default: the component's, "
+                       "e.g. kernel.patches); files its old series did not list are kept"))),
+             Verb("check", "apply every series to a fresh tree at fuzz 0; report clean / offset / fuzz / fails per "
+                  "patch", "", None,
+                  (arg("--component", choices=["kernel", "glibc", "all"], default="all",
+                       help="whose series (default: all: kernel, and glibc when its stage can make a tree)"), JSON)),
+             Verb("refresh", "rewrite offset patches (with --accept-fuzz also fuzz ones) so they apply exactly; "
+                  "patches that fail are left alone and reported", "", None,
+                  (arg("--accept-fuzz", action="store_true", help="also refresh patches that only apply with fuzz "
+                       "(review the result: fuzz can misplace a hunk)"),
+                   arg("--component", choices=["kernel", "glibc", "all"], default="all",
+                       help="whose series (default: all: kernel, and glibc when its stage can make a tree)"), JSON))),
+         action_dest="patches_action", actions_required=True),
+)
+
+
+def _add(parent: Any, verb: Verb) -> None:
+    sub = parent.add_parser(verb.name, help=verb.help, description=verb.description or verb.help,
+                            epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            allow_abbrev=False)
+    for a in verb.args:
+        sub.add_argument(*a.flags, **a.options)
+    if verb.func is not None:
+        sub.set_defaults(func=verb.func, **verb.defaults)
+    if verb.actions:
+        actions = sub.add_subparsers(dest=verb.action_dest, required=verb.actions_required,
+                                     metavar="ACTION" if verb.actions_required else f"[{verb.actions[0].name}]")
+        for action in verb.actions:
+            _add(actions, action)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -379,183 +532,12 @@ def parser() -> argparse.ArgumentParser:
                      help="stderr event format (default: json when $CI is set, else console); "
                           "logs/isobuild.jsonl always gets JSON")
     verbs = top.add_subparsers(dest="verb", metavar="VERB", required=True)
-
-    def verb(name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return verbs.add_parser(name, help=help, description=description, epilog=EXIT_CODES,
-                                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-
-    k = verb("kernel", "build the kernel (if its inputs changed)",
-             "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
-             "requested CONFIG_* did not land, build bzImage + modules out of tree and a linux-image .deb. "
-             "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.")
-    k.add_argument("--profile", type=_profile, help="config profile from profiles/kernel/ (default: kernel.profile)")
-    k.add_argument("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and check "
-                   "the release and the patched marker")
-    k.add_argument("--force", action="store_true", help="rebuild even if an artifact with this key exists")
-    k.add_argument("--json", action="store_true", help="print the build's metadata (and the boot verdict) as JSON")
-    k.set_defaults(func=cmd_kernel)
-
-    d = verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",
-             "Build what changed of kernel + glibc packages -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
-             "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS "
-             "and UEFI and check the running kernel and glibc are the patched ones and systemd has no failed "
-             "units.")
-    d.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
-    d.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
-    d.add_argument("--no-smoke", action="store_true", help="build the ISO only")
-    d.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
-    d.set_defaults(func=cmd_distro, distro="debian")
-
-    for name, title in (("alma", "AlmaLinux"), ("rocky", "Rocky Linux")):
-        e = verb(name, f"build the {title} live ISO (kernel, glibc RPM, rootfs, ISO as needed) and boot-test it",
-                 f"Build what changed of kernel (and its RPM) and the patched glibc RPM (the distribution's glibc "
-                 f"source RPM rebuilt with patches/glibc/series; glibc: in distros/{name}.yaml) -> {title} root "
-                 "filesystem -> hybrid BIOS/UEFI ISO "
-                 f"(iso/{name}/<name>.iso, .sha256, .manifest.json) from distros/{name}.yaml and its kickstart "
-                 "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf "
-                 "--installroot from the configured repositories (isobuild doctor says which); dracut's "
-                 "dmsquash-live boots it (root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.")
-        e.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
-        e.add_argument("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
-        e.add_argument("--no-smoke", action="store_true", help="build the ISO only")
-        e.add_argument("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")
-        e.add_argument("--force-glibc", action="store_true",
-                       help="download the repositories' newest glibc source RPM again and rebuild the glibc RPM")
-        e.set_defaults(func=cmd_distro, distro=name)
-
-    g = verb("glibc", "build the patched glibc packages (if their inputs changed)",
-             "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
-             "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "
-             "give it the version <distro's>+isobuild1, install missing build dependencies, and build the "
-             "distribution's own packages (libc6, libc-bin, libc6-dev, ...) with dpkg-buildpackage. "
-             "isobuild debian installs them in the ISO and its boot check proves the patched glibc runs.")
-    g.add_argument("--force", action="store_true", help="rebuild even if packages with this key exist")
-    g.add_argument("--tests", metavar="T1,T2", help="then run these glibc tests (with glibc.tests) in the kept "
-                   "build tree, e.g. string/test-strlen,elf/tst-auxv; exit 4 if one fails")
-    g.add_argument("--json", action="store_true", help="print the build's metadata as JSON")
-    g.set_defaults(func=cmd_glibc)
-
-    for name, func, help_, desc in (
-            ("all", cmd_all, "kernel + glibc + the Debian ISO + its boot checks",
-             "The product's default job: build what changed of the kernel, the glibc packages and the Debian "
-             "live ISO, then boot-test the ISO in every mode. Stages run in dependency order, each only if its "
-             "key changed."),
-            ("isos", cmd_isos, "kernel + glibc + every enabled distro's ISO + boot checks",
-             "Like 'all' for every distro in distros/*.yaml that is enabled.")):
-        a = verb(name, help_, desc)
-        a.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
-        a.add_argument("--modes", help="boot modes, comma-separated (default: all four)")
-        a.add_argument("--no-smoke", action="store_true", help="build only, no boot checks")
-        a.add_argument("--keep-going", action="store_true",
-                       help="after a failure, still run the stages that do not depend on the failed one; "
-                            "exit with the first failure's code")
-        a.add_argument("--json", action="store_true", help="print each stage's outcome as JSON")
-        a.set_defaults(func=func)
-
-    t = verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.")
-    t.add_argument("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test")
-    t.add_argument("--profile", type=_profile, help="kernel profile (default: kernel.profile)")
-    t.add_argument("--modes", help="ISO boot modes, comma-separated (default: all four)")
-    t.add_argument("--json", action="store_true", help="print the verdict as JSON")
-    t.set_defaults(func=cmd_test)
-
-    s = verb("status", "show every stage: built / stale (what changed) / missing / failed",
-             "Recompute each stage key from the inputs on disk and compare with what was built. Builds nothing.")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--check", action="store_true", help="exit 4 unless every stage is built and every check passed")
-    s.add_argument("--profile", type=_profile,
-                   help="kernel profile the distro rows are computed for (default: kernel.profile)")
-    s.set_defaults(func=cmd_status)
-
-    d = verb("doctor", "check the host tools the pipeline needs",
-             "List every host tool, whether it is present, and the apt-get line that installs what is missing. "
-             "Exits 3 when something is missing.")
-    d.add_argument("--json", action="store_true", help="machine-readable output")
-    d.add_argument("--install", action="store_true", help="apt-get install what is missing (as root)")
-    d.add_argument("--log", help="log file for --install")
-    d.set_defaults(func=cmd_doctor)
-
-    c = verb("clean", "remove build trees and superseded artifacts",
-             "Remove kernel and glibc build trees, kernel and glibc artifacts no 'current' points at, superseded "
-             "root filesystems and ISO scratch dirs. Keeps the source and package caches, the last good kernel of "
-             "each profile, the current glibc packages, each distro's last good root filesystem, and everything "
-             "in iso/.")
-    c.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    c.set_defaults(func=cmd_clean)
-
-    r = verb("release", "sum and sign the built ISOs (SHA256SUMS, GnuPG signatures)",
-             "Write SHA256SUMS over every ISO in iso/<distro>/ and its manifest (paths relative to the release "
-             "directory: 'sha256sum -c SHA256SUMS' works there), a detached ASCII-armored signature SHA256SUMS.asc "
-             "and one per ISO (<name>.iso.asc), signed with release.key from isobuild.yaml or --key. A key that "
-             "wants a passphrase reads it from $ISOBUILD_GPG_PASSPHRASE. Files are renamed into place only once "
-             "every signature is made. 'isobuild release verify' checks a release.")
-    r.add_argument("--key", help="signing key: fingerprint, key id or user id (default: release.key)")
-    r.add_argument("--out", metavar="DIR", help="assemble the release in DIR: the ISOs and manifests are linked "
-                   "(or copied) there beside the sums and signatures (default: sign in place, in iso/)")
-    r.set_defaults(func=cmd_release)
-    ra = r.add_subparsers(dest="release_action", metavar="[verify]", required=False)
-    rv = ra.add_parser("verify", help="check a release's signatures and sums", allow_abbrev=False,
-                       description="Check SHA256SUMS.asc, every file SHA256SUMS lists against its sha256, every "
-                                   "ISO's signature, and that no ISO in the directory is left out. With a key "
-                                   "(--key or release.key) every signature must be that key's. Exits 4 naming the "
-                                   "first missing or changed file or bad signature.",
-                       epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    rv.add_argument("dir", nargs="?", metavar="DIR", help="release directory (default: iso/)")
-    rv.add_argument("--key", default=argparse.SUPPRESS,
-                    help="the key every signature must be made with (default: release.key; none: any key gpg knows)")
-    rv.set_defaults(func=cmd_release_verify)
-
-    rp = verb("report", "write the build report: one static HTML page",
-              "Write one self-contained HTML page (no external assets) with every stage's state, timings and key "
-              "(the rows of 'isobuild status'), each boot check's verdict with its console log, each ISO's package "
-              "manifest and the patch series with sha256s. Builds nothing.")
-    rp.add_argument("--out", metavar="FILE", help="where to write it (default: iso/report.html)")
-    rp.add_argument("--profile", type=_profile,
-                    help="kernel profile the distro rows are computed for (default: kernel.profile)")
-    rp.set_defaults(func=cmd_report)
-
-    dc = verb("distclean", "remove everything isobuild made: work dir (caches too), iso/, logs/",
-              "Remove what isobuild made in the work dir (build trees, artifacts, state, source and package "
-              "caches), the ISOs, sums, signatures and report in iso/, and the logs in logs/. Files isobuild does "
-              "not make are kept and listed. Refuses a work or logs dir that is /, a home directory, the project "
-              "or a parent of it. Writes no log of its own (it would remove it): what it removes is printed. "
-              "Compare 'clean', which keeps the caches and the last good outputs.")
-    dc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    dc.set_defaults(func=cmd_distclean)
-
-    pt = verb("patches", "make a quilt series from git; check or refresh the series against a fresh tree",
-              "generate: the commits between --base and --head of a git branch become NNNN-subject.patch files "
-              "(git format-patch: commit message headers) and a series, swapped in whole. check: apply each "
-              "series to a fresh pristine tree with quilt at fuzz 0 and report every patch as clean, offset, fuzz "
-              "or fails (file and hunk) in seconds, before any long build. refresh: rewrite offset patches so they "
-              "apply exactly (quilt refresh, headers kept). check and refresh exit 0 when every patch applies at "
-              "fuzz 0 (offsets are a warning: the build accepts them) and 2 when any needs fuzz or fails.")
-    pa = pt.add_subparsers(dest="patches_action", metavar="ACTION", required=True)
-
-    def action(name: str, help: str) -> argparse.ArgumentParser:
-        return pa.add_parser(name, help=help, description=help, epilog=EXIT_CODES,
-                             formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-
-    pg = action("generate", "write the series from the commits base..head of a git repository (oldest first); "
-                "refuses merge commits, empty commits and binary changes")
-    pg.add_argument("--component", choices=["kernel", "glibc"], default="kernel", help="whose series (default: kernel)")
-    pg.add_argument("--repo", required=True, metavar="PATH", help="the git repository")
-    pg.add_argument("--base", required=True, metavar="REF", help="where the branch forked (not included)")
-    pg.add_argument("--head", required=True, metavar="REF", help="the branch tip (included)")
-    pg.add_argument("--out", metavar="DIR", help="patch directory (default: the component's, e.g. kernel.patches); "
-                    "files its old series did not list are kept")
-    pc = action("check", "apply every series to a fresh tree at fuzz 0; report clean / offset / fuzz / fails per patch")
-    pr = action("refresh", "rewrite offset patches (with --accept-fuzz also fuzz ones) so they apply exactly; "
-                "patches that fail are left alone and reported")
-    pr.add_argument("--accept-fuzz", action="store_true",
-                    help="also refresh patches that only apply with fuzz (review the result: fuzz can misplace a hunk)")
-    for sub in (pc, pr):
-        sub.add_argument("--component", choices=["kernel", "glibc", "all"], default="all",
-                         help="whose series (default: all: kernel, and glibc when its stage can make a tree)")
-        sub.add_argument("--json", action="store_true", help="machine-readable report")
-    pt.set_defaults(func=cmd_patches)
+    for verb in VERBS:
+        _add(verbs, verb)
     return top
 
+
+# --- main ---------------------------------------------------------------------------------------
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
@@ -601,3 +583,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         traceback.print_exc()
         return int(ExitCode.INTERNAL)
+

@@ -1,216 +1,117 @@
-"""Stages in dependency order, each built only when its key changed.
+"""What a verb builds, in dependency order, each stage only when its key changed.
 
-kernel + glibc (Debian's; an EL distro's glibc-rpm) -> rootfs (per distro) -> ISO -> smoke.  Each ``ensure_*`` returns
-the stage's plan and its (reused or fresh) result, taking the work-dir lock
-only when something must be built.
+kernel + glibc (Debian's; an EL distro's glibc-rpm) -> rootfs (per distro) -> ISO -> smoke.
+``preflight`` checks every input of every stage a verb will run before any of them builds; the
+stages come wired from builder.distros.graph and each is run by builder.stages.base.ensure
+(adopt, or lock-log-build).  ``run_stages`` runs a verb's steps with --keep-going semantics.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from builder import distros
-from builder.commands import clean
-from builder.distros.base import Plugin
-from builder.infra import lock, log
+from builder.distros.graph import DistroStages, Graph, wants_glibc
+from builder.infra import log
 from builder.infra.config import Project
-from builder.infra.errors import InfraError, IsobuildError
-from builder.stages import glibc, glibcrpm, iso, kernel, rootfs
-from builder.tools import quilt
+from builder.infra.errors import IsobuildError
+from builder.stages import glibc, iso
+from builder.stages.base import Ensured, ensure, locked, stage_log
+from builder.stages.glibcrpm import GlibcRpmStage
+from builder.stages.kernel import KernelStage
 
-if TYPE_CHECKING:
-    from builder.distros.el import ELPlugin
-
-
-@contextmanager
-def locked(project: Project) -> Iterator[None]:
-    """The work dir's lock, and then what killed runs left there swept away."""
-    with lock.held(project.work_dir):
-        clean.sweep(project.work_dir, project.iso_dir)
-        yield
-
-
-def stage_log(project: Project, name: str) -> Path:
-    """A new, empty log file for one stage run (never shared with another run)."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    project.logs_dir.mkdir(parents=True, exist_ok=True)
-    for n in range(1, 1000):
-        path = project.logs_dir / (f"{name}-{stamp}.log" if n == 1 else f"{name}-{stamp}-{n}.log")
-        try:
-            path.open("x").close()
-            return path
-        except FileExistsError:
-            continue
-    raise InfraError(f"{project.logs_dir}: cannot create a log file for {name}")
-
-
-def ensure_kernel(project: Project, profile: str | None,
-                  force: bool = False) -> tuple[kernel.Plan, dict[str, Any], bool]:
-    """(plan, metadata, built_now)."""
-    p = kernel.plan(project, profile)
-    meta = None if force else kernel.built(p)
-    if meta is not None:
-        with locked(project):
-            switched = kernel.adopt(p)
-        log.get().info("kernel.up-to-date", profile=p.layout.profile, key=p.key[:12],
-                       release=meta.get("kernel_release"), reused_earlier_build=switched)
-        return p, meta, False
-    with locked(project):
-        log_path = stage_log(project, f"kernel-{p.layout.profile}")
-        with log.stage("kernel", profile=p.layout.profile, key=p.key[:12], log=str(log_path)):
-            meta = kernel.build(p, log_path)
-    return p, meta, True
-
-
-def ensure_glibc(project: Project, force: bool = False,
-                 tests: list[str] | None = None) -> tuple[glibc.Plan, dict[str, Any], bool]:
-    """(plan, metadata, built_now); then run ``tests`` + glibc.tests in the kept build tree."""
-    p = glibc.plan(project)
-    meta = None if force else glibc.built(p)
-    fresh = meta is None
-    with locked(project):
-        if meta is not None:
-            switched = glibc.adopt(p)
-            log.get().info("glibc.up-to-date", key=p.key[:12], version=meta.get("version"),
-                           reused_earlier_build=switched)
-        else:
-            log_path = stage_log(project, "glibc")
-            with log.stage("glibc", key=p.key[:12], version=p.version, log=str(log_path)):
-                meta = glibc.build(p, log_path)
-        wanted = list(dict.fromkeys([*p.settings.tests, *(tests or [])]))
-        if wanted and (tests or fresh):
-            glibc.run_tests(p, wanted, stage_log(project, "glibc-tests"))
-            meta = glibc.built(p) or meta
-    return p, meta, fresh
-
-
-def el_plugin(plugin: Plugin) -> ELPlugin:
-    """The plugin as the EL plugin it is (only EL plugins install rpm glibc packages)."""
-    from builder.distros.el import ELPlugin
-
-    if not isinstance(plugin, ELPlugin):
-        raise TypeError(f"{plugin.name}: glibc_format rpm is the EL plugin's")
-    return plugin
-
-
-def ensure_elglibc(project: Project, plugin: Plugin,
-                   force: bool = False) -> tuple[glibcrpm.Plan, dict[str, Any], bool]:
-    """An EL distro's glibc-rpm stage: (plan, metadata, built_now).  The source RPM is downloaded
-    when there is none yet or ``force`` (then the repositories' newest), and rebuilt when its key
-    changed or ``force``."""
-    plugin = el_plugin(plugin)
-    with locked(project):
-        if plugin.settings.glibc.srpm.type == "repo" and (force or glibcrpm.cached_srpm(plugin) is None):
-            log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
-            with log.stage("glibc-rpm.download", distro=plugin.name, log=str(log_path)):
-                glibcrpm.download_srpm(plugin, log_path)
-        p = glibcrpm.plan(plugin)
-        meta = None if force else glibcrpm.built(p)
-        if meta is not None:
-            switched = glibcrpm.adopt(p)
-            log.get().info("glibc-rpm.up-to-date", distro=plugin.name, key=p.key[:12], version=meta.get("version"),
-                           reused_earlier_build=switched)
-            return p, meta, False
-        log_path = stage_log(project, f"glibc-rpm-{plugin.name}")
-        with log.stage("glibc-rpm", distro=plugin.name, key=p.key[:12], version=p.version, log=str(log_path)):
-            meta = glibcrpm.build(p, log_path)
-    return p, meta, True
+__all__ = ["Ensured", "Outcome", "Preflight", "Step", "ensure", "ensure_distro", "ensure_glibc", "ensure_glibc_rpm",
+           "ensure_kernel", "locked", "preflight", "run_stages", "stage_log", "wants_glibc"]
 
 
 @dataclass
 class Preflight:
-    """What a verb will build, checked: the plugins that passed, and per distro the error that stops it."""
+    """What a verb will build, checked: per distro its wired stages, or the error that stops it."""
 
-    plugins: dict[str, Plugin]
+    graph: Graph
+    stages: dict[str, DistroStages]
     failed: dict[str, IsobuildError]
 
 
 def preflight(project: Project, names: list[str], profile: str | None, keep_going: bool = False) -> Preflight:
-    """Check every input of every stage the verb will run, in seconds, before any build: the kernel's
-    source, series (vetted), profile and fragments; glibc's when a distro takes it; each distro's
-    settings beyond the schema (overlay contents, mirror and its signed Release, repositories,
-    host tools, kickstart sections).  The first error is raised -- with ``keep_going`` only the
-    kernel's and glibc's are; a distro's stops that distro alone (``failed``)."""
+    """Check every input of every stage the verb will run, in seconds, before any build: each
+    distro's settings beyond the schema (overlay contents, mirror and its signed Release,
+    repositories, host tools, kickstart sections) and its stages' ``check()``; the kernel's source,
+    series, profile and fragments; glibc's when a distro takes it.  The first error is raised --
+    with ``keep_going`` only the kernel's and glibc's are; a distro's stops that distro alone."""
+    graph = Graph(project, profile)
+    stages: dict[str, DistroStages] = {}
+    failed: dict[str, IsobuildError] = {}
     with log.stage("preflight", distros=names):
-        plugins: dict[str, Plugin] = {}
-        failed: dict[str, IsobuildError] = {}
         for name in names:
             try:
                 plugin = distros.load(project, name)
                 plugin.check()
-                iso.check_layout(plugin)
-                plugins[name] = plugin
+                wired = graph.distro(plugin)
+                if wired.glibc is not None and wired.glibc.kind != "glibc":
+                    wired.glibc.check()  # an EL distro's own glibc stage (the shared one is below)
+                wired.iso.check()
+                stages[name] = wired
             except IsobuildError as exc:
                 if not keep_going:
                     raise
                 failed[name] = exc
-        kp = kernel.plan(project, profile)
-        quilt.vet(kp.series)
-        if any(wants_glibc(project, p) and p.glibc_format == "deb" for p in plugins.values()):
-            gp = glibc.plan(project)
-            quilt.vet(gp.packaging + gp.series)
-    return Preflight(plugins, failed)
+        graph.kernel().check()
+        if any(s.glibc is not None and s.glibc.kind == "glibc" for s in stages.values()):
+            graph.debian_glibc().check()
+    return Preflight(graph, stages, failed)
 
 
-def wants_glibc(project: Project, plugin: Plugin) -> bool:
-    """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
-    and the plugin installs a format a glibc stage makes (deb: the glibc stage; rpm: glibc-rpm)."""
-    return project.settings.glibc.enabled and plugin.takes_glibc()
+def ensure_kernel(project: Project, profile: str | None, force: bool = False) -> Ensured:
+    return ensure(KernelStage(project, profile), force)
 
 
-def ensure_iso(project: Project, distro: str, profile: str | None, force_glibc: bool = False,
-               plugin: Plugin | None = None) -> tuple[iso.Plan, dict[str, Any]]:
+def ensure_glibc(project: Project, force: bool = False, tests: list[str] | None = None) -> Ensured:
+    """The Debian glibc stage; then ``tests`` + glibc.tests in the kept build tree (after a build, or
+    when asked for)."""
+    stage = glibc.GlibcStage(project)
+    done = ensure(stage, force)
+    wanted = list(dict.fromkeys([*stage.plan.settings.tests, *(tests or [])]))
+    if wanted and (tests or done.built_now):
+        with locked(project):
+            glibc.run_tests(stage.plan, wanted, stage_log(project, "glibc-tests"))
+        done.meta = stage.built() or done.meta
+    return done
+
+
+def ensure_glibc_rpm(stage: GlibcRpmStage, force: bool = False) -> Ensured:
+    """An EL distro's glibc-rpm stage: its source RPM downloaded when there is none yet or with
+    ``force`` (then the repositories' newest), rebuilt when its key changed or with ``force``."""
+    project = stage.project
+    with locked(project):
+        stage.fetch(force, stage_log(project, f"{stage.label}-download"))
+    return ensure(stage, force=force)
+
+
+def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured:
     """Build what changed up to the distro's ISO; ``force_glibc``: an EL distro's glibc RPM is
-    rebuilt from the repositories' newest source RPM.  ``plugin``: the one preflight checked."""
-    if plugin is None:
-        plugin = distros.load(project, distro)
-        plugin.check()
-    kp, _, _ = ensure_kernel(project, profile)
-    gp: rootfs.GlibcArtifact | None = None
-    if wants_glibc(project, plugin):
-        gp = ensure_glibc(project)[0] if plugin.glibc_format == "deb" \
-            else ensure_elglibc(project, plugin, force_glibc)[0]
-    rp = rootfs.plan(plugin, kp, gp)
-    ip = iso.plan(rp)
-    if rootfs.built(rp) is None:
-        with locked(project):
-            log_path = stage_log(project, f"rootfs-{distro}")
-            with log.stage("rootfs", distro=distro, key=rp.key[:12], log=str(log_path)):
-                rootfs.build(rp, log_path)
-    else:
-        log.get().info("rootfs.up-to-date", distro=distro, key=rp.key[:12])
-    record = iso.built(ip)
-    if record is None:
-        with locked(project):
-            log_path = stage_log(project, f"iso-{distro}")
-            with log.stage("iso", distro=distro, key=ip.key[:12], log=str(log_path)):
-                record = iso.build(ip, log_path)
-    else:
-        log.get().info("iso.up-to-date", distro=distro, key=ip.key[:12], iso=str(ip.out))
-    return ip, record
+    rebuilt from the repositories' newest source RPM.  Returns the ISO stage's result."""
+    ensure(stages.kernel)
+    if isinstance(stages.glibc, GlibcRpmStage):
+        ensure_glibc_rpm(stages.glibc, force_glibc)
+    elif stages.glibc is not None:
+        ensure(stages.glibc)
+    ensure(stages.rootfs)
+    return ensure(stages.iso)
 
 
-def iso_plan(project: Project, distro: str, profile: str | None,
-             glibc_plan: glibc.Plan | None = None) -> iso.Plan:
-    """The plan of the distro's ISO as the inputs on disk say (builds nothing); pass
-    ``glibc_plan`` when the caller has it already."""
-    plugin = distros.load(project, distro)
-    gp: rootfs.GlibcArtifact | None = None
-    if wants_glibc(project, plugin):
-        gp = (glibc_plan or glibc.plan(project)) if plugin.glibc_format == "deb" else glibcrpm.plan(el_plugin(plugin))
-    return iso.plan(rootfs.plan(plugin, kernel.plan(project, profile), gp))
+def iso_stage(project: Project, distro: str, profile: str | None) -> iso.IsoStage:
+    """The distro's ISO stage as the inputs on disk say (builds nothing)."""
+    return Graph(project, profile).distro(distros.load(project, distro)).iso
 
 
 @dataclass
-class Stage:
+class Step:
     name: str
     needs: list[str]
-    run: Callable[[], str]  # returns a one-line summary
+    run: Any  # () -> str: a one-line summary
 
 
 @dataclass
@@ -225,25 +126,25 @@ class Outcome:
         return asdict(self)
 
 
-def run_stages(stages: list[Stage], keep_going: bool) -> list[Outcome]:
-    """Run stages in order.  A failure stops the run (its error propagates) unless
-    ``keep_going``: then stages that need a failed or skipped one are skipped and
-    the others still run."""
+def run_stages(steps: list[Step], keep_going: bool) -> list[Outcome]:
+    """Run steps in order.  A failure stops the run (its error propagates) unless ``keep_going``:
+    then steps that need a failed or skipped one are skipped and the others still run."""
     outcomes: dict[str, Outcome] = {}
-    for stage in stages:
-        blocked = [n for n in stage.needs if n in outcomes and outcomes[n].status != "ok"]
+    for step in steps:
+        blocked = [n for n in step.needs if n in outcomes and outcomes[n].status != "ok"]
         if blocked:
-            outcomes[stage.name] = Outcome(stage.name, "skipped", f"needs {', '.join(blocked)}")
+            outcomes[step.name] = Outcome(step.name, "skipped", f"needs {', '.join(blocked)}")
             continue
         start = time.monotonic()
         try:
-            detail = stage.run()
+            detail = step.run()
         except IsobuildError as exc:
             if not keep_going:
                 raise
-            log.get().error("stage.failed", stage=stage.name, message=exc.message)
-            outcomes[stage.name] = Outcome(stage.name, "failed", exc.message, round(time.monotonic() - start, 1),
-                                           int(exc.exit_code))
+            log.get().error("stage.failed", stage=step.name, message=exc.message)
+            outcomes[step.name] = Outcome(step.name, "failed", exc.message, round(time.monotonic() - start, 1),
+                                          int(exc.exit_code))
             continue
-        outcomes[stage.name] = Outcome(stage.name, "ok", detail, round(time.monotonic() - start, 1))
+        outcomes[step.name] = Outcome(step.name, "ok", detail, round(time.monotonic() - start, 1))
     return list(outcomes.values())
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -68,6 +69,29 @@ class FakeProject:
 
     def run(self, *args: str) -> int:
         return cli.main(["-c", str(self.root / "isobuild.yaml"), *args])
+
+    def record_path(self, label: str) -> Path:
+        return record_path(self.root, self.work, label)
+
+    def record(self, label: str) -> dict:  # type: ignore[type-arg]
+        return json.loads(self.record_path(label).read_text())
+
+    def current(self, label: str) -> Path:
+        return current(self.root, self.work, label)
+
+
+def records(root: Path, work: Path) -> Path:
+    """Where this project's records are in ``work`` (builder.stages.base.records_dir)."""
+    return work / "projects" / hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+
+
+def record_path(root: Path, work: Path, label: str) -> Path:
+    return records(root, work) / f"{label}.json"
+
+
+def current(root: Path, work: Path, label: str) -> Path:
+    """The project's last good artifact of a stage (e.g. label kernel-ci-x86_64), resolved."""
+    return (records(root, work) / "current" / label).resolve()
 
 
 XSC_PATCH = make_patch("drivers/xsc.c", "/* fake driver */\nint xsc;\n",

@@ -23,10 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from builder.infra import atomic, lock, log, paths, state
+from builder.infra import atomic, lock, log, paths
 from builder.infra.config import Project
 from builder.infra.errors import UserError
-from builder.tools import chroot
+from builder.stages import base, registry
+from builder.tools import chroot, sweep
 
 
 def _size(path: Path) -> int:
@@ -38,59 +39,19 @@ def _size(path: Path) -> int:
     return total
 
 
-def _keyed(layout: state.KeyedLayout) -> list[Path]:
-    """A keyed stage's build trees (the last good one's too) and every artifact but the current one."""
-    current = layout.current.resolve() if layout.current.is_symlink() else None
-    return [p for p in (layout.root / "artifacts").glob("*") if p.resolve() != current] \
-        + list((layout.root / "trees").glob("*"))
-
-
 def targets(work_dir: Path) -> list[Path]:
-    root = work_dir / "kernel"
-    keep = {(root / "current" / link.name).resolve() for link in (root / "current").glob("*")}
-    out = list((root / "trees").glob("*"))
-    out += [p for p in (root / "artifacts").glob("*") if p.resolve() not in keep]
-    out += list((root / "boot").glob("*"))
-    out += _keyed(state.KeyedLayout(work_dir / "glibc"))  # glibc --tests rebuilds a removed tree
-    for distro in (work_dir / "distros").glob("*"):
-        last_good = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
-        out += [p for p in (distro / "rootfs").glob("*") if p.name != last_good]
-        out += list(distro.glob("iso-work"))
-        out += _keyed(state.KeyedLayout(distro / "glibc-rpm"))  # an EL distro's glibc-rpm stage (elglibc)
-    return sorted(out)
-
-
-def stale(work_dir: Path, iso_dir: Path | None = None) -> list[Path]:
-    """What killed runs left: temps (files and trees, build roots too) of processes that are gone."""
-    found = atomic.stale_temps(work_dir)
-    if iso_dir is not None:
-        found += atomic.stale_temps(iso_dir, depth=2)
-    return found
-
-
-def remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        chroot.remove_root(path)  # refuses while anything is mounted inside; as a user: in the namespaces
-    else:
-        path.unlink(missing_ok=True)
-
-
-def sweep(work_dir: Path, iso_dir: Path | None = None) -> list[Path]:
-    """Remove what killed runs left (run with the work-dir lock held: no live run owns them)."""
-    gone = stale(work_dir, iso_dir)
-    for path in gone:
-        remove(path)
-        log.get().info("sweep.removed", path=str(path))
-    return gone
+    """What every stage's ``clean_targets`` offers, keeping what any project still points at."""
+    keep = base.kept_keys(work_dir)
+    return sorted({path for stage in registry.STAGES for path in stage.clean_targets(work_dir, keep)})
 
 
 def clean(work_dir: Path, dry_run: bool = False, iso_dir: Path | None = None) -> list[tuple[Path, int]]:
     removed = []
-    for path in sorted({*targets(work_dir), *stale(work_dir, iso_dir)}):
+    for path in sorted({*targets(work_dir), *sweep.stale(work_dir, iso_dir)}):
         size = _size(path)
         removed.append((path, size))
         if not dry_run:
-            remove(path)
+            sweep.remove(path)
             log.get().info("clean.removed", path=str(path), bytes=size)
     return removed
 
@@ -101,7 +62,7 @@ def clean(work_dir: Path, dry_run: bool = False, iso_dir: Path | None = None) ->
 # (it is kept and listed), so a work or logs dir pointed somewhere shared loses nothing of
 # anybody else's.  A stage that adds a top-level entry to the work dir adds its name here.
 
-WORK_ENTRIES = paths.WORK_ENTRIES
+WORK_ENTRIES = (*paths.WORK_ENTRIES, *sorted(registry.work_entries()), "patches", "projects")
 _TEMP = atomic.TEMP
 ISO_TOP = re.compile(r"SHA256SUMS(\.asc)?|report\.html")
 ISO_FILE = re.compile(r".+\.(iso|iso\.sha256|iso\.asc|manifest\.json)")

@@ -9,10 +9,34 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from builder.infra import runner
-from builder.infra.hosttools import TOOLS, Tool, apt_line, install_hint, missing
+from builder.distros.el import resolve_build
+from builder.infra import runner, sandbox
+from builder.infra.config import Project
+from builder.infra.hosttools import TOOLS, Tool, apt_line, install_hint
+from builder.stages import glibc
 
-__all__ = ["TOOLS", "Tool", "apt_line", "el_build", "glibc_build_deps", "install", "install_hint", "missing"]
+__all__ = ["TOOLS", "Tool", "apt_line", "el_build", "glibc_build_deps", "install", "install_hint", "missing",
+           "namespaces", "tools"]
+
+_KERNEL_SOURCE = "/usr/src/linux-source-6.1.tar.xz"  # the table's entry for the default kernel.source
+
+
+def tools(project: Project | None) -> list[Tool]:
+    """The table, with the kernel source the project's settings name (kernel.source.package, when
+    it is a Debian package) instead of the default's."""
+    out = []
+    for tool in TOOLS:
+        if tool.name == _KERNEL_SOURCE and project is not None:
+            source = project.settings.kernel.source
+            if source.type != "debian":
+                continue
+            tool = Tool(f"/usr/src/{source.package}.tar.xz", source.package, tool.used_by)
+        out.append(tool)
+    return out
+
+
+def missing(table: list[Tool] | None = None) -> list[Tool]:
+    return [t for t in (TOOLS if table is None else table) if not t.present()]
 
 
 def install(tools: list[Tool], log_path: Path) -> None:
@@ -28,8 +52,6 @@ def install(tools: list[Tool], log_path: Path) -> None:
 def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
     """glibc's unmet build dependencies (None: its packaging or dpkg-checkbuilddeps is not installed yet;
     the tool table says so)."""
-    from builder.stages import glibc
-
     if not control.exists() or shutil.which("dpkg-checkbuilddeps") is None:
         return None
     return glibc.unmet_build_deps(control, profiles)
@@ -37,13 +59,9 @@ def glibc_build_deps(control: Path, profiles: list[str]) -> list[str] | None:
 
 def el_build() -> tuple[str, str]:
     """How ``build: auto`` installs an EL root on this host: (mock | dnf, why)."""
-    from builder.distros.el import resolve_build
-
     return resolve_build("auto")
 
 
 def namespaces() -> tuple[bool, str]:
     """Whether this host lets isobuild run a root's commands in namespaces (as this user): (ok, why)."""
-    from builder.infra import sandbox
-
     return sandbox.probe()

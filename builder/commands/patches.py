@@ -18,7 +18,7 @@ with ``quilt refresh`` so they apply exactly, keeping their headers.
 
 A component (kernel, glibc) is a ``Component``: where its series lives and
 how to make the pristine tree the series applies to.  The glibc one comes
-from ``builder/stages/glibc.py``: its ``pristine_tree(project) -> Pristine``.
+from ``builder/stages/glibc.py``: its ``pristine_tree(project) -> quilt.Pristine``.
 """
 
 from __future__ import annotations
@@ -30,15 +30,15 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from builder.infra import atomic, keys, lock, log, runner
+from builder.infra import atomic, keys, lock, log, paths, runner
 from builder.infra.config import Project
-from builder.infra.digests import DigestCache, sha256_file
+from builder.infra.digests import sha256_file
 from builder.infra.errors import InfraError, UserError
 from builder.tools import quilt, sources
 
@@ -58,32 +58,21 @@ QUILT_PC = ".pc-isobuild"
 
 
 @dataclass(frozen=True)
-class Pristine:
-    """The unpatched tree a series applies to, before it is made."""
-
-    identity: Mapping[str, Any]  # what the tree is made from (tarball sha256, commit...): the cache key
-    label: str  # for people: "linux-source-6.1 (linux-source-6.1.tar.xz)"
-    # (dest, log_path): create ``dest`` (it does not exist yet) holding the tree, the
-    # series' paths relative to its top; run once per identity, the result is cached
-    unpack: Callable[[Path, Path], None]
-
-
-@dataclass(frozen=True)
 class Component:
     name: str
     patch_dir: Callable[[Project], Path]  # the configured series directory
-    pristine: Callable[[Project], Pristine]
+    pristine: Callable[[Project], quilt.Pristine]
 
 
 def _kernel_patch_dir(project: Project) -> Path:
     return project.input_dir(project.settings.kernel.patches, "kernel.patches")
 
 
-def _kernel_pristine(project: Project) -> Pristine:
-    digests = DigestCache(project.work_dir / "digests.json")
+def _kernel_pristine(project: Project) -> quilt.Pristine:
+    digests = project.digests()
     source = sources.resolve(project, project.settings.kernel.source, digests)
     digests.save()
-    return Pristine(source.identity, source.label,
+    return quilt.Pristine(source.identity, source.label,
                     lambda dest, log_path: sources.extract(source, dest, log_path))
 
 
@@ -91,7 +80,7 @@ def _glibc_patch_dir(project: Project) -> Path:
     return project.input_dir(project.settings.glibc.patches, "glibc.patches")
 
 
-def _glibc_pristine(project: Project) -> Pristine:
+def _glibc_pristine(project: Project) -> quilt.Pristine:
     from builder.stages import glibc
 
     return glibc.pristine_tree(project)
@@ -101,6 +90,11 @@ COMPONENTS: dict[str, Component] = {
     "kernel": Component("kernel", _kernel_patch_dir, _kernel_pristine),
     "glibc": Component("glibc", _glibc_patch_dir, _glibc_pristine),
 }
+
+
+def output_dir(project: Project, value: str) -> Path:
+    """``patches generate --out``: a directory in the project (it may not exist yet)."""
+    return paths.project_input(project.root, value, "--out", "patches generate", "dir", required=False)
 
 
 def selected(choice: str, project: Project) -> list[Component]:
@@ -510,7 +504,7 @@ def refresh_all(q: _Quilt, series: list[quilt.Patch], results: list[PatchResult]
     return new, skipped
 
 
-def _pristine_tree(project: Project, component: str, pristine: Pristine, log_path: Path) -> Path:
+def _pristine_tree(project: Project, component: str, pristine: quilt.Pristine, log_path: Path) -> Path:
     """The cached pristine tree for this source, made once (atomically)."""
     root = project.work_dir / "patches" / "pristine"
     key = keys.compute({"version": PRISTINE_VERSION, "component": component, "source": dict(pristine.identity)})

@@ -153,7 +153,7 @@ def collect(project: Project, profile: str | None = None) -> Report:
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("builder", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["size"] = status._human
+    env.filters["size"] = status.human
     env.filters["json"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
     return env
 

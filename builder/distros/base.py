@@ -14,14 +14,14 @@ import os
 import re
 import stat
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from builder.infra import paths
 from builder.infra.config import Project
-from builder.infra.errors import InfraError, UserError
+from builder.infra.errors import InfraError
 from builder.infra.schema import matches
+from builder.stages.iso import LiveLayout
 from builder.tools import rootdir
 from builder.tools.chroot import Chroot
 
@@ -65,17 +65,6 @@ ExecStart=/usr/local/sbin/isobuild-smoke
 [Install]
 WantedBy=multi-user.target
 """
-
-
-@dataclass(frozen=True)
-class LiveLayout:
-    """Where the live system's pieces go on the ISO and how it boots."""
-
-    kernel: str  # path inside the ISO, e.g. live/vmlinuz
-    initrd: str
-    squashfs: str
-    cmdline: str
-    label: str
 
 
 class Plugin(ABC):
@@ -194,8 +183,7 @@ class Plugin(ABC):
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
         """Replace the root's glibc packages with the glibc stage's (``glibc_dir``, described by
         ``meta``) -- never a downgrade.  Only called when ``glibc_format`` is set."""
-        raise UserError(f"the {self.family} plugin has no glibc_format, so it cannot install the glibc stage's "
-                        "packages", hint="a bug in isobuild: rootfs.plan must not give it a glibc plan")
+        raise NotImplementedError(f"the {self.family} plugin takes no glibc packages (glibc_format is None)")
 
     @abstractmethod
     def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:

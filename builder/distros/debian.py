@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
+from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, Plugin, cmdline
 from builder.infra import hosttools, keys, log, paths, runner, sandbox
 from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import at_least, matches, setting
+from builder.stages.iso import LiveLayout
 from builder.tools import aptrepo, aptsources, chroot
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root

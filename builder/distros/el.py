@@ -31,12 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, LiveLayout, Plugin, cmdline
+from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, Plugin, cmdline
 from builder.distros.debian import SquashfsSettings
 from builder.infra import log, paths, runner
-from builder.infra.config import SHA256, Project
+from builder.infra.config import Project
 from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import matches, setting
+from builder.stages.glibcrpm import (
+    LOCAL_REPO,
+    ELGlibcSettings,
+    Repository,
+    _distinct_names,
+    _package_names,
+)
+from builder.stages.iso import LiveLayout
 from builder.tools import dnf, kickstart
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
@@ -47,11 +55,8 @@ MOCK_KICKSTART = "/root/isobuild.ks"
 MOCK_REPO = "/root/isobuild-repo"
 MOCK_RESULT = "/root/isobuild-result"
 MOCK_LOGS = "/root/isobuild-logs"
-LOCAL_REPO = "isobuild-local"
 # what EL calls its kernel: held out of the image's own dnf so an update cannot bring a second one
 KERNEL_NAMES = ("kernel", "kernel-core", "kernel-modules", "kernel-modules-core", "kernel-modules-extra")
-_URL = matches(r"(https?|file)://\S+", "an http(s):// or file:// URL")
-_PACKAGE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9_.+:-]*")
 _NAME_NEVRA = "%{NAME}\\t%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
 
 
@@ -63,27 +68,6 @@ def _release(value: Any) -> str | None:
 
 
 @dataclass
-class Repository:
-    name: str = setting("", help="repository id (dnf section, kickstart --name)",
-                        check=matches(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a repository id of A-Z a-z 0-9 . _ -"))
-    baseurl: str | None = setting(None, help="base URL ($releasever, $basearch are expanded)", check=_URL)
-    mirrorlist: str | None = setting(None, help="mirror list URL (one base URL per line)", check=_URL)
-    gpgkey: str | None = setting(None, help="URL of the key its packages are signed with", check=_URL)
-    gpgcheck: bool = setting(True, help="check package signatures (needs gpgkey)")
-
-    def validate(self) -> str | None:
-        if not self.name:
-            return "name: required"
-        if bool(self.baseurl) == bool(self.mirrorlist):
-            return f"repository {self.name!r}: give exactly one of baseurl and mirrorlist"
-        if self.gpgcheck and not self.gpgkey:
-            return f"repository {self.name!r}: gpgcheck needs gpgkey (or set gpgcheck: false)"
-        if self.name == LOCAL_REPO:
-            return f"repository {self.name!r}: the name is isobuild's own repository's"
-        return None
-
-
-@dataclass
 class MockSettings:
     config: str = setting("almalinux-9-x86_64", help="mock -r: the chroot configuration",
                           check=matches(r"[A-Za-z0-9._+-]+", "a mock configuration name"))
@@ -91,63 +75,6 @@ class MockSettings:
                                   help="what the mock chroot needs to run livemedia-creator --no-virt")
     project: str = setting("AlmaLinux", help="livemedia-creator --project (the product name on the media)",
                            check=matches(r"[A-Za-z0-9 ._-]{1,64}", "a product name"))
-
-
-def _distinct_names(key: str, repositories: list[Repository]) -> str | None:
-    names = [r.name for r in repositories]
-    return f"{key}: names must differ (got {', '.join(names)})" if len(set(names)) != len(names) else None
-
-
-def _package_names(key: str, packages: list[str]) -> str | None:
-    bad = next((name for name in packages if not _PACKAGE.fullmatch(name)), None)
-    return None if bad is None else f"{key}: {bad!r} is not a package or @group name"
-
-
-def _default_buildroot() -> list[str]:
-    # mock's chroot_setup_cmd for EL9 (its 'buildsys-build' group): what an rpmbuild of any EL
-    # package may take for granted besides its BuildRequires
-    return ["bash", "bzip2", "coreutils", "cpio", "diffutils", "redhat-release", "findutils", "gawk",
-            "glibc-minimal-langpack", "grep", "gzip", "info", "patch", "redhat-rpm-config", "rpm-build", "sed",
-            "shadow-utils", "tar", "unzip", "util-linux", "which", "xz"]
-
-
-@dataclass
-class SrpmSettings:
-    type: Literal["repo", "file"] = setting(
-        "repo", help="repo: 'dnf download --source glibc' from repositories + source_repositories (the source of "
-        "the glibc the repositories install); file: a local .src.rpm pinned by sha256")
-    path: str | None = setting(None, help="file: the .src.rpm (relative to the project)")
-    sha256: str | None = setting(None, help="file: its sha256; a mismatch refuses to build", check=SHA256)
-
-    def validate(self) -> str | None:
-        if self.type == "file" and not (self.path and self.sha256):
-            return "type 'file' needs both 'path' and 'sha256'"
-        return None
-
-
-@dataclass
-class ELGlibcSettings:
-    enabled: bool = setting(True, help="rebuild the distribution's glibc source RPM with patches/glibc/series and "
-                            "install it in the root (false, or glibc.enabled: false in isobuild.yaml: the "
-                            "distribution's glibc stays)")
-    srpm: SrpmSettings = setting(factory=SrpmSettings, help="where the glibc source RPM comes from")
-    source_repositories: list[Repository] = setting(
-        factory=list, help="repositories of source RPMs (srpm.type repo); the distribution's own repositories are "
-        "used with them, to find which glibc they install")
-    release_suffix: str = setting(".isobuild1", help="appended to the spec's Release (must sort above it: start "
-                                  "with '.', never '~')",
-                                  check=matches(r"[A-Za-z0-9._+~^]{1,32}", "up to 32 of A-Z a-z 0-9 . _ + ~ ^"))
-    dist: str | None = setting(None, help="the %{dist} to rebuild with; default: the one in the source RPM's "
-                               "Release (e.g. .el9_4), else .el<release>",
-                               check=matches(r"\.[A-Za-z0-9_.]{1,32}", "'.' then up to 32 of A-Z a-z 0-9 _ ."))
-    check: bool = setting(False, help="run the spec's %check (glibc's test suite: hours) during the rebuild")
-    buildroot_packages: list[str] = setting(
-        factory=_default_buildroot, help="build: dnf -- the EL buildroot's base packages (mock's EL9 "
-        "chroot_setup_cmd); the source RPM's BuildRequires are added")
-
-    def validate(self) -> str | None:
-        return _distinct_names("source_repositories", self.source_repositories) \
-            or _package_names("buildroot_packages", self.buildroot_packages)
 
 
 def _default_packages() -> list[str]:

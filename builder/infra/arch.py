@@ -15,8 +15,10 @@ class Arch:
     qemu: str
     qemu_machine: str
     console: str
+    rpm_arch: str  # dnf's $basearch
 
 
 ARCHES: dict[str, Arch] = {
-    "x86_64": Arch("x86_64", "x86_64", "x86", "arch/x86/boot/bzImage", "amd64", "qemu-system-x86_64", "q35", "ttyS0"),
+    "x86_64": Arch("x86_64", "x86_64", "x86", "arch/x86/boot/bzImage", "amd64", "qemu-system-x86_64", "q35", "ttyS0",
+                   "x86_64"),
 }

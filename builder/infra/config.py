@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder.infra import paths
+from builder.infra.digests import DigestCache
 from builder.infra.errors import UserError
 from builder.infra.schema import at_least, load_file, matches, setting
 
@@ -178,6 +179,10 @@ class Project:
     def iso_dir(self) -> Path:
         """Where the ISO stage publishes: iso/<distro>/ (release and report read it)."""
         return self.root / "iso"
+
+    def digests(self) -> DigestCache:
+        """The work dir's cache of file digests (remembered by size, mtime and inode)."""
+        return DigestCache(self.work_dir / "digests.json")
 
     @property
     def jobs(self) -> int:

@@ -89,10 +89,6 @@ def install_hint(command: str) -> str:
     return "install it, then run: isobuild doctor"
 
 
-def missing() -> list[Tool]:
-    return [t for t in TOOLS if not t.present()]
-
-
 def apt_line(tools: list[Tool]) -> str:
     packages = sorted({t.package for t in tools})
     return "apt-get install -y " + " ".join(packages) if packages else ""

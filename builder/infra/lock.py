@@ -16,7 +16,7 @@ from builder.infra.errors import InfraError
 def held(work_dir: Path, claim: bool = True) -> Iterator[None]:
     """The lock; ``claim`` marks ``work_dir`` as isobuild's (builder.infra.paths)."""
     if claim:
-        paths.claim_work_dir(work_dir, paths.WORK_ENTRIES)
+        paths.claim_work_dir(work_dir, paths.KNOWN_ENTRIES)
     else:
         work_dir.mkdir(parents=True, exist_ok=True)
     path = work_dir / "lock"

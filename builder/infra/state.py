@@ -26,21 +26,12 @@ def now() -> str:
 @dataclass(frozen=True)
 class KeyedLayout:
     """A stage's directories under ``root``: per key an artifact and a scratch tree
-    (a failed build of one key works in its own tree and never touches another's),
-    the stage's record and the link to the current artifact."""
+    (a failed build of one key works in its own tree and never touches another's)."""
 
     root: Path
 
     def tree(self, key: str) -> Path:
         return self.root / "trees" / key[:16]
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current"
 
     def artifact(self, key: str) -> Path:
         return self.root / "artifacts" / key
@@ -108,18 +99,3 @@ def recorded(path: Path, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
                         hint=getattr(exc, "hint", None)))
         raise
     save(path, dict(running, **done, status="ok", finished=now()))
-
-
-def adopt(artifact: Path, current: Path, state_path: Path, key: str, inputs: dict[str, Any],
-          base: dict[str, Any]) -> bool:
-    """Make an already-built artifact the current one (inputs returned to a key built
-    earlier: a patch reverted).  ``current`` and the state record then name it too.
-    Returns True when something changed."""
-    target = os.path.relpath(artifact, current.parent)
-    if current.is_symlink() and os.readlink(current) == target:
-        return False
-    atomic.symlink(target, current)
-    record = load(state_path) or base
-    save(state_path, dict(record, key=key, status="ok", last_good=key, inputs=inputs, finished=now(),
-                          error=None, hint=None))
-    return True

@@ -21,7 +21,7 @@ and must sort above it: installing it never downgrades the distribution.
 
 from __future__ import annotations
 
-import os
+import functools
 import re
 import shutil
 from dataclasses import dataclass
@@ -30,11 +30,11 @@ from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from builder.commands import patches
 from builder.infra import atomic, keys, log, runner, state
 from builder.infra.config import GlibcSettings, Project
 from builder.infra.digests import DigestCache, sha256_file
 from builder.infra.errors import CheckFailed, InfraError, UserError
+from builder.stages.base import Stage, keyed_targets
 from builder.tools import quilt, sources
 
 STAGE_VERSION = 1
@@ -153,7 +153,7 @@ def toolchain_version() -> str:
 def plan(project: Project) -> Plan:
     """Resolve every input and the stage key; reads files, changes nothing."""
     gs = project.settings.glibc
-    digests = DigestCache(project.work_dir / "digests.json")
+    digests = project.digests()
     source = resolve_source(project, gs, digests)
     digests.save()
     packaging = quilt.read_series(project.input_dir(gs.packaging_patches, "glibc.packaging_patches")) \
@@ -183,14 +183,62 @@ def built(p: Plan) -> dict[str, Any] | None:
     return state.load(p.artifact / "metadata.json")
 
 
-def current(project: Project) -> dict[str, Any] | None:
-    """Metadata of the glibc the ISO stages use (what ``current`` points at)."""
-    return state.load(Layout(project.work_dir / "glibc").current / "metadata.json")
+class GlibcStage(Stage):
+    """The patched glibc as the distribution's own .debs (builder.stages.base.Stage)."""
+
+    kind = "glibc"
+    work_entries = ("glibc",)
+    legacy = "glibc/state.json"
+
+    def __init__(self, project: Project, arch: str | None = None):
+        super().__init__(project, "", arch or project.settings.arch)
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        return plan(self.project)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.plan.inputs
+
+    @property
+    def artifact(self) -> Path:
+        return self.plan.artifact
+
+    def artifact_for(self, key: str) -> Path:
+        return self.project.work_dir / "glibc" / "artifacts" / key
+
+    @property
+    def legacy_record(self) -> str | None:
+        return self.legacy if self.arch == "x86_64" else None
+
+    def check(self) -> None:
+        quilt.vet(self.plan.packaging + self.plan.series)
+
+    def build(self, log_path: Path) -> dict[str, Any]:
+        return build(self.plan, log_path, self.last().get("steps_last_build"))
+
+    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"steps_last_build": meta.get("steps"), "durations": meta.get("durations"), "version": meta["version"]}
+
+    def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
+        return packages_summary(self.artifact, meta, "debs", "libc6")
+
+    @classmethod
+    def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
+        root = work_dir / "glibc"
+        current = root / "current"  # the pre-project link still keeps what it points at
+        return keyed_targets(root, keep | ({current.resolve().name} if current.is_symlink() else set()))
 
 
-def adopt(p: Plan) -> bool:
-    """Make the plan's already-built artifact current (see state.adopt)."""
-    return state.adopt(p.artifact, p.layout.current, p.layout.state, p.key, p.inputs, {"stage": "glibc"})
+def packages_summary(artifact: Path, meta: dict[str, Any], kind: str, main: str) -> tuple[int | None, str, str]:
+    """A glibc stage's status summary (Debian's: debs; an EL distro's: rpms): the packages' size and
+    ``main``'s sha256."""
+    listed = meta.get("packages" if kind == "debs" else "rpms", [])
+    ours: dict[str, Any] = next((x for x in listed if x.get("package") == main), {})
+    where = artifact / kind
+    size = sum(f.stat().st_size for f in where.glob(f"*.{kind[:-1]}")) if where.is_dir() else None
+    return size, str(ours.get("sha256", "")), f"{meta.get('version')}, {len(listed)} packages in {where}"
 
 
 # --- preparing the tree (seconds) ------------------------------------------------------
@@ -237,9 +285,9 @@ def patch_packaging(src: Path, series: list[quilt.Patch], log_path: Path) -> Non
                             details=[f"full log: {log_path}"])
 
 
-def pristine_tree(project: Project) -> patches.Pristine:
+def pristine_tree(project: Project) -> quilt.Pristine:
     """What ``isobuild patches check`` applies patches/glibc/series to: Debian's patched tree."""
-    digests = DigestCache(project.work_dir / "digests.json")
+    digests = project.digests()
     src = resolve_source(project, project.settings.glibc, digests)
     digests.save()
     packaging = project.settings.glibc.packaging_patches
@@ -256,7 +304,7 @@ def pristine_tree(project: Project) -> patches.Pristine:
                          onto="the upstream glibc source")
 
     identity = dict(src.identity, packaging=[p.identity() for p in packaging_series])
-    return patches.Pristine(identity, src.label, unpack)
+    return quilt.Pristine(identity, src.label, unpack)
 
 
 def append_series(debian_patches: Path, ours: list[quilt.Patch]) -> None:
@@ -430,54 +478,45 @@ def run_tests(p: Plan, tests: list[str], log_path: Path) -> dict[str, str]:
     return results
 
 
-def build(p: Plan, log_path: Path) -> dict[str, Any]:
+def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[str, Any]:
     """Build the plan's glibc packages and publish them; return their metadata."""
     lay = p.layout
     phases = log.Phases("glibc")
     started = state.now()
-    previous = state.load(lay.state) or {}
-    record: dict[str, Any] = {
-        "stage": "glibc", "key": p.key, "started": started, "log": str(log_path), "inputs": p.inputs,
-        "version": p.version, "last_good": previous.get("last_good"),
-        "steps_last_build": previous.get("steps_last_build"),
-    }
-    with state.recorded(lay.state, record) as done:
-        with phases.phase("patch"):
-            notes = prepare_tree(p, log_path)
-        with phases.phase("build-deps"):
-            installed = ensure_build_deps(p, log_path)
-        log_offset = log_path.stat().st_size
-        with phases.phase("compile"):
-            steps = compile_packages(p, log_path, previous.get("steps_last_build"))
-        [warnings] = log.count_since(log_path, log_offset, _WARNING)
-        with log.stage("glibc.collect"), atomic.new_dir(p.artifact) as out:
-            debs = sorted(d for d in p.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
-            if not any(d.name.startswith("libc6_") for d in debs):
-                raise InfraError(f"{p.tree}: dpkg-buildpackage made no libc6 package", hint=f"see {log_path}")
-            (out / "debs").mkdir()
-            for deb in debs:
-                shutil.copyfile(deb, out / "debs" / deb.name)
-            metadata = {
-                "stage": "glibc", "key": p.key, "inputs": p.inputs, "version": p.version,
-                "distro_version": p.source.version,
-                "source": {"label": p.source.label, **p.source.identity},
-                "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
-                "packaging_patches": [{"name": x.name, "sha256": x.sha256} for x in p.packaging],
-                "packages": [_deb_record(out / "debs" / d.name) for d in debs],
-                "toolchain": p.toolchain, "build_env": build_env(p), "quilt_notes": notes,
-                "build_deps_installed": installed, "diagnostics": {"warnings": warnings},
-                "tests": {}, "durations": phases.seconds, "started": started,
-                "finished": state.now(), "log": str(log_path),
-                "reproducer": {"isobuild": "isobuild glibc",
-                               "dpkg-buildpackage": runner.reproducer(build_argv(p), p.src, build_env(p))},
-            }
-            atomic.write_json(out / "metadata.json", metadata)
-        atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
-        state.save(p.marker, {"key": p.key})
-        for other in lay.root.glob("trees/*"):  # superseded by this good build
-            if other != p.tree:
-                shutil.rmtree(other, ignore_errors=True)
-        done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
+    with phases.phase("patch"):
+        notes = prepare_tree(p, log_path)
+    with phases.phase("build-deps"):
+        installed = ensure_build_deps(p, log_path)
+    log_offset = log_path.stat().st_size
+    with phases.phase("compile"):
+        steps = compile_packages(p, log_path, steps_last_build)
+    [warnings] = log.count_since(log_path, log_offset, _WARNING)
+    with log.stage("glibc.collect"), atomic.new_dir(p.artifact) as out:
+        debs = sorted(d for d in p.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
+        if not any(d.name.startswith("libc6_") for d in debs):
+            raise InfraError(f"{p.tree}: dpkg-buildpackage made no libc6 package", hint=f"see {log_path}")
+        (out / "debs").mkdir()
+        for deb in debs:
+            shutil.copyfile(deb, out / "debs" / deb.name)
+        metadata = {
+            "stage": "glibc", "key": p.key, "inputs": p.inputs, "version": p.version,
+            "distro_version": p.source.version,
+            "source": {"label": p.source.label, **p.source.identity},
+            "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
+            "packaging_patches": [{"name": x.name, "sha256": x.sha256} for x in p.packaging],
+            "packages": [_deb_record(out / "debs" / d.name) for d in debs],
+            "toolchain": p.toolchain, "build_env": build_env(p), "quilt_notes": notes,
+            "build_deps_installed": installed, "diagnostics": {"warnings": warnings},
+            "tests": {}, "durations": phases.seconds, "steps": steps, "started": started,
+            "finished": state.now(), "log": str(log_path),
+            "reproducer": {"isobuild": "isobuild glibc",
+                           "dpkg-buildpackage": runner.reproducer(build_argv(p), p.src, build_env(p))},
+        }
+        atomic.write_json(out / "metadata.json", metadata)
+    state.save(p.marker, {"key": p.key})
+    for other in lay.root.glob("trees/*"):  # superseded by this good build
+        if other != p.tree:
+            shutil.rmtree(other, ignore_errors=True)
     return metadata
 
 

@@ -22,6 +22,7 @@ rename; ``current`` then points at them.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -29,16 +30,41 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Literal, Protocol
 
 from builder.infra import atomic, keys, log, runner, state
+from builder.infra.arch import ARCHES
+from builder.infra.config import SHA256, Project
 from builder.infra.digests import DigestCache, sha256_bytes, sha256_file
 from builder.infra.errors import InfraError, IsobuildError, UserError
+from builder.infra.schema import matches, setting
+from builder.stages.base import Stage, keyed_targets
+from builder.stages.glibc import packages_summary
 from builder.tools import dnf, quilt
 from builder.tools.chroot import Chroot, remove_root
 
-if TYPE_CHECKING:
-    from builder.distros.el import ELGlibcSettings, ELPlugin
+
+class ELDistro(Protocol):
+    """What the glibc-rpm stage takes of an EL distro (builder.distros.el.ELDistro is one)."""
+
+    name: str
+    project: Project
+    family: ClassVar[str]
+    settings: Any  # .glibc (ELGlibcSettings), .release, .mock.config
+
+    @property
+    def where(self) -> str: ...
+
+    @property
+    def work(self) -> Path: ...
+
+    def repos(self) -> list[dnf.Repo]: ...
+
+    def probe_repositories(self) -> None: ...
+
+    def build_path(self) -> str: ...
+
+    def mock_argv(self, *args: str) -> list[str]: ...
 
 STAGE = "glibc-rpm"
 STAGE_VERSION = 1
@@ -64,6 +90,91 @@ _OUR_PATCH_RUN = re.compile(rf"SOURCES/{OURS}([^\s'\"]+)")
 _DEBUG = re.compile(r"-(debuginfo|debugsource)-")
 
 
+# --- settings (distros/<name>.yaml: repositories, glibc) -------------------------------------
+
+_URL = matches(r"(https?|file)://\S+", "an http(s):// or file:// URL")
+_PACKAGE = re.compile(r"@?[A-Za-z0-9][A-Za-z0-9_.+:-]*")
+LOCAL_REPO = "isobuild-local"  # the EL plugin's own repository of our packages
+
+
+@dataclass
+class Repository:
+    name: str = setting("", help="repository id (dnf section, kickstart --name)",
+                        check=matches(r"[A-Za-z0-9][A-Za-z0-9._-]*", "a repository id of A-Z a-z 0-9 . _ -"))
+    baseurl: str | None = setting(None, help="base URL ($releasever, $basearch are expanded)", check=_URL)
+    mirrorlist: str | None = setting(None, help="mirror list URL (one base URL per line)", check=_URL)
+    gpgkey: str | None = setting(None, help="URL of the key its packages are signed with", check=_URL)
+    gpgcheck: bool = setting(True, help="check package signatures (needs gpgkey)")
+
+    def validate(self) -> str | None:
+        if not self.name:
+            return "name: required"
+        if bool(self.baseurl) == bool(self.mirrorlist):
+            return f"repository {self.name!r}: give exactly one of baseurl and mirrorlist"
+        if self.gpgcheck and not self.gpgkey:
+            return f"repository {self.name!r}: gpgcheck needs gpgkey (or set gpgcheck: false)"
+        if self.name == LOCAL_REPO:
+            return f"repository {self.name!r}: the name is isobuild's own repository's"
+        return None
+
+
+def _distinct_names(key: str, repositories: list[Repository]) -> str | None:
+    names = [r.name for r in repositories]
+    return f"{key}: names must differ (got {', '.join(names)})" if len(set(names)) != len(names) else None
+
+
+def _package_names(key: str, packages: list[str]) -> str | None:
+    bad = next((name for name in packages if not _PACKAGE.fullmatch(name)), None)
+    return None if bad is None else f"{key}: {bad!r} is not a package or @group name"
+
+
+def _default_buildroot() -> list[str]:
+    # mock's chroot_setup_cmd for EL9 (its 'buildsys-build' group): what an rpmbuild of any EL
+    # package may take for granted besides its BuildRequires
+    return ["bash", "bzip2", "coreutils", "cpio", "diffutils", "redhat-release", "findutils", "gawk",
+            "glibc-minimal-langpack", "grep", "gzip", "info", "patch", "redhat-rpm-config", "rpm-build", "sed",
+            "shadow-utils", "tar", "unzip", "util-linux", "which", "xz"]
+
+
+@dataclass
+class SrpmSettings:
+    type: Literal["repo", "file"] = setting(
+        "repo", help="repo: 'dnf download --source glibc' from repositories + source_repositories (the source of "
+        "the glibc the repositories install); file: a local .src.rpm pinned by sha256")
+    path: str | None = setting(None, help="file: the .src.rpm (relative to the project)")
+    sha256: str | None = setting(None, help="file: its sha256; a mismatch refuses to build", check=SHA256)
+
+    def validate(self) -> str | None:
+        if self.type == "file" and not (self.path and self.sha256):
+            return "type 'file' needs both 'path' and 'sha256'"
+        return None
+
+
+@dataclass
+class ELGlibcSettings:
+    enabled: bool = setting(True, help="rebuild the distribution's glibc source RPM with patches/glibc/series and "
+                            "install it in the root (false, or glibc.enabled: false in isobuild.yaml: the "
+                            "distribution's glibc stays)")
+    srpm: SrpmSettings = setting(factory=SrpmSettings, help="where the glibc source RPM comes from")
+    source_repositories: list[Repository] = setting(
+        factory=list, help="repositories of source RPMs (srpm.type repo); the distribution's own repositories are "
+        "used with them, to find which glibc they install")
+    release_suffix: str = setting(".isobuild1", help="appended to the spec's Release (must sort above it: start "
+                                  "with '.', never '~')",
+                                  check=matches(r"[A-Za-z0-9._+~^]{1,32}", "up to 32 of A-Z a-z 0-9 . _ + ~ ^"))
+    dist: str | None = setting(None, help="the %{dist} to rebuild with; default: the one in the source RPM's "
+                               "Release (e.g. .el9_4), else .el<release>",
+                               check=matches(r"\.[A-Za-z0-9_.]{1,32}", "'.' then up to 32 of A-Z a-z 0-9 _ ."))
+    check: bool = setting(False, help="run the spec's %check (glibc's test suite: hours) during the rebuild")
+    buildroot_packages: list[str] = setting(
+        factory=_default_buildroot, help="build: dnf -- the EL buildroot's base packages (mock's EL9 "
+        "chroot_setup_cmd); the source RPM's BuildRequires are added")
+
+    def validate(self) -> str | None:
+        return _distinct_names("source_repositories", self.source_repositories) \
+            or _package_names("buildroot_packages", self.buildroot_packages)
+
+
 # --- where things go ----------------------------------------------------------------------
 
 
@@ -82,7 +193,7 @@ class Layout(state.KeyedLayout):
         return self.root / "rpmdb"
 
 
-def layout_for(plugin: ELPlugin) -> Layout:
+def layout_for(plugin: ELDistro) -> Layout:
     return Layout(plugin.work / STAGE)
 
 
@@ -97,7 +208,7 @@ class Srpm:
 
 @dataclass
 class Plan(state.KeyedPlan):
-    plugin: ELPlugin
+    plugin: ELDistro
     settings: ELGlibcSettings
     layout: Layout
     srpm: Srpm
@@ -167,20 +278,20 @@ def build_requires(layout: Layout, srpm: Path) -> list[str]:
 # --- the source RPM ---------------------------------------------------------------------------
 
 
-def srpm_repos(plugin: ELPlugin) -> list[dnf.Repo]:
+def srpm_repos(plugin: ELDistro) -> list[dnf.Repo]:
     """The distribution's repositories (which glibc it installs) and the ones holding its sources."""
     s = plugin.settings.glibc
     return plugin.repos()[:-1] + [dnf.Repo(r.name, r.baseurl, r.mirrorlist, r.gpgkey, r.gpgcheck)
                                   for r in s.source_repositories]
 
 
-def srpm_cache(plugin: ELPlugin) -> Path:
+def srpm_cache(plugin: ELDistro) -> Path:
     """Where the source RPM downloaded from this repository configuration is kept."""
     ident = json.dumps([plugin.settings.release, *(asdict(r) for r in srpm_repos(plugin))], sort_keys=True)
     return layout_for(plugin).srpms / sha256_bytes(ident.encode())[:16]
 
 
-def cached_srpm(plugin: ELPlugin) -> Path | None:
+def cached_srpm(plugin: ELDistro) -> Path | None:
     found = sorted(srpm_cache(plugin).glob("*.src.rpm"))
     return found[-1] if found else None
 
@@ -192,11 +303,9 @@ def download_argv(conf: Path, installroot: Path, release: str, dest: Path) -> li
             f"--destdir={dest}", SPEC_NAME]
 
 
-def download_srpm(plugin: ELPlugin, log_path: Path) -> Path:
+def download_srpm(plugin: ELDistro, log_path: Path) -> Path:
     """``dnf download --source glibc``: the source of the glibc the repositories install now,
     replacing the one downloaded before.  Unreachable repositories fail first, naming each."""
-    from builder.distros.el import ARCH
-
     s = plugin.settings
     if not s.glibc.source_repositories:
         raise UserError(f"{plugin.where}: glibc.source_repositories: none configured, so the glibc source RPM "
@@ -210,7 +319,7 @@ def download_srpm(plugin: ELPlugin, log_path: Path) -> Path:
                          f"{plugin.name} cannot be downloaded", hint=install_hint(DOWNLOAD_PLUGIN))
     repos = srpm_repos(plugin)
     for repo in repos:
-        dnf.probe(repo, s.release, ARCH, plugin.where)
+        dnf.probe(repo, s.release, ARCHES[plugin.project.settings.arch].rpm_arch, plugin.where)
     scratch = layout_for(plugin).root / "download"
     shutil.rmtree(scratch, ignore_errors=True)
     (scratch / "repos.d").mkdir(parents=True)
@@ -240,7 +349,7 @@ def download_srpm(plugin: ELPlugin, log_path: Path) -> Path:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def resolve_srpm(plugin: ELPlugin, digests: DigestCache) -> Srpm:
+def resolve_srpm(plugin: ELDistro, digests: DigestCache) -> Srpm:
     s = plugin.settings.glibc.srpm
     layout = layout_for(plugin)
     if s.type == "file":
@@ -268,11 +377,11 @@ def default_dist(srpm: Srpm, release: str) -> str:
     return m.group(0) if m else f".el{release}"
 
 
-def plan(plugin: ELPlugin) -> Plan:
+def plan(plugin: ELDistro) -> Plan:
     """Resolve every input and the stage key; downloads nothing (see download_srpm)."""
     project = plugin.project
     gs = plugin.settings.glibc
-    digests = DigestCache(project.work_dir / "digests.json")
+    digests = project.digests()
     srpm = resolve_srpm(plugin, digests)
     digests.save()
     series = quilt.read_series(project.input_dir(project.settings.glibc.patches, "glibc.patches"))
@@ -302,9 +411,65 @@ def built(p: Plan) -> dict[str, Any] | None:
     return state.load(p.artifact / "metadata.json")
 
 
-def adopt(p: Plan) -> bool:
-    return state.adopt(p.artifact, p.layout.current, p.layout.state, p.key, p.inputs,
-                       {"stage": STAGE, "distro": p.plugin.name})
+class GlibcRpmStage(Stage):
+    """An EL distro's patched glibc as the distribution's own RPMs (builder.stages.base.Stage).
+    The source RPM is downloaded (``prepare``) when there is none yet or asked for afresh."""
+
+    kind = STAGE
+
+    def __init__(self, plugin: ELDistro, arch: str | None = None):
+        super().__init__(plugin.project, plugin.name, arch or plugin.project.settings.arch)
+        self.plugin = plugin
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        return plan(self.plugin)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.plan.inputs
+
+    @property
+    def artifact(self) -> Path:
+        return self.plan.artifact
+
+    def artifact_for(self, key: str) -> Path:
+        return layout_for(self.plugin).artifact(key)
+
+    @property
+    def legacy_record(self) -> str | None:
+        return f"distros/{self.plugin.name}/{STAGE}/state.json" if self.arch == "x86_64" else None
+
+    def check(self) -> None:
+        """Everything but the source RPM itself, which may not be downloaded yet (the EL plugin's
+        check probes the source repositories)."""
+        if self.plugin.settings.glibc.srpm.type == "file" or cached_srpm(self.plugin) is not None:
+            self.key  # noqa: B018
+
+    def fetch(self, force: bool, log_path: Path) -> None:
+        """Download the source RPM when there is none yet, or with ``force`` (the repositories' newest)."""
+        if self.plugin.settings.glibc.srpm.type == "repo" and (force or cached_srpm(self.plugin) is None):
+            with log.stage("glibc-rpm.download", distro=self.plugin.name, log=str(log_path)):
+                download_srpm(self.plugin, log_path)
+            self.__dict__.pop("plan", None)
+            self.__dict__.pop("key", None)
+
+    def build(self, log_path: Path) -> dict[str, Any]:
+        return build(self.plan, log_path)
+
+    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"durations": meta.get("durations"), "version": meta.get("version")}
+
+    def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
+        return packages_summary(self.artifact, meta, "rpms", "glibc")
+
+    @classmethod
+    def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
+        out: list[Path] = []
+        for root in (work_dir / "distros").glob(f"*/{STAGE}"):
+            current = root / "current"
+            out += keyed_targets(root, keep | ({current.resolve().name} if current.is_symlink() else set()))
+        return out
 
 
 # --- the spec -----------------------------------------------------------------------------------
@@ -576,44 +741,37 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     phases = log.Phases("glibc-rpm")
     started = state.now()
     start = time.monotonic()
-    previous = state.load(lay.state) or {}
-    record: dict[str, Any] = {"stage": STAGE, "distro": p.plugin.name, "key": p.key, "started": started,
-                              "log": str(log_path), "inputs": p.inputs, "version": p.version,
-                              "last_good": previous.get("last_good")}
-    with state.recorded(lay.state, record) as done:
-        with phases.phase("prepare"):
-            patched = prepare(p, log_path)
-        result = p.tree / "result"
-        with phases.phase("rebuild"):
-            rebuild(p, patched, result, log_path)
-        with log.stage("glibc-rpm.collect"), atomic.new_dir(p.artifact) as out:
-            rpms = sorted(r for r in result.glob("*.rpm") if not r.name.endswith(".src.rpm")
-                          and not _DEBUG.search(r.name))
-            records = [_rpm_record(lay, r) for r in rpms]
-            ours = next((r for r in records if r["package"] == SPEC_NAME), None)
-            if ours is None:
-                raise InfraError(f"{result}: the rebuild made no glibc RPM", hint=f"see {log_path}")
-            (out / "rpms").mkdir()
-            for rpm in rpms:
-                shutil.copyfile(rpm, out / "rpms" / rpm.name)
-            (out / "srpm").mkdir()  # what was rebuilt: mock --rebuild (or rpmbuild --rebuild) remakes it anywhere
-            shutil.copyfile(patched, out / "srpm" / patched.name)
-            metadata = {
-                "stage": STAGE, "distro": p.plugin.name, "key": p.key, "inputs": p.inputs,
-                "version": ours["version"], "distro_version": p.srpm.evr,
-                "srpm": {"file": p.srpm.path.name, "sha256": p.srpm.sha256, "patched": patched.name},
-                "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
-                "rpms": records, "build": p.build_path, "dist": p.dist, "durations": phases.seconds,
-                "seconds": round(time.monotonic() - start, 1), "started": started, "finished": state.now(),
-                "log": str(log_path),
-                "reproducer": {"isobuild": f"isobuild {p.plugin.name} --force-glibc",
-                               "rebuild": " ".join(mock_argv(p, patched, result)) if p.build_path == "mock"
-                               else " ".join(rebuild_argv(p, f"{BUILDDIR}/{patched.name}"))},
-            }
-            atomic.write_json(out / "metadata.json", metadata)
-        atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
-        remove_root(p.tree)
-        done.update(last_good=p.key, durations=phases.seconds)
+    with phases.phase("prepare"):
+        patched = prepare(p, log_path)
+    result = p.tree / "result"
+    with phases.phase("rebuild"):
+        rebuild(p, patched, result, log_path)
+    with log.stage("glibc-rpm.collect"), atomic.new_dir(p.artifact) as out:
+        rpms = sorted(r for r in result.glob("*.rpm") if not r.name.endswith(".src.rpm")
+                      and not _DEBUG.search(r.name))
+        records = [_rpm_record(lay, r) for r in rpms]
+        ours = next((r for r in records if r["package"] == SPEC_NAME), None)
+        if ours is None:
+            raise InfraError(f"{result}: the rebuild made no glibc RPM", hint=f"see {log_path}")
+        (out / "rpms").mkdir()
+        for rpm in rpms:
+            shutil.copyfile(rpm, out / "rpms" / rpm.name)
+        (out / "srpm").mkdir()  # what was rebuilt: mock --rebuild (or rpmbuild --rebuild) remakes it anywhere
+        shutil.copyfile(patched, out / "srpm" / patched.name)
+        metadata = {
+            "stage": STAGE, "distro": p.plugin.name, "key": p.key, "inputs": p.inputs,
+            "version": ours["version"], "distro_version": p.srpm.evr,
+            "srpm": {"file": p.srpm.path.name, "sha256": p.srpm.sha256, "patched": patched.name},
+            "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
+            "rpms": records, "build": p.build_path, "dist": p.dist, "durations": phases.seconds,
+            "seconds": round(time.monotonic() - start, 1), "started": started, "finished": state.now(),
+            "log": str(log_path),
+            "reproducer": {"isobuild": f"isobuild {p.plugin.name} --force-glibc",
+                           "rebuild": " ".join(mock_argv(p, patched, result)) if p.build_path == "mock"
+                           else " ".join(rebuild_argv(p, f"{BUILDDIR}/{patched.name}"))},
+        }
+        atomic.write_json(out / "metadata.json", metadata)
+    remove_root(p.tree)
     return metadata
 
 

@@ -15,6 +15,7 @@ killed mid-patch is never mistaken for a good tree.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -26,8 +27,9 @@ from typing import Any
 from builder.infra import atomic, hosttools, keys, log, runner, state
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
-from builder.infra.digests import DigestCache, sha256_file
+from builder.infra.digests import sha256_file
 from builder.infra.errors import UserError
+from builder.stages.base import Stage, keyed_targets
 from builder.tools import kconfig, quilt, rootdir, sources
 
 # what a kernel build runs (bindeb-pkg and binrpm-pkg included)
@@ -40,14 +42,16 @@ _ERROR = re.compile(r"\berror:")
 
 @dataclass(frozen=True)
 class Layout:
-    """Where the kernel stage keeps things under the work dir."""
+    """Where the kernel stage keeps things under the work dir: one build tree per profile and
+    arch (two arches never share one), artifacts by key."""
 
     root: Path
     profile: str
+    arch: str = "x86_64"
 
     @property
     def tree(self) -> Path:
-        return self.root / "trees" / self.profile
+        return self.root / "trees" / f"{self.profile}-{self.arch}"
 
     @property
     def src(self) -> Path:
@@ -64,14 +68,6 @@ class Layout:
     @property
     def marker(self) -> Path:
         return self.tree / "tree.json"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state" / f"{self.profile}.json"
-
-    @property
-    def current(self) -> Path:
-        return self.root / "current" / self.profile
 
     def artifact(self, key: str) -> Path:
         return self.root / "artifacts" / key
@@ -98,18 +94,18 @@ def toolchain_version() -> str:
     return runner.output(["gcc", "--version"]).splitlines()[0].strip()
 
 
-def plan(project: Project, profile_name: str | None = None) -> Plan:
+def plan(project: Project, profile_name: str | None = None, arch_name: str | None = None) -> Plan:
     """Resolve every input and the stage key; reads files, changes nothing."""
     ks = project.settings.kernel
     name = profile_name or ks.profile
     hosttools.require(KERNEL_TOOLS, "the kernel stage")
     root = project.work_dir / "kernel"
-    digests = DigestCache(project.work_dir / "digests.json")
+    digests = project.digests()
     source = sources.resolve(project, ks.source, digests)
     digests.save()
     series = quilt.read_series(project.input_dir(ks.patches, "kernel.patches"))
     profile = kconfig.load_profile(project.root, name, ks.fragments)
-    arch = ARCHES[project.settings.arch]
+    arch = ARCHES[arch_name or project.settings.arch]
     toolchain = toolchain_version()
     inputs: dict[str, Any] = {
         "stage": "kernel",
@@ -122,19 +118,55 @@ def plan(project: Project, profile_name: str | None = None) -> Plan:
         "toolchain": toolchain,
         "source_date_epoch": os.environ.get("SOURCE_DATE_EPOCH"),
     }
-    return Plan(project, Layout(root, name), arch, source, series, profile, toolchain, inputs,
+    return Plan(project, Layout(root, name, arch.name), arch, source, series, profile, toolchain, inputs,
                 keys.compute(inputs))
 
 
-def built(p: Plan) -> dict[str, Any] | None:
-    """The metadata of the artifact for this plan's key, if it was built."""
-    return state.load(p.artifact / "metadata.json")
+class KernelStage(Stage):
+    """The kernel of one profile and arch (builder.stages.base.Stage)."""
 
+    kind = "kernel"
+    work_entries = ("kernel",)
 
-def adopt(p: Plan) -> bool:
-    """Make the plan's already-built artifact the profile's current one (see state.adopt)."""
-    lay = p.layout
-    return state.adopt(p.artifact, lay.current, lay.state, p.key, p.inputs, {"stage": "kernel", "profile": lay.profile})
+    def __init__(self, project: Project, profile: str | None = None, arch: str | None = None):
+        super().__init__(project, profile or project.settings.kernel.profile, arch or project.settings.arch)
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        return plan(self.project, self.instance, self.arch)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.plan.inputs
+
+    @property
+    def artifact(self) -> Path:
+        return self.plan.artifact
+
+    def artifact_for(self, key: str) -> Path:
+        return self.project.work_dir / "kernel" / "artifacts" / key
+
+    @property
+    def legacy_record(self) -> str | None:
+        return f"kernel/state/{self.instance}.json" if self.arch == "x86_64" else None
+
+    def build(self, log_path: Path) -> dict[str, Any]:
+        return build(self.plan, log_path, self.last().get("steps_last_build"))
+
+    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"steps_last_build": meta.get("steps"), "durations": meta.get("durations")}
+
+    def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
+        image = self.artifact / Path(self.plan.arch.image).name
+        return (image.stat().st_size if image.exists() else None, str(meta.get("artifacts", {}).get(image.name, "")),
+                f"{meta.get('kernel_release')} in {self.artifact}")
+
+    @classmethod
+    def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
+        root = work_dir / "kernel"
+        # the pre-project "current" links still keep what they point at
+        keep = keep | {link.resolve().name for link in (root / "current").glob("*") if link.is_symlink()}
+        return keyed_targets(root, keep) + list((root / "boot").glob("*"))
 
 
 # --- the build ---------------------------------------------------------------------------
@@ -281,49 +313,41 @@ def package_rpm(p: Plan, env: dict[str, str], log_path: Path) -> list[Path]:
     return sorted(top.glob("RPMS/*/*.rpm"))
 
 
-def build(p: Plan, log_path: Path) -> dict[str, Any]:
+def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[str, Any]:
     """Build the plan's kernel and publish it; return its metadata."""
     lay = p.layout
     phases = log.Phases("kernel")
     started = state.now()
-    previous = state.load(lay.state) or {}
-    record: dict[str, Any] = {
-        "stage": "kernel", "profile": lay.profile, "key": p.key, "started": started, "log": str(log_path),
-        "inputs": p.inputs, "last_good": previous.get("last_good"),
-        "steps_last_build": previous.get("steps_last_build"),
-    }
-    with state.recorded(lay.state, record) as done:
-        with phases.phase("patch"):
-            notes = prepare_tree(p, log_path)
-        epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
-        env = make_env(p, epoch)
-        with phases.phase("config"):
-            effective, release = configure(p, env, log_path)
-        modules = kconfig.read_config(lay.build / ".config").get("CONFIG_MODULES") == "y"
-        log_offset = log_path.stat().st_size
-        with phases.phase("compile"):
-            steps = compile_kernel(p, env, log_path, modules, previous.get("steps_last_build"))
-        warnings, errors = log.count_since(log_path, log_offset, _WARNING, _ERROR)
-        with phases.phase("package"):
-            debs = package(p, env, log_path, release)
-            rpms = package_rpm(p, env, log_path)
-        collect_start = time.monotonic()
-        with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
-            metadata = collect(p, out, env, log_path, debs, rpms, modules)
-            metadata.update({
-                "kernel_release": release,
-                "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
-                           "effective": effective},
-                "quilt_notes": notes,
-                "diagnostics": {"warnings": warnings, "errors": errors},
-                "started": started,
-                "finished": state.now(),
-                "log": str(log_path),
-            })
-            metadata["durations"] = dict(phases.seconds, collect=round(time.monotonic() - collect_start, 3))
-            atomic.write_json(out / "metadata.json", metadata)
-        atomic.symlink(os.path.relpath(p.artifact, lay.current.parent), lay.current)
-        done.update(last_good=p.key, steps_last_build=steps, durations=phases.seconds)
+    with phases.phase("patch"):
+        notes = prepare_tree(p, log_path)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
+    env = make_env(p, epoch)
+    with phases.phase("config"):
+        effective, release = configure(p, env, log_path)
+    modules = kconfig.read_config(lay.build / ".config").get("CONFIG_MODULES") == "y"
+    log_offset = log_path.stat().st_size
+    with phases.phase("compile"):
+        steps = compile_kernel(p, env, log_path, modules, steps_last_build)
+    warnings, errors = log.count_since(log_path, log_offset, _WARNING, _ERROR)
+    with phases.phase("package"):
+        debs = package(p, env, log_path, release)
+        rpms = package_rpm(p, env, log_path)
+    collect_start = time.monotonic()
+    with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
+        metadata = collect(p, out, env, log_path, debs, rpms, modules)
+        metadata.update({
+            "kernel_release": release,
+            "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
+                       "effective": effective},
+            "quilt_notes": notes,
+            "diagnostics": {"warnings": warnings, "errors": errors},
+            "steps": steps,
+            "started": started,
+            "finished": state.now(),
+            "log": str(log_path),
+        })
+        metadata["durations"] = dict(phases.seconds, collect=round(time.monotonic() - collect_start, 3))
+        atomic.write_json(out / "metadata.json", metadata)
     return metadata
 
 

@@ -4,50 +4,51 @@ with a busybox initramfs in QEMU and check it is the patched one.
 Pass means: the guest reports the exact kernel release that was built and the
 marker file (by default the XSC driver's /sys/kernel/xsc/version) with a value
 matching the configured pattern; no panic, Oops or BUG.  QEMU is ended by the
-host once the verdict is known; a hard timeout always applies.
+host once the verdict is known; a hard timeout always applies.  The verdict is
+this project's record of the check.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
-from builder.infra import atomic, log, state
-from builder.infra.errors import CheckFailed, InfraError, UserError
-from builder.stages.kernel import Plan
+from builder.infra import log
+from builder.infra.errors import UserError
+from builder.stages.base import Check
+from builder.stages.kernel import KernelStage
 from builder.tools import console, initramfs, qemu
 
 
-def boot(p: Plan, log_path: Path) -> console.Verdict:
-    meta = state.load(p.artifact / "metadata.json")
-    if meta is None:
-        current = state.load(p.layout.current / "metadata.json")
-        why = "stale: its inputs changed since the last build" if current else "missing"
-        raise UserError(f"kernel for profile {p.layout.profile} is {why}", hint="run: isobuild kernel")
-    settings = p.project.settings.kernel.boot
-    image = p.artifact / Path(p.arch.image).name
-    initrd = p.layout.root / "boot" / "initramfs.cpio"
-    initramfs.busybox_initramfs(initrd, settings.marker_file)
-    accel = qemu.accelerator(p.arch)
-    append = f"console={p.arch.console},115200 panic=-1 rdinit=/init"
-    argv = qemu.kernel_argv(p.arch, image, initrd, append, settings.memory, accel)
-    expect = console.Expect({"UNAME": re.escape(meta["kernel_release"]), "MARKER": settings.marker_pattern})
-    with log.stage("kernel.boot", accel=accel, log=str(log_path)):
-        verdict = qemu.watch(argv, expect, log_path, settings.timeout)
-    verdict.extra = {"accel": accel, "kernel_release": meta["kernel_release"], "key": p.key}
-    record: dict[str, Any] = {"stage": "kernel-boot", "profile": p.layout.profile, "key": p.key,
-                              "finished": state.now(), **verdict.as_dict()}
-    atomic.write_json(p.layout.root / "state" / f"boot-{p.layout.profile}.json", record)
-    return verdict
+class KernelBootCheck(Check):
+    kind = "kernel-boot"
+    changed = "kernel changed since this boot check"
+    of: KernelStage
 
+    def __init__(self, kernel: KernelStage):
+        super().__init__(kernel)
 
-def raise_for(verdict: console.Verdict) -> None:
-    if verdict.status == "pass":
-        return
-    details = verdict.reasons + ["console tail:"] + [f"  {line}" for line in verdict.tail[-15:]] + \
-        [f"full console log: {verdict.log}"]
-    if verdict.status == "error":
-        raise InfraError("boot check could not run: " + "; ".join(verdict.reasons), details=details)
-    raise CheckFailed("boot check failed: " + verdict.reasons[0], details=details,
-                      hint="see the console log; the kernel artifact itself is kept")
+    @property
+    def legacy_record(self) -> str | None:
+        return f"kernel/state/boot-{self.of.instance}.json" if self.of.arch == "x86_64" else None
+
+    def run(self, log_path: Path) -> console.Verdict:
+        p = self.of.plan
+        meta = self.of.built()
+        if meta is None:
+            why = "stale: its inputs changed since the last build" if self.of.current() else "missing"
+            raise UserError(f"kernel for profile {p.layout.profile} ({p.arch.name}) is {why}",
+                            hint=f"run: isobuild kernel --profile {p.layout.profile}")
+        settings = p.project.settings.kernel.boot
+        image = p.artifact / Path(p.arch.image).name
+        initrd = p.layout.root / "boot" / f"initramfs-{p.arch.name}.cpio"
+        initramfs.busybox_initramfs(initrd, settings.marker_file)
+        accel = qemu.accelerator(p.arch)
+        append = f"console={p.arch.console},115200 panic=-1 rdinit=/init"
+        argv = qemu.kernel_argv(p.arch, image, initrd, append, settings.memory, accel)
+        expect = console.Expect({"UNAME": re.escape(meta["kernel_release"]), "MARKER": settings.marker_pattern})
+        with log.stage("kernel.boot", accel=accel, arch=p.arch.name, log=str(log_path)):
+            verdict = qemu.watch(argv, expect, log_path, settings.timeout)
+        verdict.extra = {"accel": accel, "kernel_release": meta["kernel_release"], "key": p.key}
+        self.save(verdict.as_dict())
+        return verdict

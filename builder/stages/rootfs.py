@@ -9,17 +9,19 @@ deleted once the squashfs is made, never while anything is mounted in it.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
-from builder.distros.base import Plugin
 from builder.infra import atomic, keys, log, state
+from builder.infra.config import Project
 from builder.infra.errors import UserError
-from builder.stages.kernel import Plan as KernelPlan
+from builder.stages.base import Stage
+from builder.stages.kernel import KernelStage
 from builder.tools import chroot, rootdir
 
 STAGE_VERSION = 4  # 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d
@@ -59,23 +61,37 @@ say DONE
 """
 
 
-class GlibcArtifact(Protocol):
-    """What the rootfs takes of a glibc stage's plan (Debian's glibc, an EL distro's glibc-rpm)."""
+class DistroPlugin(Protocol):
+    """What the rootfs stage takes of a distro plugin (builder.distros.base.Plugin is one)."""
 
-    @property
-    def key(self) -> str: ...
+    name: str
+    family: ClassVar[str]
+    glibc_format: ClassVar[str | None]
+    project: Project
+    settings: Any
 
-    @property
-    def artifact(self) -> Path: ...
+    def identity(self) -> dict[str, Any]: ...
+
+    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None: ...
+
+    def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None: ...
+
+    def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None: ...
+
+    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None: ...
+
+    def configure(self, root: Path, log_path: Path, smoke_script: str) -> None: ...
+
+    def boot_files(self, root: Path, release: str) -> tuple[str, str]: ...
+
+    def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]: ...
+
+    def cleanup(self, root: Path, log_path: Path) -> None: ...
 
 
 @dataclass(frozen=True)
 class DistroLayout:
     root: Path  # <work>/distros/<name>
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "state"
 
     def rootfs(self, key: str) -> Path:
         return self.root / "rootfs" / key
@@ -83,9 +99,9 @@ class DistroLayout:
 
 @dataclass
 class Plan:
-    plugin: Plugin
-    kernel: KernelPlan
-    glibc: GlibcArtifact | None  # None: the distribution's own glibc
+    plugin: DistroPlugin
+    kernel: KernelStage
+    glibc: Stage | None  # None: the distribution's own glibc
     layout: DistroLayout
     cache: Path
     script: str
@@ -96,31 +112,67 @@ class Plan:
     def artifact(self) -> Path:
         return self.layout.rootfs(self.key)
 
-    @property
-    def state_path(self) -> Path:
-        return self.layout.state_dir / "rootfs.json"
 
-
-def plan(plugin: Plugin, kernel: KernelPlan, glibc: GlibcArtifact | None = None) -> Plan:
+def plan(plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None = None) -> Plan:
     project = plugin.project
     script = smoke_script(project.settings.kernel.boot.marker_file,
                           project.settings.glibc.marker if glibc else None, plugin.glibc_format or "deb")
     identity = plugin.identity()  # reads the apt config and hashes the overlay: once per plan
     inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
-              "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch.name,
+              "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch,
               "smoke_script": keys.compute({"script": script})}
     layout = DistroLayout(project.work_dir / "distros" / plugin.name)
     cache = project.work_dir / "cache" / plugin.family / str(identity.get("suite", "default"))
     return Plan(plugin, kernel, glibc, layout, cache, script, inputs, keys.compute(inputs))
 
 
-def built(p: Plan) -> dict[str, Any] | None:
-    return built_key(p, p.key)
+class RootfsStage(Stage):
+    """A distro's root filesystem for one kernel and glibc (builder.stages.base.Stage)."""
 
+    kind = "rootfs"
+    work_entries = ("distros", "cache")
 
-def built_key(p: Plan, key: str) -> dict[str, Any] | None:
-    """The metadata of the rootfs artifact with ``key``, if it exists."""
-    return state.load(p.layout.rootfs(key) / "metadata.json")
+    def __init__(self, plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None):
+        super().__init__(plugin.project, plugin.name, kernel.arch)
+        self.plugin, self.kernel, self.glibc = plugin, kernel, glibc
+
+    @functools.cached_property
+    def plan(self) -> Plan:
+        return plan(self.plugin, self.kernel, self.glibc)
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.plan.inputs
+
+    @property
+    def artifact(self) -> Path:
+        return self.plan.artifact
+
+    def artifact_for(self, key: str) -> Path:
+        return self.project.work_dir / "distros" / self.plugin.name / "rootfs" / key
+
+    @property
+    def legacy_record(self) -> str | None:
+        return f"distros/{self.plugin.name}/state/rootfs.json" if self.arch == "x86_64" else None
+
+    def build(self, log_path: Path) -> dict[str, Any]:
+        return build(self.plan, log_path)
+
+    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return {"durations": meta.get("durations")}
+
+    def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
+        return (meta.get("sizes", {}).get("filesystem.squashfs"), "",
+                f"{len(meta.get('packages', []))} packages, kernel {meta.get('kernel_release')}")
+
+    @classmethod
+    def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
+        out: list[Path] = []
+        for distro in (work_dir / "distros").glob("*"):
+            legacy = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
+            out += [p for p in (distro / "rootfs").glob("*") if p.name not in keep and p.name != legacy]
+            out += list(distro.glob("iso-work"))  # scratch of isobuild before 0.2
+        return out
 
 
 # zstd's level when none is set: measured here on the Debian root (212 MB), level 9 takes
@@ -147,15 +199,15 @@ def squashfs_env(epoch: int) -> dict[str, str]:
 
 
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
-    kernel_meta = state.load(p.kernel.artifact / "metadata.json")
+    kernel_meta = p.kernel.built()
     if kernel_meta is None:
-        raise UserError(f"kernel for profile {p.kernel.layout.profile} is missing or stale",
-                        hint="run: isobuild kernel")
+        raise UserError(f"kernel for profile {p.kernel.instance} ({p.kernel.arch}) is missing or stale",
+                        hint=f"run: isobuild kernel --profile {p.kernel.instance}")
     release = str(kernel_meta["kernel_release"])
     epoch = int(kernel_meta["make_env"]["SOURCE_DATE_EPOCH"])
     glibc_meta = None
     if p.glibc is not None:
-        glibc_meta = state.load(p.glibc.artifact / "metadata.json")
+        glibc_meta = p.glibc.built()
         if glibc_meta is None:
             # Debian's glibc stage has its own verb; an EL distro's glibc-rpm is built by its own
             hint = "run: isobuild glibc" if p.plugin.glibc_format == "deb" else f"run: isobuild {p.plugin.name}"
@@ -163,58 +215,53 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                             hint=hint)
     plugin = p.plugin
     started = state.now()
-    record: dict[str, Any] = {"stage": "rootfs", "distro": plugin.name, "key": p.key, "started": started,
-                              "log": str(log_path), "inputs": p.inputs,
-                              "last_good": (state.load(p.state_path) or {}).get("last_good")}
     durations: dict[str, float] = {}
     # named with our pid: a killed run's build root is swept by the next run (atomic.sweep)
     root = p.layout.root / "rootfs" / f".root-{p.key[:16]}.{os.getpid()}.tmp"
-    with state.recorded(p.state_path, record) as done:
-        chroot.remove_root(root, log_path)
-        with atomic.new_dir(p.artifact) as out:
-            try:
-                steps: list[tuple[str, Callable[[], None]]] = [
-                    ("prepare", lambda: plugin.prepare(p.kernel.artifact, release, log_path)),
-                    ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
-                ]
-                if p.glibc is not None and glibc_meta is not None:
-                    # before the kernel: its initramfs then carries the patched libc
-                    glibc_dir, meta_ = p.glibc.artifact, glibc_meta
-                    steps.append(("glibc", lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path)))
-                steps += [
-                    ("kernel", lambda: plugin.install_kernel(root, p.kernel.artifact, release, log_path)),
-                    ("configure", lambda: plugin.configure(root, log_path, p.script)),
-                ]
-                for name, step in steps:
-                    start = time.monotonic()
-                    with log.stage(f"rootfs.{name}", distro=plugin.name):
-                        step()
-                    durations[name] = round(time.monotonic() - start, 3)
-                manifest = plugin.manifest(root, log_path)
-                kernel, initrd = plugin.boot_files(root, release)
-                inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only
-                inside.copy_out(kernel, out / "vmlinuz")
-                inside.copy_out(initrd, out / "initrd.img")
-                plugin.cleanup(root, log_path)
+    chroot.remove_root(root, log_path)
+    with atomic.new_dir(p.artifact) as out:
+        try:
+            steps: list[tuple[str, Callable[[], None]]] = [
+                ("prepare", lambda: plugin.prepare(p.kernel.artifact, release, log_path)),
+                ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
+            ]
+            if p.glibc is not None and glibc_meta is not None:
+                # before the kernel: its initramfs then carries the patched libc
+                glibc_dir, meta_ = p.glibc.artifact, glibc_meta
+                steps.append(("glibc", lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path)))
+            steps += [
+                ("kernel", lambda: plugin.install_kernel(root, p.kernel.artifact, release, log_path)),
+                ("configure", lambda: plugin.configure(root, log_path, p.script)),
+            ]
+            for name, step in steps:
                 start = time.monotonic()
-                with log.stage("rootfs.squashfs", distro=plugin.name):
-                    sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
-                    # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
-                    chroot.host(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]), log_path,
-                                env=squashfs_env(epoch))
-                durations["squashfs"] = round(time.monotonic() - start, 3)
-            finally:
-                chroot.remove_root(root, log_path)
-            metadata = {
-                "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
-                "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,
-                "glibc": None if glibc_meta is None else {
-                    "version": glibc_meta["version"], "key": glibc_meta["key"],
-                    "marker": plugin.project.settings.glibc.marker, "patches": glibc_meta["patches"]},
-                "packages": manifest, "durations": durations, "started": started, "finished": state.now(),
-                "log": str(log_path),
-                "sizes": {f.name: f.stat().st_size for f in out.iterdir()},
-            }
-            atomic.write_json(out / "metadata.json", metadata)
-        done.update(last_good=p.key, durations=durations)
+                with log.stage(f"rootfs.{name}", distro=plugin.name):
+                    step()
+                durations[name] = round(time.monotonic() - start, 3)
+            manifest = plugin.manifest(root, log_path)
+            kernel, initrd = plugin.boot_files(root, release)
+            inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only
+            inside.copy_out(kernel, out / "vmlinuz")
+            inside.copy_out(initrd, out / "initrd.img")
+            plugin.cleanup(root, log_path)
+            start = time.monotonic()
+            with log.stage("rootfs.squashfs", distro=plugin.name):
+                sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
+                # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
+                chroot.host(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]), log_path,
+                            env=squashfs_env(epoch))
+            durations["squashfs"] = round(time.monotonic() - start, 3)
+        finally:
+            chroot.remove_root(root, log_path)
+        metadata = {
+            "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
+            "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,
+            "glibc": None if glibc_meta is None else {
+                "version": glibc_meta["version"], "key": glibc_meta["key"],
+                "marker": plugin.project.settings.glibc.marker, "patches": glibc_meta["patches"]},
+            "packages": manifest, "durations": durations, "started": started, "finished": state.now(),
+            "log": str(log_path),
+            "sizes": {f.name: f.stat().st_size for f in out.iterdir()},
+        }
+        atomic.write_json(out / "metadata.json", metadata)
     return metadata

@@ -5,7 +5,7 @@ The image carries a boot-check unit that runs only when QEMU passes
 ``-fw_cfg name=opt/isobuild/smoke`` (inert on real machines).  It reports the
 kernel release, the patched-kernel marker, the systemd state and the failed
 units; the host also watches the console for panics, Oopses and BUGs.
-Results: one state record per mode, ``logs/smoke-<distro>.json`` and
+Results: this project's record per mode, ``logs/smoke-<distro>.json`` and
 ``logs/smoke-<distro>.xml`` (JUnit).  Verdicts: pass / fail / error
 (infrastructure), with distinct exit codes.
 """
@@ -21,9 +21,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from builder.infra import atomic, state
-from builder.infra.errors import CheckFailed, InfraError, UserError
+from builder.infra import atomic
+from builder.infra.arch import ARCHES
+from builder.infra.errors import UserError
 from builder.stages import iso
+from builder.stages.base import Check
 from builder.tools import bootmedia, console
 
 MODES = tuple(f"{fw}-{media}" for fw, media in bootmedia.MODES)
@@ -47,33 +49,44 @@ def expect(marker_pattern: str, release: str, glibc: dict[str, Any] | None = Non
     return console.Expect(markers)
 
 
-def state_path(ip: iso.Plan, mode: str) -> Path:
-    return ip.rootfs.layout.state_dir / f"smoke-{mode}.json"
+class SmokeCheck(Check):
+    """One boot mode of one distro's ISO: this project's record of its verdict and its row."""
+
+    kind = "smoke"
+    changed = "ISO changed since this boot check"
+    of: iso.IsoStage
+
+    @property
+    def legacy_record(self) -> str | None:
+        return f"distros/{self.of.instance}/state/smoke-{self.mode}.json" if self.of.arch == "x86_64" else None
 
 
-def run(ip: iso.Plan, modes: list[str], log_for: Callable[[str], Path]) -> list[console.Verdict]:
-    record = iso.built(ip)
+def checks(stage: iso.IsoStage) -> list[SmokeCheck]:
+    return [SmokeCheck(stage, mode) for mode in MODES]
+
+
+def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path]) -> list[console.Verdict]:
+    record = stage.built()
     if record is None:
-        name = ip.rootfs.plugin.name
-        raise UserError(f"the {name} ISO is missing or stale ({ip.out})", hint=f"run: isobuild {name}")
-    project = ip.rootfs.plugin.project
+        name = stage.instance
+        raise UserError(f"the {name} ISO is missing or stale ({stage.out})", hint=f"run: isobuild {name}")
+    project = stage.project
     smoke = project.settings.smoke
     want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
-    arch = ip.rootfs.kernel.arch
+    arch = ARCHES[stage.arch]
     workers = smoke.parallel or max(1, (os.cpu_count() or 1) // 2)
 
     def one(mode: str) -> console.Verdict:
         firmware, media = mode.split("-")
-        verdict = bootmedia.boot_iso(arch, ip.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
-                                   timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG)
+        verdict = bootmedia.boot_iso(arch, stage.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
+                                     timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG)
         verdict.extra["mode"] = mode
-        state.save(state_path(ip, mode), {"stage": "smoke", "mode": mode, "key": ip.key, "finished": state.now(),
-                                          **verdict.as_dict()})
+        SmokeCheck(stage, mode).save(verdict.as_dict())
         return verdict
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         verdicts = list(pool.map(one, modes))
-    write_results(project.logs_dir, ip.rootfs.plugin.name, verdicts)
+    write_results(project.logs_dir, stage.instance, verdicts)
     return verdicts
 
 
@@ -105,16 +118,4 @@ def summary(verdicts: list[console.Verdict]) -> str:
 
 
 def raise_for(verdicts: list[console.Verdict]) -> None:
-    failed = [v for v in verdicts if v.status == "fail"]
-    broken = [v for v in verdicts if v.status == "error"]
-    if not failed and not broken:
-        return
-    details: list[Any] = []
-    for v in failed + broken:
-        details += [f"{v.extra.get('mode')}: {r}" for r in v.reasons]
-        details += [f"  {line}" for line in v.tail[-8:]] + [f"  console log: {v.log}"]
-    if failed:
-        raise CheckFailed(f"boot check failed in {', '.join(str(v.extra.get('mode')) for v in failed)}: "
-                          f"{failed[0].reasons[0]}", details=details, hint="the ISO is kept; see the console logs")
-    raise InfraError(f"boot check could not run in {', '.join(str(v.extra.get('mode')) for v in broken)}",
-                     details=details)
+    console.raise_for(verdicts, "the ISO")

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from builder.infra.errors import CheckFailed, InfraError
+
 PANIC = "Kernel panic - not syncing"
 _MARKER = re.compile(r"ISOBUILD-([A-Z-]+)(?: (.*))?$")
 _FATAL_FINDINGS = {"oops": re.compile(r"\bOops\b"), "bug": re.compile(r"\bBUG: ")}
@@ -94,3 +96,30 @@ class Watch:
                 reasons.append(f"guest stopped (QEMU exit {exited}) before finishing its checks")
         return Verdict("fail" if reasons else "pass", reasons, dict(self.markers), list(self.findings),
                        list(self.tail))
+
+
+def raise_for(verdicts: list[Verdict], kept: str) -> None:
+    """CheckFailed when a guest said no (exit 4), InfraError when QEMU could not run it (exit 3),
+    naming the modes (``extra['mode']``) when there are several, with each one's console tail;
+    ``kept`` says what was kept (the kernel artifact, the ISO)."""
+    failed = [v for v in verdicts if v.status == "fail"]
+    broken = [v for v in verdicts if v.status == "error"]
+    if not failed and not broken:
+        return
+    named = any(v.extra.get("mode") for v in verdicts)
+    tail = 8 if named else 15
+    details: list[str] = []
+    for v in failed + broken:
+        mode = f"{v.extra.get('mode')}: " if named else ""
+        details += [f"{mode}{r}" for r in v.reasons]
+        details += ([] if named else ["console tail:"]) + [f"  {line}" for line in v.tail[-tail:]]
+        details.append(f"  console log: {v.log}" if named else f"full console log: {v.log}")
+
+    def where(group: list[Verdict]) -> str:
+        return f" in {', '.join(str(v.extra.get('mode')) for v in group)}" if named else ""
+
+    if failed:
+        raise CheckFailed(f"boot check failed{where(failed)}: {failed[0].reasons[0]}", details=details,
+                          hint=f"{kept} is kept; see the console log{'s' if named else ''}")
+    why = "" if named else ": " + "; ".join(broken[0].reasons)
+    raise InfraError(f"boot check could not run{where(broken)}{why}", details=details)

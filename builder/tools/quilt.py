@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from builder.infra import paths, runner
 from builder.infra.digests import sha256_file
@@ -49,6 +51,17 @@ class Failure:
         if self.hunk is not None:
             where += f" hunk #{self.hunk}" + (f" (at line {self.line})" if self.line else "")
         return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Pristine:
+    """The unpatched tree a series applies to, before it is made."""
+
+    identity: Mapping[str, Any]  # what the tree is made from (tarball sha256, commit...): the cache key
+    label: str  # for people: "linux-source-6.1 (linux-source-6.1.tar.xz)"
+    # (dest, log_path): create ``dest`` (it does not exist yet) holding the tree, the
+    # series' paths relative to its top; run once per identity, the result is cached
+    unpack: Callable[[Path, Path], None]
 
 
 def read_series(patch_dir: Path) -> list[Patch]:

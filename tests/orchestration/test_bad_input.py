@@ -25,7 +25,7 @@ import yaml
 
 from builder import cli
 from builder.infra import lock
-from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, sha256
+from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, records, sha256
 from tests.fakemirror import Mirror
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,7 +102,7 @@ def _snapshot(base: Path) -> dict[str, tuple[str, int]]:
 
 
 def _last_good(case: Case) -> tuple[str, str]:
-    current = case.work / "kernel" / "current" / "ci"
+    current = records(case.project, case.work) / "current" / "kernel-ci-x86_64"
     return os.readlink(current), sha256(current / "metadata.json")
 
 
@@ -159,7 +159,8 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def case(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Case:
     base = tmp_path / "case"
     shutil.copytree(template, base, symlinks=True, ignore=shutil.ignore_patterns("S.gpg-agent*", "*-gnupg"))
-    # the kernel artifact's metadata names the template's paths; the copy's own key is unchanged
+    # the project moved: its records go with it (they are keyed by the project's directory)
+    os.rename(records(template / "project", base / "work"), records(base / "project", base / "work"))
     monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)
     monkeypatch.chdir(base / "project")
     return Case(base)

@@ -28,7 +28,8 @@ from builder.infra import log
 from builder.infra.config import load_project
 from builder.infra.errors import ExitCode, UserError
 from builder.stages import glibcrpm
-from tests.conftest import REPO, make_patch, sha256, write_series
+from builder.stages.base import Row
+from tests.conftest import REPO, make_patch, record_path, records, sha256, write_series
 
 BANNER = """#include <stdio.h>
 int main(void) {
@@ -142,6 +143,15 @@ class ElProject:
     root: Path
     work: Path
     srpm: Path
+
+    @property
+    def current(self) -> Path:
+        """The link to this project's last good glibc RPMs."""
+        return records(self.root, self.work) / "current" / "glibc-rpm-alma-x86_64"
+
+    @property
+    def record_path(self) -> Path:
+        return record_path(self.root, self.work, "glibc-rpm-alma-x86_64")
     rebuilds: list[Path]
 
     def edit(self, **glibc: object) -> None:
@@ -159,8 +169,13 @@ class ElProject:
         return plugin
 
     def ensure(self, force: bool = False) -> tuple[glibcrpm.Plan, dict[str, object], bool]:
-        plugin = self.plugin()
-        return pipeline.ensure_elglibc(plugin.project, plugin, force)
+        done = pipeline.ensure_glibc_rpm(glibcrpm.GlibcRpmStage(self.plugin()), force)
+        return done.stage.plan, done.meta, done.built_now  # type: ignore[attr-defined]
+
+    def row(self) -> list[Row]:
+        """The glibc-rpm row status shows for alma (none when it takes the distribution's glibc)."""
+        project = self.plugin().project
+        return [r for r in status.rows(project) if r.stage == "glibc-rpm" and r.name == "alma"]
 
     @property
     def stage(self) -> Path:
@@ -200,7 +215,7 @@ def run_banner(rpm: Path, scratch: Path) -> str:
 def test_rebuilds_the_distributions_glibc_with_our_series(el_project: ElProject, tmp_path: Path) -> None:
     p, meta, fresh = el_project.ensure()
     assert fresh and len(el_project.rebuilds) == 1
-    current = (el_project.stage / "current").resolve()
+    current = el_project.current.resolve()
     assert current == p.artifact and current.parent == el_project.stage / "artifacts"
     rpms = sorted(r.name for r in (current / "rpms").iterdir())
     # the distribution's packages with its version + our suffix; no debuginfo
@@ -228,7 +243,7 @@ def test_rebuilds_the_distributions_glibc_with_our_series(el_project: ElProject,
     assert spec.splitlines() == ["isobuild <isobuild@localhost>",
                                  f"- isobuild: patches/glibc/series: 0001-csu-xsc-banner.patch (sha256 "
                                  f"{meta['patches'][0]['sha256'][:16]})"]  # type: ignore[index]
-    record = json.loads((el_project.stage / "state.json").read_text())
+    record = json.loads(el_project.record_path.read_text())
     assert record["status"] == "ok" and record["last_good"] == p.key
     assert not (el_project.stage / "trees").exists() or not list((el_project.stage / "trees").iterdir())
 
@@ -240,7 +255,7 @@ def test_rebuilds_the_distributions_glibc_with_our_series(el_project: ElProject,
 def test_a_patch_that_does_not_apply_fails_before_the_rebuild_and_keeps_the_last_good(
         el_project: ElProject) -> None:
     p, _, _ = el_project.ensure()
-    good = (el_project.stage / "current").resolve()
+    good = el_project.current.resolve()
     el_project.set_series({"0001-csu-xsc-banner.patch": XSC_PATCH, "0002-stale.patch": STALE_PATCH})
     with pytest.raises(UserError) as exc:
         el_project.ensure()
@@ -248,25 +263,24 @@ def test_a_patch_that_does_not_apply_fails_before_the_rebuild_and_keeps_the_last
     assert exc.value.message.startswith("patch 0002-stale.patch does not apply at fuzz 0 to alma's glibc "
                                         "(glibc-2.34-3.el9.src.rpm after its own patches): banner.c hunk #1")
     assert len(el_project.rebuilds) == 1, "the rebuild never started"
-    assert (el_project.stage / "current").resolve() == good and (good / "metadata.json").is_file()
-    record = json.loads((el_project.stage / "state.json").read_text())
+    assert el_project.current.resolve() == good and (good / "metadata.json").is_file()
+    record = json.loads(el_project.record_path.read_text())
     assert record["status"] == "failed" and record["last_good"] == p.key
     assert "0002-stale.patch" in record["error"]
 
 
 def test_status_row_is_built_then_stale_naming_the_changed_series(el_project: ElProject) -> None:
-    project = el_project.plugin().project
-    (row,) = status.elglibc_rows(project, "alma")
+    (row,) = el_project.row()
     assert (row.stage, row.name, row.state) == ("glibc-rpm", "alma", "missing")
     p, _, _ = el_project.ensure()
-    (row,) = status.elglibc_rows(project, "alma")
+    (row,) = el_project.row()
     assert (row.state, row.key) == ("built", p.key[:12])
     assert row.detail.startswith("2.34-3.el9.isobuild1, 3 packages in ")
     el_project.set_series({"0001-csu-xsc-banner.patch": XSC_PATCH + "\n"})
-    (row,) = status.elglibc_rows(project, "alma")
+    (row,) = el_project.row()
     assert row.state == "stale" and row.detail == "patches: 0001-csu-xsc-banner.patch changed"
     el_project.edit(enabled=False)  # the distribution's glibc stays: no stage, no row
-    assert status.elglibc_rows(project, "alma") == []
+    assert el_project.row() == []
 
 
 def test_a_release_suffix_that_sorts_lower_is_refused_naming_the_setting(el_project: ElProject) -> None:
@@ -323,4 +337,4 @@ def test_clean_drops_superseded_glibc_rpms_and_failed_trees_keeps_current(el_pro
     removed = [path for path, _ in clean.clean(el_project.work)]
     assert first.artifact in removed and failed_tree in removed
     assert not first.artifact.exists() and not failed_tree.exists()
-    assert second.artifact.is_dir() and (el_project.stage / "current").resolve() == second.artifact
+    assert second.artifact.is_dir() and el_project.current.resolve() == second.artifact

@@ -22,7 +22,7 @@ import yaml
 
 from builder import cli
 from builder.infra.errors import ExitCode
-from tests.conftest import REPO, make_patch, sha256, write_series
+from tests.conftest import REPO, make_patch, record_path, records, sha256, write_series
 
 FAKEGLIBC = Path(__file__).parent / "fakeglibc"
 UPSTREAM = (FAKEGLIBC / "upstream" / "version.c").read_text()
@@ -59,7 +59,8 @@ class GlibcProject:
 
     @property
     def current(self) -> Path:
-        return self.work / "glibc" / "current"
+        """The link to this project's last good glibc packages."""
+        return records(self.root, self.work) / "current" / "glibc-x86_64"
 
     def metadata(self) -> dict:  # type: ignore[type-arg]
         return json.loads((self.current / "metadata.json").read_text())
@@ -173,7 +174,7 @@ def test_a_patch_that_does_not_apply_on_debians_tree_fails_in_seconds_and_keeps_
         in err
     assert "version.c hunk #1" in err
     assert glibc_project.current.resolve() == good
-    state = json.loads((glibc_project.work / "glibc/state.json").read_text())
+    state = json.loads(record_path(glibc_project.root, glibc_project.work, "glibc-x86_64").read_text())
     assert state["status"] == "failed" and state["last_good"] == good.name
     # the last good build's tree (where glibc --tests runs) is untouched by the failed one
     assert (glibc_project.work / "glibc/trees" / good.name[:16] / "tree.json").exists()
@@ -226,7 +227,7 @@ def test_an_interrupted_build_keeps_the_last_good_packages(glibc_project: GlibcP
     glibc_project.set_series({"0001-xsc-banner.patch": XSC_PATCH, "0002-slow.patch": slow})
     proc = subprocess.Popen([sys.executable, "-m", "builder", "-c", str(glibc_project.root / "isobuild.yaml"),
                              "glibc"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    state_file = glibc_project.work / "glibc" / "state.json"
+    state_file = record_path(glibc_project.root, glibc_project.work, "glibc-x86_64")
     deadline = time.monotonic() + 30
     events = glibc_project.root / "logs" / "isobuild.jsonl"
     while time.monotonic() < deadline:

@@ -25,14 +25,14 @@ def artifact_dirs(project: FakeProject) -> list[Path]:
 
 
 def metadata(project: FakeProject) -> dict:  # type: ignore[type-arg]
-    current = project.work / "kernel" / "current" / "ci"
+    current = project.current("kernel-ci-x86_64")
     return json.loads((current / "metadata.json").read_text())
 
 
 def test_build_produces_artifacts_and_metadata(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("kernel") == 0
     meta = metadata(fake_project)
-    current = fake_project.work / "kernel" / "current" / "ci"
+    current = fake_project.current("kernel-ci-x86_64")
     for name in ("bzImage", "System.map", "config", "metadata.json"):
         assert (current / name).is_file(), name
     debs = list((current / "debs").glob("*.deb"))
@@ -67,11 +67,11 @@ def test_boot_check_of_a_missing_kernel_says_what_to_do(fake_project: FakeProjec
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("test", "kernel") == ExitCode.USER
     err = capsys.readouterr().err
-    assert "kernel for profile ci is missing" in first_error_line(err) and "run: isobuild kernel" in err
+    assert "kernel for profile ci (x86_64) is missing" in first_error_line(err) and "run: isobuild kernel" in err
     assert fake_project.run("kernel") == 0
     fake_project.set_series({})
     assert fake_project.run("test", "kernel") == ExitCode.USER
-    assert "kernel for profile ci is stale" in first_error_line(capsys.readouterr().err)
+    assert "kernel for profile ci (x86_64) is stale" in first_error_line(capsys.readouterr().err)
 
 
 def test_bad_boot_modes_are_refused_before_any_build(fake_project: FakeProject,
@@ -102,7 +102,7 @@ def test_changed_patch_rebuilds_incrementally(fake_project: FakeProject) -> None
     log = Path(second["log"]).read_text()
     compiled = [line.split()[-1] for line in log.splitlines() if line.startswith("  CC")]
     assert compiled == ["drivers/xsc.o"], "only the patched file is recompiled"
-    current = fake_project.work / "kernel" / "current" / "ci"
+    current = fake_project.current("kernel-ci-x86_64")
     assert b"xsc_version = 2" in (current / "bzImage").read_bytes()
     # dropping the patch restores the pristine file and recompiles it too
     fake_project.set_series({})
@@ -110,7 +110,7 @@ def test_changed_patch_rebuilds_incrementally(fake_project: FakeProject) -> None
     third = metadata(fake_project)
     compiled = [line.split()[-1] for line in Path(third["log"]).read_text().splitlines() if line.startswith("  CC")]
     assert compiled == ["drivers/xsc.o"]
-    assert b"xsc_version" not in (current / "bzImage").read_bytes()
+    assert b"xsc_version" not in (fake_project.current("kernel-ci-x86_64") / "bzImage").read_bytes()
 
 
 def test_returning_to_earlier_inputs_reuses_and_repoints_current(fake_project: FakeProject,
@@ -124,7 +124,7 @@ def test_returning_to_earlier_inputs_reuses_and_repoints_current(fake_project: F
     assert fake_project.run("kernel") == 0
     assert "is up to date" in capsys.readouterr().out
     assert metadata(fake_project)["key"] == first, "current points at the reused artifact"
-    assert json.loads((fake_project.work / "kernel/state/ci.json").read_text())["last_good"] == first
+    assert json.loads((fake_project.record_path("kernel-ci-x86_64")).read_text())["last_good"] == first
 
 
 def test_status_reports_built_then_names_the_changed_patch(fake_project: FakeProject,
@@ -165,11 +165,11 @@ def build_good_then(fake_project: FakeProject, capsys: pytest.CaptureFixture[str
     """Build once, return the last good artifact dir, so a test can check it survives."""
     assert fake_project.run("kernel") == 0
     capsys.readouterr()
-    return (fake_project.work / "kernel" / "current" / "ci").resolve()
+    return (fake_project.current("kernel-ci-x86_64")).resolve()
 
 
 def assert_last_good_intact(fake_project: FakeProject, good: Path) -> None:
-    assert (fake_project.work / "kernel" / "current" / "ci").resolve() == good
+    assert (fake_project.current("kernel-ci-x86_64")).resolve() == good
     assert (good / "bzImage").is_file() and (good / "metadata.json").is_file()
 
 
@@ -207,7 +207,7 @@ def test_patch_that_does_not_apply_names_patch_file_hunk(fake_project: FakeProje
     assert "patch 0002-net.patch does not apply" in line and "drivers/net.c hunk #1" in line
     assert_last_good_intact(fake_project, good)
     # no half-patched tree: the tree is pristine and its marker says so
-    tree = fake_project.work / "kernel" / "trees" / "ci"
+    tree = fake_project.work / "kernel" / "trees" / "ci-x86_64"
     assert not (tree / "src" / ".pc").exists()
     assert "xsc_version" not in (tree / "src" / "drivers" / "xsc.c").read_text()
     marker = json.loads((tree / "tree.json").read_text())
@@ -235,7 +235,7 @@ def test_patch_escaping_the_tree_is_refused_before_applying(fake_project: FakePr
     assert fake_project.run("kernel") == ExitCode.USER
     line = first_error_line(capsys.readouterr().err)
     assert "0002-evil.patch touches 'a/../outside.c', outside the source tree" in line
-    assert not (fake_project.work / "kernel" / "trees" / "ci" / "src").exists(), "nothing was even extracted"
+    assert not (fake_project.work / "kernel" / "trees" / "ci-x86_64" / "src").exists(), "nothing was even extracted"
     absolute = "--- /etc/passwd\n+++ /etc/passwd\n@@ -1 +1 @@\n-a\n+b\n"
     fake_project.set_series({"0001-abs.patch": absolute})
     assert fake_project.run("kernel") == ExitCode.USER
@@ -313,7 +313,7 @@ def test_compile_error_shows_compiler_lines(fake_project: FakeProject, capsys: p
     assert "re-run by hand: cd " in err and "make O=" in err
     assert "full log: " in err
     assert_last_good_intact(fake_project, good)
-    rec = json.loads((fake_project.work / "kernel/state/ci.json").read_text())
+    rec = json.loads((fake_project.record_path("kernel-ci-x86_64")).read_text())
     assert rec["status"] == "failed"
 
 
@@ -327,7 +327,7 @@ def test_warnings_are_counted(fake_project: FakeProject) -> None:
 def test_disk_full_is_an_infrastructure_error(fake_project: FakeProject, capsys: pytest.CaptureFixture[str]) -> None:
     good = build_good_then(fake_project, capsys)
     fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("= 1", "= 3")})
-    (fake_project.work / "kernel/trees/ci/src/FAKE_DISKFULL").write_text("")
+    (fake_project.work / "kernel/trees/ci-x86_64/src/FAKE_DISKFULL").write_text("")
     assert fake_project.run("kernel") == ExitCode.INFRA
     assert "disk full while running make" in first_error_line(capsys.readouterr().err)
     assert_last_good_intact(fake_project, good)
@@ -361,7 +361,7 @@ def test_interrupted_build_keeps_last_good_and_status_says_so(fake_project: Fake
     proc = subprocess.Popen([sys.executable, "-m", "builder", "-c", str(fake_project.root / "isobuild.yaml"),
                              "kernel"], env=env, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    state = fake_project.work / "kernel/state/ci.json"
+    state = fake_project.record_path("kernel-ci-x86_64")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         log_files = list((fake_project.root / "logs").glob("kernel-ci-*.log"))
@@ -385,7 +385,7 @@ def test_killed_build_is_reported_as_killed(fake_project: FakeProject, capsys: p
     env = dict(os.environ, FAKE_SLEEP="30", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-m", "builder", "-c", str(fake_project.root / "isobuild.yaml"),
                              "kernel"], env=env, stderr=subprocess.DEVNULL, start_new_session=True)
-    state = fake_project.work / "kernel/state/ci.json"
+    state = fake_project.record_path("kernel-ci-x86_64")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not (state.exists() and "compile" in
                                                (fake_project.root / "logs" / "isobuild.jsonl").read_text()):
@@ -409,7 +409,7 @@ def test_clean_keeps_last_good_and_sources(fake_project: FakeProject, capsys: py
     good = build_good_then(fake_project, capsys)
     fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("= 1", "= 5")})
     assert fake_project.run("kernel") == 0
-    newest = (fake_project.work / "kernel" / "current" / "ci").resolve()
+    newest = (fake_project.current("kernel-ci-x86_64")).resolve()
     assert newest != good
     assert fake_project.run("clean") == 0
     assert newest.exists() and not good.exists()
@@ -463,7 +463,7 @@ def test_status_names_a_changed_source(fake_project: FakeProject, capsys: pytest
 def test_a_corrupt_state_file_is_reported_and_recovered(fake_project: FakeProject,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert fake_project.run("kernel") == 0
-    state_file = fake_project.work / "kernel/state/ci.json"
+    state_file = fake_project.record_path("kernel-ci-x86_64")
     state_file.write_text('{"stage": "kernel", "key": ')  # a crash mid-write by something else
     capsys.readouterr()
     assert fake_project.run("status", "--json") == 0, "no traceback"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from builder.infra import atomic
-from tests.conftest import FakeProject
+from tests.conftest import FakeProject, records
 from tests.orchestration.test_glibc_fake import GlibcProject, new_project
 
 SEED = 20261202
@@ -101,8 +101,9 @@ def _kill_points(config: Path, args: list[str], env: dict[str, str], points: int
 def test_sigkill_during_the_kernel_stage(fake_project: FakeProject) -> None:
     config = fake_project.root / "isobuild.yaml"
     env = {"FAKE_SLEEP": "4"}  # every fake object takes seconds: kills land mid-make, mid-package...
+    link = records(fake_project.root, fake_project.work) / "current" / "kernel-ci-x86_64"
     seen = _kill_points(config, ["kernel", "--force"], env, KERNEL_POINTS, SEED, fake_project.work,
-                        [fake_project.root / "iso"], fake_project.work / "kernel" / "current" / "ci")
+                        [fake_project.root / "iso"], link)
     assert len(seen) == KERNEL_POINTS
 
 
@@ -116,5 +117,5 @@ def glibc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> GlibcProject:
 def test_sigkill_during_the_glibc_stage(glibc: GlibcProject) -> None:
     config = glibc.root / "isobuild.yaml"
     seen = _kill_points(config, ["glibc", "--force"], {"FAKE_SLEEP": "4"}, GLIBC_POINTS, SEED + 1, glibc.work,
-                        [glibc.root / "iso"], glibc.work / "glibc" / "current")
+                        [glibc.root / "iso"], records(glibc.root, glibc.work) / "current" / "glibc-x86_64")
     assert len(seen) == GLIBC_POINTS

@@ -20,6 +20,7 @@ import yaml
 from builder import cli
 from builder.commands import patches
 from builder.infra.errors import ExitCode
+from builder.tools import quilt
 
 REPO = Path(__file__).resolve().parents[2]
 LINES = [f"line {n}" for n in range(1, 61)]
@@ -310,7 +311,7 @@ def test_generated_patches_ignore_the_users_git_config(tiny: Tiny, tmp_path: Pat
     (home / ".gitconfig").write_text("[diff]\n\tnoprefix = true\n[format]\n\tsignature = my sig\n")
     monkeypatch.setenv("HOME", str(home))
     three_patches(tiny)
-    out = tmp_path / "series-out"
+    out = tiny.root / "patches" / "series-out"  # --out is a directory in the project
     assert tiny.run("patches", "generate", "--repo", str(tiny.repo.working_tree_dir), "--base", "base",
                     "--head", "HEAD~2", "--out", str(out)) == 0
     body = (out / "0001-a-patch-line-30.patch").read_text()
@@ -336,7 +337,7 @@ def test_glibc_is_checked_on_its_own_pristine_tree(tiny: Tiny, monkeypatch: pyte
         def unpack(dest: Path, log_path: Path) -> None:
             (dest / "libc").mkdir(parents=True)
             (dest / "libc" / "x.c").write_text(text(LINES))
-        return patches.Pristine({"kind": "test", "sha256": "0" * 64}, "test glibc", unpack)
+        return quilt.Pristine({"kind": "test", "sha256": "0" * 64}, "test glibc", unpack)
 
     monkeypatch.setattr(glibc_stage, "pristine_tree", pristine_tree)
     glibc = tiny.root / "patches" / "glibc"

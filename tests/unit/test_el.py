@@ -545,12 +545,19 @@ def test_rootfs_without_its_kernel_or_glibc_rpms_names_what_to_run(tmp_path: Pat
 
     plugin = alma(tmp_path)
     kernel_dir, glibc_dir = tmp_path / "kernel-artifact", tmp_path / "glibc-artifact"
-    p = rootfs.Plan(plugin, SimpleNamespace(artifact=kernel_dir, layout=SimpleNamespace(profile="ci")),  # type: ignore[arg-type]
-                    SimpleNamespace(key="0" * 64, artifact=glibc_dir), rootfs.DistroLayout(tmp_path / "d"),
+
+    def meta(directory: Path) -> Any:
+        return lambda: json.loads((directory / "metadata.json").read_text()) \
+            if (directory / "metadata.json").exists() else None
+
+    kernel = SimpleNamespace(artifact=kernel_dir, instance="ci", arch="x86_64", key="k" * 64, built=meta(kernel_dir))
+    glibc = SimpleNamespace(key="0" * 64, artifact=glibc_dir, built=meta(glibc_dir))
+    p = rootfs.Plan(plugin, kernel, glibc, rootfs.DistroLayout(tmp_path / "d"),  # type: ignore[arg-type]
                     tmp_path / "cache", "", {}, "1" * 64)
     with pytest.raises(UserError) as exc:
         rootfs.build(p, tmp_path / "log")
-    assert "kernel for profile ci is missing or stale" in exc.value.message and exc.value.hint == "run: isobuild kernel"
+    assert "kernel for profile ci (x86_64) is missing or stale" in exc.value.message
+    assert exc.value.hint == "run: isobuild kernel --profile ci"
     kernel_dir.mkdir()
     (kernel_dir / "metadata.json").write_text(json.dumps({"kernel_release": "6.1.1", "key": "k",
                                                           "make_env": {"SOURCE_DATE_EPOCH": "1"}}))

@@ -165,13 +165,13 @@ def quiet_log() -> None:
     log.setup(stream=io.StringIO())  # stage failures are logged; not to a stream an earlier test closed
 
 
-def _stage(name: str, needs: list[str], calls: list[str], fail: bool = False) -> pipeline.Stage:
+def _stage(name: str, needs: list[str], calls: list[str], fail: bool = False) -> pipeline.Step:
     def run() -> str:
         calls.append(name)
         if fail:
             raise CheckFailed(f"{name} broke")
         return f"{name} ok"
-    return pipeline.Stage(name, needs, run)
+    return pipeline.Step(name, needs, run)
 
 
 @pytest.mark.usefixtures("quiet_log")

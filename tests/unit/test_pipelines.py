@@ -23,8 +23,10 @@ import yaml
 from builder import cli, distros
 from builder.commands import clean, report
 from builder.infra.config import Project, load_project
-from builder.stages import glibc, kernel, rootfs, smoke
+from builder.stages import glibc, kernel, smoke
+from builder.stages.base import records_dir
 from builder.tools import console
+from tests.conftest import records
 
 REPO = Path(__file__).resolve().parents[2]
 GITHUB = REPO / ".github" / "workflows" / "isobuild.yml"
@@ -60,10 +62,10 @@ def layout(project: Project) -> set[str]:
 
     k = kernel.Layout(project.work_dir / "kernel", project.settings.kernel.profile)
     g = glibc.Layout(project.work_dir / "glibc")
-    paths = {rel(k.state.parent), rel(k.artifact("KEY").parent), rel(g.state), rel(g.artifact("KEY").parent),
+    paths = {rel(records_dir(project).parent), rel(k.artifact("KEY").parent), rel(g.artifact("KEY").parent),
              rel(project.logs_dir), rel(project.iso_dir), rel(report.default_path(project))}
     for name in distros.names(project):
-        paths |= {rel(project.iso_dir / name), rel(rootfs.DistroLayout(project.work_dir / "distros" / name).state_dir)}
+        paths |= {rel(project.iso_dir / name)}
     return paths
 
 
@@ -348,11 +350,11 @@ def test_gitlab_commands_parse_and_artifacts_caches_junit_are_isobuild_paths(pro
 def test_kernel_artifacts_alone_let_the_next_job_reuse_the_kernel(fake_project: Any,
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     """What the pipelines pass between jobs is enough: a fresh work dir holding only the kernel
-    job's pieces (artifacts/ and state/, no 'current' link, no digest cache, no build tree) finds the
+    job's pieces (the artifacts and the project's records, no digest cache, no build tree) finds the
     kernel up to date instead of rebuilding it."""
     assert fake_project.run("kernel") == 0
     fresh = fake_project.work.with_name("fresh-work")
-    for piece in ("kernel/artifacts", "kernel/state"):
+    for piece in ("kernel/artifacts", "projects"):
         shutil.copytree(fake_project.work / piece, fresh / piece, symlinks=True)
     settings = fake_project.settings()
     settings["work_dir"] = str(fresh)
@@ -360,4 +362,4 @@ def test_kernel_artifacts_alone_let_the_next_job_reuse_the_kernel(fake_project: 
     capsys.readouterr()
     assert fake_project.run("kernel") == 0
     assert "is up to date" in capsys.readouterr().out
-    assert (fresh / "kernel" / "current" / "ci").is_symlink()
+    assert (records(fake_project.root, fresh) / "current" / "kernel-ci-x86_64").is_symlink()

@@ -17,7 +17,9 @@ from builder import pipeline
 from builder.commands import report, status
 from builder.infra import state
 from builder.infra.config import load_project
-from builder.stages import kernel, smoke
+from builder.stages import smoke
+from builder.stages.kernel import KernelStage
+from builder.stages.kernelboot import KernelBootCheck
 from tests.conftest import FakeProject
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,27 +81,27 @@ def make_state(fp: FakeProject) -> None:
     project = load_project(fp.root / "isobuild.yaml")
     logs = project.logs_dir
     logs.mkdir(parents=True, exist_ok=True)
-    kp = kernel.plan(project, None)
+    ks = KernelStage(project)
     build_log = logs / "kernel-ci-20260101T000000Z.log"
     build_log.write_text("".join(f"  CC drivers/x{i}.o\n" for i in range(300))
                          + f"drivers/xsc.c:3:1: error: expected ';' {HOSTILE}\n")
-    state.save(kp.layout.state, {"stage": "kernel", "profile": "ci", "key": kp.key, "status": "failed",
+    state.save(ks.record_path, {"stage": "kernel", "name": "ci", "key": ks.key, "status": "failed",
                                  "started": "2026-01-01T00:00:00Z", "finished": "2026-01-01T00:01:00Z",
                                  "error": "make exited 2", "log": str(build_log)})
     boot_log = logs / "boot-kernel-ci-20260101T000000Z.log"
     boot_log.write_text("Linux version 6.1.0-isobuild\nISOBUILD-UNAME 6.1.0-isobuild\nISOBUILD-MARKER 1.0.0\n")
-    state.save(kp.layout.root / "state" / "boot-ci.json",
-               {"stage": "kernel-boot", "key": kp.key, "status": "pass", "reasons": [], "seconds": 3.2,
+    state.save(KernelBootCheck(ks).record_path,
+               {"stage": "kernel-boot", "key": ks.key, "status": "pass", "reasons": [], "seconds": 3.2,
                 "finished": "2026-01-01T00:02:00Z", "log": str(boot_log), "accel": "tcg",
                 "markers": {"UNAME": "6.1.0-isobuild", "MARKER": "1.0.0"}})
-    ip = pipeline.iso_plan(project, "debian", None)
+    iso_stage = pipeline.iso_stage(project, "debian", None)
     verdicts = {"bios-cd": ("pass", []), "uefi-usb": ("fail", ["UNAME: got 6.1.0-other, want 6.1.0-isobuild"])}
     for mode, (verdict, reasons) in verdicts.items():
         console = logs / f"smoke-debian-{mode}-20260101T000000Z.log"
         console.write_text(f"SeaBIOS\nLoading /live/vmlinuz\nconsole says {HOSTILE}\nISOBUILD-UNAME 6.1.0-isobuild\n"
                            f"ISOBUILD-MODE {mode}\nISOBUILD-DONE\n")
-        state.save(smoke.state_path(ip, mode), {
-            "stage": "smoke", "mode": mode, "key": ip.key, "finished": "2026-01-01T00:03:00Z", "status": verdict,
+        state.save(smoke.SmokeCheck(iso_stage, mode).record_path, {
+            "stage": "smoke", "mode": mode, "key": iso_stage.key, "finished": "2026-01-01T00:03:00Z", "status": verdict,
             "reasons": reasons, "seconds": 41.5, "log": str(console), "accel": "tcg",
             "markers": {"UNAME": "6.1.0-isobuild", "SYSTEM": "running", "FAILED": "none"}})
     iso = project.iso_dir / "debian"

@@ -1,0 +1,135 @@
+"""Which stages there are, wired together: the one place that knows what feeds what.
+
+A project has a kernel per profile and arch; the Debian-family distros take the glibc stage's
+.debs, an EL distro its own glibc-rpm stage (the plugin's ``glibc_format`` says which); each distro
+has a rootfs over its kernel and glibc, an ISO over its rootfs and a boot check per mode over its
+ISO.  ``Graph`` builds those stage objects once each (two distros share one kernel stage object),
+for verbs (``pipeline``) and for ``status``/``report`` alike.  Stage modules know nothing of each
+other beyond their inputs; this module knows nothing of how any of them builds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from builder import distros
+from builder.distros.base import Plugin
+from builder.infra.config import Project
+from builder.infra.errors import IsobuildError
+from builder.stages.base import Row, Stage
+from builder.stages.glibc import GlibcStage
+from builder.stages.glibcrpm import GlibcRpmStage
+from builder.stages.iso import IsoStage
+from builder.stages.kernel import KernelStage
+from builder.stages.kernelboot import KernelBootCheck
+from builder.stages.rootfs import RootfsStage
+from builder.stages.smoke import SmokeCheck, checks
+
+
+def wants_glibc(project: Project, plugin: Plugin) -> bool:
+    """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
+    and the plugin installs a format a glibc stage makes (deb: the glibc stage; rpm: glibc-rpm)."""
+    return project.settings.glibc.enabled and plugin.takes_glibc()
+
+
+@dataclass
+class DistroStages:
+    plugin: Plugin
+    kernel: KernelStage
+    glibc: Stage | None
+    rootfs: RootfsStage
+    iso: IsoStage
+
+    def smoke(self) -> list[SmokeCheck]:
+        return checks(self.iso)
+
+
+class Graph:
+    def __init__(self, project: Project, profile: str | None = None, arch: str | None = None):
+        self.project = project
+        self.profile = profile or project.settings.kernel.profile
+        self.arch = arch or project.settings.arch
+        self._kernels: dict[tuple[str, str], KernelStage] = {}
+        self._glibc: dict[str, Stage] = {}
+
+    def kernel(self, profile: str | None = None) -> KernelStage:
+        key = (profile or self.profile, self.arch)
+        if key not in self._kernels:
+            self._kernels[key] = KernelStage(self.project, key[0], key[1])
+        return self._kernels[key]
+
+    def debian_glibc(self) -> GlibcStage:
+        if "deb" not in self._glibc:
+            self._glibc["deb"] = GlibcStage(self.project, self.arch)
+        return self._glibc["deb"]  # type: ignore[return-value]
+
+    def glibc_for(self, plugin: Plugin) -> Stage | None:
+        """The stage whose packages this distro's root takes (None: the distribution's own glibc)."""
+        if not wants_glibc(self.project, plugin):
+            return None
+        if plugin.glibc_format == "deb":
+            return self.debian_glibc()
+        if plugin.name not in self._glibc:
+            self._glibc[plugin.name] = GlibcRpmStage(plugin, self.arch)  # type: ignore[arg-type]
+        return self._glibc[plugin.name]
+
+    def distro(self, plugin: Plugin) -> DistroStages:
+        kernel = self.kernel()
+        glibc = self.glibc_for(plugin)
+        rootfs = RootfsStage(plugin, kernel, glibc)
+        return DistroStages(plugin, kernel, glibc, rootfs, IsoStage(rootfs, plugin))
+
+
+def _blocked(kind: str, name: str, exc: IsobuildError, arch: str) -> Row:
+    return Row(kind, name, "blocked", detail=exc.message + (f"; {exc.hint}" if exc.hint else ""), arch=arch)
+
+
+def _row(item: Any, kind: str, name: str, arch: str) -> Row:
+    try:
+        return item.row()  # type: ignore[no-any-return]
+    except IsobuildError as exc:
+        return _blocked(kind, name, exc, arch)
+
+
+def kernel_profiles(project: Project, recorded: list[str]) -> list[str]:
+    """The configured profile first, then every other profile this project has a record of and
+    whose file still exists."""
+    configured = project.settings.kernel.profile
+    names = [p for p in recorded if (project.root / "profiles" / "kernel" / f"{p}.yaml").exists()]
+    return [configured, *sorted(n for n in set(names) if n != configured)]
+
+
+def rows(project: Project, profile: str | None, recorded_profiles: list[str]) -> list[Row]:
+    """Every stage's and check's status row, in pipeline order (status, the report)."""
+    graph = Graph(project, profile)
+    out: list[Row] = []
+    for name in kernel_profiles(project, recorded_profiles):
+        stage = graph.kernel(name)
+        out.append(_row(stage, "kernel", name, graph.arch))
+        out.append(_row(KernelBootCheck(stage), "kernel-boot", name, graph.arch))
+    plugins: list[Plugin] = []
+    loaded: dict[str, IsobuildError] = {}
+    for name in distros.names(project):
+        try:
+            plugins.append(distros.load(project, name))
+        except IsobuildError as exc:
+            loaded[name] = exc
+    if project.settings.glibc.enabled:
+        out.append(_row(graph.debian_glibc(), "glibc", "glibc", graph.arch))
+    for name in distros.names(project):
+        if name in loaded:
+            out.append(_blocked("rootfs", name, loaded[name], graph.arch))
+            continue
+        plugin = next(p for p in plugins if p.name == name)
+        try:
+            stages = graph.distro(plugin)
+        except IsobuildError as exc:
+            out.append(_blocked("rootfs", name, exc, graph.arch))
+            continue
+        if stages.glibc is not None and stages.glibc.kind != "glibc":
+            out.append(_row(stages.glibc, stages.glibc.kind, name, graph.arch))
+        out.append(_row(stages.rootfs, "rootfs", name, graph.arch))
+        out.append(_row(stages.iso, "iso", name, graph.arch))
+        out += [_row(check, "smoke", check.name, graph.arch) for check in stages.smoke()]
+    return out
