@@ -11,4 +11,5 @@ cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 .venv/bin/ruff check builder tests bench/kernel bench/debian
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest tests/unit tests/orchestration tests/real "$@"

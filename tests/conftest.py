@@ -94,6 +94,39 @@ def current(root: Path, work: Path, label: str) -> Path:
     return (records(root, work) / "current" / label).resolve()
 
 
+STAGE_KINDS = ("kernel", "glibc", "glibc-rpm", "rootfs", "iso")
+
+
+class Events:
+    """What isobuild logged to logs/isobuild.jsonl after this object was made: the way to assert that
+    nothing was rebuilt (by what ran, not by how long it took)."""
+
+    def __init__(self, logs_dir: Path):
+        self.path = logs_dir / "isobuild.jsonl"
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+    def new(self) -> list[dict]:  # type: ignore[type-arg]
+        if not self.path.exists():
+            return []
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            return [json.loads(line) for line in f.read().decode().splitlines() if line.strip()]
+
+    def built(self) -> set[str]:
+        """The stages that started a build."""
+        return {e["event"][:-len(".start")] for e in self.new() if e["event"].endswith(".start")
+                and e["event"][:-len(".start")] in STAGE_KINDS}
+
+    def commands(self) -> list[str]:
+        """The commands run (the program's name; a wrapped command's own, not unshare)."""
+        out = []
+        for e in self.new():
+            if e["event"] == "run":
+                argv = e.get("argv") or []
+                out.append(Path(argv[0]).name if argv else "")
+        return out
+
+
 XSC_PATCH = make_patch("drivers/xsc.c", "/* fake driver */\nint xsc;\n",
                        "/* fake driver */\nint xsc;\nint xsc_version = 1;\n", "Subject: xsc v1\n\n")
 

@@ -40,6 +40,7 @@ from builder.infra import atomic, keys, lock, log, paths, runner
 from builder.infra.config import Project
 from builder.infra.digests import sha256_file
 from builder.infra.errors import InfraError, UserError
+from builder.stages import glibc
 from builder.tools import quilt, sources
 
 PRISTINE_VERSION = 1
@@ -81,8 +82,6 @@ def _glibc_patch_dir(project: Project) -> Path:
 
 
 def _glibc_pristine(project: Project) -> quilt.Pristine:
-    from builder.stages import glibc
-
     return glibc.pristine_tree(project)
 
 
@@ -164,7 +163,7 @@ def _open_repo(path: Path) -> Any:
 
 
 def _commit(repo: Any, path: Path, ref: str, option: str) -> Any:
-    import git
+    import git  # gitpython: only generate needs it
 
     try:
         return repo.commit(ref)

@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, Plugin, cmdline
+from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import hosttools, keys, log, paths, runner, sandbox
+from builder.infra.arch import ARCHES
 from builder.infra.errors import InfraError, UserError
-from builder.infra.schema import at_least, matches, setting
+from builder.infra.schema import matches, setting
+from builder.stages import glibc
 from builder.stages.iso import LiveLayout
 from builder.tools import aptrepo, aptsources, chroot
 from builder.tools.chroot import Chroot
@@ -37,15 +39,7 @@ _UNKNOWN_PACKAGE = re.compile(r"(?:Unable to locate package|Couldn't find packag
 
 
 @dataclass
-class SquashfsSettings:
-    compression: Literal["zstd", "xz", "gzip", "lz4", "lzo"] = setting("zstd", help="mksquashfs -comp")
-    level: int | None = setting(None, help="compression level (zstd 1-22, gzip 1-9); none: 9 for zstd "
-                                "(6x faster than mksquashfs's 15 for 6% more bytes), the tool's default otherwise",
-                                check=at_least(1))
-
-
-@dataclass
-class DebianSettings:
+class DebianSettings(LiveSettings):
     family: Literal["debian"] = setting("debian", help="plugin family")
     name: str = setting("isobuild-debian", help="ISO file name: iso/debian/<name>.iso",
                         check=matches(r"[A-Za-z0-9._-]{1,64}", "a file name of A-Z a-z 0-9 . _ -"))
@@ -60,17 +54,11 @@ class DebianSettings:
         "mmdebstrap", help="mmdebstrap (default: measured about 2x faster here) or debootstrap")
     packages: list[str] = setting(factory=lambda: ["systemd-sysv", "live-boot", "initramfs-tools", "zstd"],
                                   help="packages on top of minbase")
-    hostname: str = setting("isobuild", help="hostname of the live system",
-                            check=HOSTNAME)
     locale: str = setting("C.UTF-8", help="LANG of the live system",
                           check=LOCALE)
-    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_DEBIAN", help="ISO volume label", check=LABEL)
     cmdline: str = setting("boot=live components console=ttyS0,115200 console=tty0",
                            help="kernel command line of the live system", check=cmdline)
-    squashfs: SquashfsSettings = setting(factory=SquashfsSettings, help="root filesystem image")
-    overlay: str | None = setting(None, help="directory copied over the root after configuration "
-                                  "(relative to the project; e.g. extra units, config files)")
     ssh_authorized_key: str | None = setting(None, help="public key for root (needs openssh-server in packages)",
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
 
@@ -131,8 +119,6 @@ class DebianPlugin(Plugin):
 
     @property
     def deb_arch(self) -> str:
-        from builder.infra.arch import ARCHES
-
         return ARCHES[self.project.settings.arch].deb_arch
 
     def identity(self) -> dict[str, Any]:
@@ -256,8 +242,6 @@ class DebianPlugin(Plugin):
             r.remove("/tmp/isobuild-debs")
 
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
-        from builder.stages import glibc
-
         installed = {row["package"]: row["version"] for row in self.manifest(root, log_path)}
         ours = str(meta["version"])
         if "libc6" in installed:

@@ -31,18 +31,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from builder.distros.base import HOSTNAME, LABEL, LOCALE, ZONEINFO, Plugin, cmdline
-from builder.distros.debian import SquashfsSettings
+from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import log, paths, runner
 from builder.infra.config import Project
 from builder.infra.errors import InfraError, UserError
+from builder.infra.hosttools import install_hint
 from builder.infra.schema import matches, setting
+from builder.stages import glibcrpm
 from builder.stages.glibcrpm import (
     LOCAL_REPO,
     ELGlibcSettings,
     Repository,
     _distinct_names,
     _package_names,
+    srpm_repos,
 )
 from builder.stages.iso import LiveLayout
 from builder.tools import dnf, kickstart
@@ -83,7 +85,7 @@ def _default_packages() -> list[str]:
 
 
 @dataclass
-class ELSettings:
+class ELSettings(LiveSettings):
     family: Literal["el"] = setting("el", help="plugin family")
     name: str = setting("isobuild-el", help="ISO file name: iso/<distro>/<name>.iso",
                         check=matches(r"[A-Za-z0-9._-]{1,64}", "a file name of A-Z a-z 0-9 . _ -"))
@@ -95,11 +97,8 @@ class ELSettings:
     repositories: list[Repository] = setting(factory=list, help="the distribution's repositories; the first is "
                                              "the kickstart's install source")
     packages: list[str] = setting(factory=_default_packages, help="the kickstart's %packages")
-    hostname: str = setting("isobuild", help="hostname of the live system",
-                            check=HOSTNAME)
     locale: str = setting("en_US.UTF-8", help="LANG of the live system",
                           check=LOCALE)
-    timezone: str = setting("Etc/UTC", help="zoneinfo name", check=ZONEINFO)
     label: str = setting("ISOBUILD_EL", help="ISO volume label (root=live:CDLABEL=<label>)", check=LABEL)
     cmdline: str = setting("rd.live.overlay.overlayfs=1 console=ttyS0,115200 console=tty0",
                            help="kernel command line after root=live:CDLABEL=<label> rd.live.image", check=cmdline)
@@ -107,9 +106,6 @@ class ELSettings:
     root_size: int = setting(6144, help="MiB of the kickstart's / partition (livemedia-creator's image)",
                              check=lambda v: None if v >= 1024 else "must be >= 1024")
     mock: MockSettings = setting(factory=MockSettings, help="build: mock")
-    squashfs: SquashfsSettings = setting(factory=SquashfsSettings, help="root filesystem image")
-    overlay: str | None = setting(None, help="directory copied over the root after configuration "
-                                  "(relative to the project)")
     glibc: ELGlibcSettings = setting(factory=ELGlibcSettings, help="the patched glibc RPM (builder/stages/glibcrpm.py)")
 
     def validate(self) -> str | None:
@@ -223,8 +219,6 @@ class ELPlugin(Plugin):
         self.probe_repositories()
         glibc = self.settings.glibc
         if self.project.settings.glibc.enabled and glibc.enabled and glibc.srpm.type == "repo":
-            from builder.stages.glibcrpm import srpm_repos
-
             for repo in srpm_repos(self)[len(self.settings.repositories):]:
                 dnf.probe(repo, self.settings.release, ARCH, self.where)
 
@@ -234,8 +228,6 @@ class ELPlugin(Plugin):
                   "mock": ("mock", "rpm", "createrepo_c", "unsquashfs")}[self.build_path()]
         missing = [tool for tool in needed if shutil.which(tool) is None]
         if missing:
-            from builder.infra.hosttools import install_hint
-
             hint = "mock runs on EL hosts (dnf install mock lorax); elsewhere set build: dnf" \
                 if "mock" in missing else install_hint(missing[0])
             raise InfraError(f"{', '.join(missing)} not found: the {self.build_path()} build of {self.name} needs it",
@@ -350,8 +342,6 @@ class ELPlugin(Plugin):
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
         """Replace the root's glibc packages (glibc, glibc-common, its langpacks, ...: the ones it has)
         with ours from the glibc-rpm stage, and hold them -- never a downgrade."""
-        from builder.stages import glibcrpm
-
         installed = {row["package"]: row["version"] for row in dnf.query(root)}
         ours = str(meta["version"])
         if "glibc" in installed and glibcrpm.vercmp(installed["glibc"], ours) > 0:
@@ -462,7 +452,7 @@ def root_from_live_iso(iso_path: Path, root: Path, scratch: Path, log_path: Path
     ``LiveOS/rootfs.img``, which is mounted read-only and copied with every attribute (SELinux
     labels included).
     """
-    import pycdlib
+    import pycdlib  # heavy: only the mock path reads livemedia-creator's ISO
 
     squash = scratch / "squashfs.img"
     reader = pycdlib.PyCdlib()

@@ -168,9 +168,6 @@ class Project:
         """A project input directory named by a setting (inside the project; see builder.infra.paths)."""
         return paths.project_input(self.root, value, setting, self.config_file.name, "dir")
 
-    def input_file(self, value: str, setting: str) -> Path:
-        return paths.project_input(self.root, value, setting, self.config_file.name, "file")
-
     def path(self, value: str) -> Path:
         p = Path(value)
         return p if p.is_absolute() else self.root / p

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,8 +270,6 @@ def in_child(func: Callable[[], None], argv: Sequence[str], log_path: Path) -> N
                 func()
                 code = 0
             except BaseException:
-                import traceback
-
                 traceback.print_exc(file=stream)
             stream.flush()
         finally:

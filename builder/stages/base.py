@@ -154,7 +154,7 @@ class Stage(ABC):
         """The artifact of this key (it may not exist)."""
 
     def artifact_for(self, key: str) -> Path:
-        """The artifact of another key of this stage (the last good one, say)."""
+        """The artifact of another key of this stage (the last good one, say): artifacts are named by key."""
         return self.artifact.with_name(key)
 
     # this project's record
@@ -176,6 +176,33 @@ class Stage(ABC):
                 state.save(self.record_path, old)
                 record = old
         return record or {}
+
+    def upstream(self) -> dict[str, Stage]:
+        """The stages whose keys are among this one's inputs, by input name (rootfs: kernel, glibc)."""
+        return {}
+
+    def last_inputs(self) -> dict[str, Any] | None:
+        """The inputs of this project's last good build of the stage."""
+        good = self.last().get("last_good")
+        meta = state.load(self.artifact_for(str(good)) / "metadata.json") if good else None
+        return (meta or {}).get("inputs")
+
+    def changes(self) -> list[str]:
+        """What changed since this project's last good build, in words, following a changed key down
+        to the stage it belongs to: "rootfs: kernel: patches: 0003-x.patch changed"."""
+        old = self.last_inputs()
+        if old is None:
+            return []
+        out = []
+        ups = self.upstream()
+        for line in keys.changes(old, self.inputs):
+            name = line.split(":", 1)[0].split(".", 1)[0]
+            if name in ups and ups[name] is not None:
+                deeper = ups[name].changes()
+                out += [f"{name}: {d}" for d in deeper] or [line]
+            else:
+                out.append(line)
+        return out
 
     def current(self) -> Path | None:
         """The artifact this project last built (or reused) successfully."""
@@ -212,7 +239,7 @@ class Stage(ABC):
 
     def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
         """Fields to keep in the record after a good build (e.g. what the next build's progress reads)."""
-        return {}
+        return {"durations": meta.get("durations"), "steps_last_build": meta.get("steps")}
 
     def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
         """(size, sha256, detail) of a built artifact for its status row."""
@@ -234,9 +261,10 @@ class Stage(ABC):
             row.sha256 = row.sha256[:12]
             row.artifact = str(self.artifact)
             return row
-        good = record.get("last_good")
-        last = state.load(self.artifact_for(str(good)) / "metadata.json") if good else None
-        return record_row(row, record, self.key, (last or {}).get("inputs"), self.inputs)
+        row = record_row(row, record, self.key, self.last_inputs(), self.inputs)
+        if row.state == "stale":
+            row.detail = "; ".join(self.changes()) or row.detail
+        return row
 
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
@@ -262,8 +290,36 @@ def record_row(row: Row, record: dict[str, Any], key: str, last_inputs: dict[str
     return row
 
 
+class PlannedStage(Stage):
+    """A stage whose inputs, key and artifact come from a plan (an object with ``inputs``, ``key`` and
+    ``artifact``), made once by ``make_plan`` -- resolving every input, changing nothing."""
+
+    @abstractmethod
+    def make_plan(self) -> Any: ...
+
+    @functools.cached_property
+    def plan(self) -> Any:
+        return self.make_plan()
+
+    @property
+    def inputs(self) -> dict[str, Any]:
+        return self.plan.inputs  # type: ignore[no-any-return]
+
+    @functools.cached_property
+    def key(self) -> str:
+        return str(self.plan.key)
+
+    @property
+    def artifact(self) -> Path:
+        return self.plan.artifact  # type: ignore[no-any-return]
+
+
 def keyed_targets(root: Path, keep: set[str]) -> list[Path]:
-    """A keyed stage's build trees and every artifact no project points at."""
+    """A keyed stage's build trees and every artifact no project points at (nor a link from before
+    records were per project: <root>/current, <root>/current/<profile>)."""
+    current = root / "current"
+    links = [current] if current.is_symlink() else [p for p in current.glob("*") if p.is_symlink()]
+    keep = keep | {link.resolve().name for link in links}
     return [p for p in (root / "artifacts").glob("*") if p.name not in keep] + list((root / "trees").glob("*"))
 
 

@@ -21,7 +21,6 @@ and must sort above it: installing it never downgrades the distribution.
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 from dataclasses import dataclass
@@ -34,8 +33,10 @@ from builder.infra import atomic, keys, log, runner, state
 from builder.infra.config import GlibcSettings, Project
 from builder.infra.digests import DigestCache, sha256_file
 from builder.infra.errors import CheckFailed, InfraError, UserError
-from builder.stages.base import Stage, keyed_targets
+from builder.infra.progress import Progress
+from builder.stages.base import PlannedStage, keyed_targets
 from builder.tools import quilt, sources
+from builder.tools.toolchain import gcc_version
 
 STAGE_VERSION = 1
 DEBIAN_GLIBC = Path("/usr/src/glibc")
@@ -144,10 +145,8 @@ def _debian_dir(project: Project, value: str) -> Path:
 
 
 def toolchain_version() -> str:
-    from builder.stages.kernel import toolchain_version as gcc
-
     # dpkg-query, not dpkg-buildpackage --version: a perl start costs a fifth of a second in status
-    return f"{gcc()}; dpkg-dev {runner.output(['dpkg-query', '-W', '-f=${Version}', 'dpkg-dev']).strip()}"
+    return f"{gcc_version()}; dpkg-dev {runner.output(['dpkg-query', '-W', '-f=${Version}', 'dpkg-dev']).strip()}"
 
 
 def plan(project: Project) -> Plan:
@@ -183,34 +182,21 @@ def built(p: Plan) -> dict[str, Any] | None:
     return state.load(p.artifact / "metadata.json")
 
 
-class GlibcStage(Stage):
+class GlibcStage(PlannedStage):
     """The patched glibc as the distribution's own .debs (builder.stages.base.Stage)."""
 
     kind = "glibc"
     work_entries = ("glibc",)
-    legacy = "glibc/state.json"
 
     def __init__(self, project: Project, arch: str | None = None):
         super().__init__(project, "", arch or project.settings.arch)
 
-    @functools.cached_property
-    def plan(self) -> Plan:
+    def make_plan(self) -> Plan:
         return plan(self.project)
 
     @property
-    def inputs(self) -> dict[str, Any]:
-        return self.plan.inputs
-
-    @property
-    def artifact(self) -> Path:
-        return self.plan.artifact
-
-    def artifact_for(self, key: str) -> Path:
-        return self.project.work_dir / "glibc" / "artifacts" / key
-
-    @property
     def legacy_record(self) -> str | None:
-        return self.legacy if self.arch == "x86_64" else None
+        return "glibc/state.json" if self.arch == "x86_64" else None
 
     def check(self) -> None:
         quilt.vet(self.plan.packaging + self.plan.series)
@@ -218,17 +204,12 @@ class GlibcStage(Stage):
     def build(self, log_path: Path) -> dict[str, Any]:
         return build(self.plan, log_path, self.last().get("steps_last_build"))
 
-    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
-        return {"steps_last_build": meta.get("steps"), "durations": meta.get("durations"), "version": meta["version"]}
-
     def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
         return packages_summary(self.artifact, meta, "debs", "libc6")
 
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
-        root = work_dir / "glibc"
-        current = root / "current"  # the pre-project link still keeps what it points at
-        return keyed_targets(root, keep | ({current.resolve().name} if current.is_symlink() else set()))
+        return keyed_targets(work_dir / "glibc", keep)
 
 
 def packages_summary(artifact: Path, meta: dict[str, Any], kind: str, main: str) -> tuple[int | None, str, str]:
@@ -431,8 +412,6 @@ def build_argv(p: Plan) -> list[str]:
 
 
 def compile_packages(p: Plan, log_path: Path, expected: int | None) -> int:
-    from builder.infra.progress import Progress
-
     progress = Progress("glibc.compile", expected, step=_COMPILE_STEP)
     try:
         runner.run(build_argv(p), cwd=p.src, env=build_env(p), log_path=log_path, on_line=progress.line)

@@ -22,7 +22,6 @@ rename; ``current`` then points at them.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
@@ -37,8 +36,9 @@ from builder.infra.arch import ARCHES
 from builder.infra.config import SHA256, Project
 from builder.infra.digests import DigestCache, sha256_bytes, sha256_file
 from builder.infra.errors import InfraError, IsobuildError, UserError
+from builder.infra.hosttools import install_hint
 from builder.infra.schema import matches, setting
-from builder.stages.base import Stage, keyed_targets
+from builder.stages.base import PlannedStage, keyed_targets
 from builder.stages.glibc import packages_summary
 from builder.tools import dnf, quilt
 from builder.tools.chroot import Chroot, remove_root
@@ -313,8 +313,6 @@ def download_srpm(plugin: ELDistro, log_path: Path) -> Path:
                         "glibc.srpm to {type: file, path: ..., sha256: ...}")
     # Debian's path, or an EL host's (/usr/lib/python3.9/site-packages/...)
     if not list(Path("/usr/lib").glob("python3*/*-packages/dnf-plugins/download.py")):
-        from builder.infra.hosttools import install_hint
-
         raise InfraError("dnf's download command (dnf-plugins-core) is not installed: the glibc source RPM of "
                          f"{plugin.name} cannot be downloaded", hint=install_hint(DOWNLOAD_PLUGIN))
     repos = srpm_repos(plugin)
@@ -411,9 +409,9 @@ def built(p: Plan) -> dict[str, Any] | None:
     return state.load(p.artifact / "metadata.json")
 
 
-class GlibcRpmStage(Stage):
+class GlibcRpmStage(PlannedStage):
     """An EL distro's patched glibc as the distribution's own RPMs (builder.stages.base.Stage).
-    The source RPM is downloaded (``prepare``) when there is none yet or asked for afresh."""
+    The source RPM is downloaded (``fetch``) when there is none yet or asked for afresh."""
 
     kind = STAGE
 
@@ -421,20 +419,8 @@ class GlibcRpmStage(Stage):
         super().__init__(plugin.project, plugin.name, arch or plugin.project.settings.arch)
         self.plugin = plugin
 
-    @functools.cached_property
-    def plan(self) -> Plan:
+    def make_plan(self) -> Plan:
         return plan(self.plugin)
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        return self.plan.inputs
-
-    @property
-    def artifact(self) -> Path:
-        return self.plan.artifact
-
-    def artifact_for(self, key: str) -> Path:
-        return layout_for(self.plugin).artifact(key)
 
     @property
     def legacy_record(self) -> str | None:
@@ -457,19 +443,12 @@ class GlibcRpmStage(Stage):
     def build(self, log_path: Path) -> dict[str, Any]:
         return build(self.plan, log_path)
 
-    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
-        return {"durations": meta.get("durations"), "version": meta.get("version")}
-
     def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
         return packages_summary(self.artifact, meta, "rpms", "glibc")
 
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
-        out: list[Path] = []
-        for root in (work_dir / "distros").glob(f"*/{STAGE}"):
-            current = root / "current"
-            out += keyed_targets(root, keep | ({current.resolve().name} if current.is_symlink() else set()))
-        return out
+        return [p for root in (work_dir / "distros").glob(f"*/{STAGE}") for p in keyed_targets(root, keep)]
 
 
 # --- the spec -----------------------------------------------------------------------------------

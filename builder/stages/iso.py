@@ -95,6 +95,13 @@ class IsoStage(Stage):
     def check(self) -> None:
         check_layout(self.plugin)
 
+    def upstream(self) -> dict[str, Stage]:
+        return {"rootfs": self.rootfs}
+
+    def last_inputs(self) -> dict[str, Any] | None:
+        record = self.last()
+        return record.get("inputs") if record.get("status") == "ok" else None
+
     def built(self) -> dict[str, Any] | None:
         """This project's record if the ISO on disk is this key's (by key and by content)."""
         record = self.last()
@@ -128,8 +135,9 @@ class IsoStage(Stage):
         elif record.get("status") == "ok" and record.get("key") == self.key:
             row.state, row.detail = "stale", f"{self.out} was changed or removed since it was built"
         else:
-            record_row(row, record, self.key, record.get("inputs") if record.get("status") == "ok" else None,
-                       self.inputs)
+            record_row(row, record, self.key, self.last_inputs(), self.inputs)
+            if row.state == "stale":
+                row.detail = "; ".join(self.changes()) or row.detail
         return row
 
 

@@ -15,7 +15,6 @@ killed mid-patch is never mistaken for a good tree.
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
@@ -29,8 +28,10 @@ from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
 from builder.infra.digests import sha256_file
 from builder.infra.errors import UserError
-from builder.stages.base import Stage, keyed_targets
+from builder.infra.progress import Progress
+from builder.stages.base import PlannedStage, keyed_targets
 from builder.tools import kconfig, quilt, rootdir, sources
+from builder.tools.toolchain import gcc_version
 
 # what a kernel build runs (bindeb-pkg and binrpm-pkg included)
 KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync",
@@ -91,7 +92,7 @@ class Plan:
 
 
 def toolchain_version() -> str:
-    return runner.output(["gcc", "--version"]).splitlines()[0].strip()
+    return gcc_version()
 
 
 def plan(project: Project, profile_name: str | None = None, arch_name: str | None = None) -> Plan:
@@ -122,7 +123,7 @@ def plan(project: Project, profile_name: str | None = None, arch_name: str | Non
                 keys.compute(inputs))
 
 
-class KernelStage(Stage):
+class KernelStage(PlannedStage):
     """The kernel of one profile and arch (builder.stages.base.Stage)."""
 
     kind = "kernel"
@@ -131,20 +132,8 @@ class KernelStage(Stage):
     def __init__(self, project: Project, profile: str | None = None, arch: str | None = None):
         super().__init__(project, profile or project.settings.kernel.profile, arch or project.settings.arch)
 
-    @functools.cached_property
-    def plan(self) -> Plan:
+    def make_plan(self) -> Plan:
         return plan(self.project, self.instance, self.arch)
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        return self.plan.inputs
-
-    @property
-    def artifact(self) -> Path:
-        return self.plan.artifact
-
-    def artifact_for(self, key: str) -> Path:
-        return self.project.work_dir / "kernel" / "artifacts" / key
 
     @property
     def legacy_record(self) -> str | None:
@@ -152,9 +141,6 @@ class KernelStage(Stage):
 
     def build(self, log_path: Path) -> dict[str, Any]:
         return build(self.plan, log_path, self.last().get("steps_last_build"))
-
-    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
-        return {"steps_last_build": meta.get("steps"), "durations": meta.get("durations")}
 
     def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
         image = self.artifact / Path(self.plan.arch.image).name
@@ -164,8 +150,6 @@ class KernelStage(Stage):
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
         root = work_dir / "kernel"
-        # the pre-project "current" links still keep what they point at
-        keep = keep | {link.resolve().name for link in (root / "current").glob("*") if link.is_symlink()}
         return keyed_targets(root, keep) + list((root / "boot").glob("*"))
 
 
@@ -270,8 +254,6 @@ def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, s
 
 
 def compile_kernel(p: Plan, env: dict[str, str], log_path: Path, modules: bool, expected: int | None) -> int:
-    from builder.infra.progress import Progress
-
     progress = Progress("kernel.compile", expected)
     targets = [Path(p.arch.image).name] + (["modules"] if modules else [])
     try:

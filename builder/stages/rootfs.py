@@ -9,7 +9,6 @@ deleted once the squashfs is made, never while anything is mounted in it.
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 from builder.infra import atomic, keys, log, state
 from builder.infra.config import Project
 from builder.infra.errors import UserError
-from builder.stages.base import Stage
+from builder.stages.base import PlannedStage, Stage
 from builder.stages.kernel import KernelStage
 from builder.tools import chroot, rootdir
 
@@ -126,7 +125,7 @@ def plan(plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None = None) 
     return Plan(plugin, kernel, glibc, layout, cache, script, inputs, keys.compute(inputs))
 
 
-class RootfsStage(Stage):
+class RootfsStage(PlannedStage):
     """A distro's root filesystem for one kernel and glibc (builder.stages.base.Stage)."""
 
     kind = "rootfs"
@@ -136,30 +135,18 @@ class RootfsStage(Stage):
         super().__init__(plugin.project, plugin.name, kernel.arch)
         self.plugin, self.kernel, self.glibc = plugin, kernel, glibc
 
-    @functools.cached_property
-    def plan(self) -> Plan:
+    def make_plan(self) -> Plan:
         return plan(self.plugin, self.kernel, self.glibc)
-
-    @property
-    def inputs(self) -> dict[str, Any]:
-        return self.plan.inputs
-
-    @property
-    def artifact(self) -> Path:
-        return self.plan.artifact
-
-    def artifact_for(self, key: str) -> Path:
-        return self.project.work_dir / "distros" / self.plugin.name / "rootfs" / key
 
     @property
     def legacy_record(self) -> str | None:
         return f"distros/{self.plugin.name}/state/rootfs.json" if self.arch == "x86_64" else None
 
+    def upstream(self) -> dict[str, Stage]:
+        return {"kernel": self.kernel, **({"glibc": self.glibc} if self.glibc is not None else {})}
+
     def build(self, log_path: Path) -> dict[str, Any]:
         return build(self.plan, log_path)
-
-    def record_extras(self, meta: dict[str, Any]) -> dict[str, Any]:
-        return {"durations": meta.get("durations")}
 
     def summary(self, meta: dict[str, Any]) -> tuple[int | None, str, str]:
         return (meta.get("sizes", {}).get("filesystem.squashfs"), "",

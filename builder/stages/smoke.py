@@ -69,7 +69,9 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path]) -
     record = stage.built()
     if record is None:
         name = stage.instance
-        raise UserError(f"the {name} ISO is missing or stale ({stage.out})", hint=f"run: isobuild {name}")
+        changed = stage.changes()
+        why = f"stale: {'; '.join(changed)}" if changed else "missing or stale"
+        raise UserError(f"the {name} ISO is {why} ({stage.out})", hint=f"run: isobuild {name}")
     project = stage.project
     smoke = project.settings.smoke
     want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))

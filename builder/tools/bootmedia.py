@@ -68,9 +68,7 @@ def iso_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media
     tells an in-guest check that it runs under the smoke test (names under
     ``opt/``, as QEMU asks).
     """
-    argv = [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", qemu.cpu_model(accel),
-            "-m", str(memory), "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none",
-            "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+    argv = qemu.guest_argv(arch, accel, memory)
     if firmware == "uefi":
         if vars_copy is None:
             raise ValueError("UEFI boots need a writable copy of the OVMF variable store")

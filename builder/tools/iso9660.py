@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import importlib.metadata
 import os
 import random
 import re
@@ -41,12 +42,10 @@ import tempfile
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 from builder.infra import atomic, runner
 from builder.infra.errors import InfraError, UserError
@@ -351,7 +350,7 @@ def _add_tree(iso: Any, node: _Node, iso_dir: str, joliet_dir: str, rel: str, pa
 
 def _write_iso(roots: list[Path], out: Path, label: str) -> None:
     """The child process's work; the globals pycdlib reads are pinned by the caller."""
-    import pycdlib
+    import pycdlib  # heavy: the mastering child and describe() load it, nothing else
 
     tree = _scan(roots)
     iso = pycdlib.PyCdlib()
@@ -383,21 +382,30 @@ def cylinders_with_gpt_room(self: Any, iso_size: int) -> tuple[int, int]:
     return min((iso_size + padding) // cylinder, 1024), padding
 
 
-@contextmanager
-def _pinned(epoch: int, label: str) -> Iterator[None]:
-    """Patch what pycdlib reads from the clock and the RNG, and its padding bug
-    (this process only)."""
-    from pycdlib import isohybrid
+# The pycdlib this module was checked against: its clock, GUIDs and isohybrid padding are pinned
+# below by replacing what it calls, which another version may call differently.
+PYCDLIB_VERSION = "1.22.0"
 
+
+def _write_pinned(roots: list[Path], out: Path, label: str, epoch: int) -> None:
+    """``_write_iso`` with what pycdlib reads pinned: the clock (``time.time``), the local time
+    zone (TZ=UTC: it records local time), the GUIDs (``uuid.uuid4`` and ``random``, seeded from
+    label and epoch) and its isohybrid padding (``cylinders_with_gpt_room``).  Process-wide:
+    only ever called in a process of its own (a forked child, or ``python -m``)."""
+    from pycdlib import isohybrid  # heavy: see _write_iso
+
+    found = importlib.metadata.version("pycdlib")
+    if found != PYCDLIB_VERSION:
+        raise InfraError(f"pycdlib {found} is installed; isobuild's ISO mastering is verified with "
+                         f"{PYCDLIB_VERSION}", hint=f"pip install pycdlib=={PYCDLIB_VERSION} (scripts/bootstrap.sh)")
+    os.environ["TZ"] = "UTC"
+    time.tzset()
     rng = random.Random(f"isobuild-iso:{label}:{epoch}")
-
-    def uuid4() -> uuid.UUID:
-        return uuid.UUID(int=rng.getrandbits(128), version=4)
-
     random.seed(f"isobuild-iso:{label}:{epoch}")
-    with mock.patch.object(time, "time", return_value=float(epoch)), mock.patch.object(uuid, "uuid4", uuid4), \
-            mock.patch.object(isohybrid.IsoHybrid, "_calc_cc", cylinders_with_gpt_room):
-        yield
+    time.time = lambda: float(epoch)
+    uuid.uuid4 = lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
+    isohybrid.IsoHybrid._calc_cc = cylinders_with_gpt_room  # type: ignore[method-assign]
+    _write_iso(roots, out, label)
 
 
 def _main(argv: list[str]) -> int:
@@ -408,10 +416,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--label", required=True)
     parser.add_argument("--epoch", type=int, required=True)
     args = parser.parse_args(argv)
-    os.environ["TZ"] = "UTC"
-    time.tzset()
-    with _pinned(args.epoch, args.label):
-        _write_iso(args.root, args.out, args.label)
+    _write_pinned(args.root, args.out, args.label, args.epoch)
     return 0
 
 
@@ -499,13 +504,10 @@ def _write_in_child(roots: list[Path], out: Path, label: str, epoch: int, log_pa
     so the pinning never leaks into this process.  A fork of this interpreter, pycdlib
     already imported, starts in a millisecond; ``python -m builder.tools.iso9660`` (the same by
     hand) takes a tenth of a second -- as long as xorriso needs for a whole 80 MB ISO."""
-    import pycdlib  # noqa: F401  (before the fork: the child inherits it)
+    import pycdlib  # noqa: F401  (heavy; before the fork: the child inherits it)
 
     def write() -> None:
-        os.environ["TZ"] = "UTC"  # pycdlib records local time
-        time.tzset()
-        with _pinned(epoch, label):
-            _write_iso(roots, out, label)
+        _write_pinned(roots, out, label, epoch)
 
     argv = [sys.executable, "-m", "builder.tools.iso9660", *(a for r in roots for a in ("--root", str(r))),
             "--out", str(out),
@@ -558,7 +560,7 @@ def describe(iso: Path) -> dict[str, Any]:
     pycdlib has no public API for the boot catalog; its parsed objects are read
     directly (checked against pycdlib 1.22.0).
     """
-    import pycdlib
+    import pycdlib  # heavy: see _write_iso
 
     with iso.open("rb") as f:
         head = f.read(2 * _SECTOR)

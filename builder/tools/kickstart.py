@@ -123,9 +123,10 @@ def _first(numbers: list[int]) -> int | None:
 
 
 def _parse(text: str, version: str) -> Any:
-    from pykickstart.errors import KickstartDeprecationWarning, KickstartError, KickstartParseError
-    from pykickstart.parser import KickstartParser
-    from pykickstart.version import makeVersion, stringToVersion
+    # pykickstart costs a quarter second to load: only a kickstart check pays for it
+    from pykickstart.errors import KickstartDeprecationWarning, KickstartError, KickstartParseError  # heavy
+    from pykickstart.parser import KickstartParser  # heavy
+    from pykickstart.version import makeVersion, stringToVersion  # heavy
 
     handler = makeVersion(stringToVersion(version))
     parser = KickstartParser(handler, followIncludes=False, errorsAreFatal=True, missingIncludeIsFatal=True)
@@ -146,7 +147,7 @@ def _parse(text: str, version: str) -> Any:
 
 
 def _live_rules(handler: Any, text: str) -> None:
-    from pykickstart.constants import KS_SHUTDOWN
+    from pykickstart.constants import KS_SHUTDOWN  # heavy: pykickstart costs a quarter second
 
     packages_line = _first(_lines(text, r"^\s*%packages\b"))
     have = set(handler.packages.packageList) - set(handler.packages.excludedList)

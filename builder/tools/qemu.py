@@ -77,12 +77,17 @@ def accelerator(arch: Arch, timeout: float = 5.0) -> str:
     return accel
 
 
+def guest_argv(arch: Arch, accel: str, memory: int, cpus: int = 2) -> list[str]:
+    """The head of every guest's command line: machine, accelerator, CPU model, memory, no devices of
+    QEMU's own choosing, no display or monitor, the serial console on stdout, no reboot."""
+    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel), "-m", str(memory),
+            "-smp", str(cpus), "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
+            "-serial", "stdio", "-no-reboot"]
+
+
 def kernel_argv(arch: Arch, kernel: Path, initrd: Path, append: str, memory: int, accel: str) -> list[str]:
     """Boot a kernel + initramfs directly, console on the serial port (our stdout)."""
-    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel), "-m", str(memory),
-            "-smp", "2", "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", "-no-reboot", "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", append]
+    return [*guest_argv(arch, accel, memory), "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
 
 
 def watch(argv: list[str], expect: console.Expect, log_path: Path, timeout: float) -> console.Verdict:

@@ -40,10 +40,6 @@ _MAX_LINKS = 40  # the kernel's own limit on symlinks in one resolution
 PSEUDO = ("dev", "proc", "sys", "run")
 
 
-class Escape(UserError):
-    """A path or an overlay entry that would leave the root."""
-
-
 def _parts(path: str | PurePosixPath) -> list[str]:
     return [p for p in PurePosixPath(path).parts if p not in ("/", "", ".")]
 

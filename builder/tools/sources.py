@@ -7,6 +7,7 @@ Every kind resolves to a tarball on disk plus an identity for the stage key
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,6 @@ def _git(project: Project, url: str, ref: str) -> Source:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = atomic.temp_path(cache)
             if tmp.exists():
-                import shutil
-
                 shutil.rmtree(tmp)
             repo = git.Repo.clone_from(url, tmp, bare=True, mirror=True)
             tmp.rename(cache)

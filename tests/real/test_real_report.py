@@ -12,8 +12,8 @@ import pytest
 from builder.commands import status
 from builder.infra.config import load_project
 from tests.conftest import FakeProject
+from tests.orchestration.test_report import HOSTILE, expected_rows, make_state, parse
 from tests.real.conftest import run
-from tests.unit.test_report import HOSTILE, expected_rows, make_state, parse
 
 pytestmark = pytest.mark.real
 
