@@ -98,4 +98,4 @@ def recorded(path: Path, record: dict[str, Any]) -> Iterator[dict[str, Any]]:
         save(path, dict(running, status="failed", finished=now(), error=getattr(exc, "message", str(exc)),
                         hint=getattr(exc, "hint", None)))
         raise
-    save(path, dict(running, **done, status="ok", finished=now()))
+    save(path, {**running, **done, "status": "ok", "finished": now()})
