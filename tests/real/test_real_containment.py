@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from builder.infra import atomic
+from builder.stages.base import project_id
 from tests.real.conftest import REPO, WORK, copy_project, run
 
 pytestmark = pytest.mark.real
@@ -55,7 +56,8 @@ def test_an_overlay_cannot_reach_the_host_through_the_roots_links(project: Path,
     before = {p: _host(p) for p in watched}
     assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0, capsys.readouterr().err
     assert {p: _host(p) for p in watched} == before, "no host file changed"
-    rootfs = sorted((WORK / "distros/debian/rootfs").glob("*/filesystem.squashfs"), key=os.path.getmtime)[-1]
+    current = WORK / "projects" / project_id(project) / "current/rootfs-debian-x86_64"
+    rootfs = current.resolve() / "filesystem.squashfs"
     got = subprocess.run(["unsquashfs", "-cat", str(rootfs), "etc/localtime"], capture_output=True, text=True,
                          check=True).stdout
     assert got == "overlay zone\n", "the overlay replaced the root's link inside the root"
