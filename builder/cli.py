@@ -22,6 +22,7 @@ from builder.infra.config import GlibcSettings, Project, check_profile_name, loa
 from builder.infra.errors import ExitCode, IsobuildError
 from builder.stages import glibc, iso, kernelboot, smoke
 from builder.stages.kernel import KernelStage
+from builder.stages.kpackage import Kind, parse_kinds
 from builder.tools.console import Verdict, raise_for
 
 EXIT_CODES = """exit codes:
@@ -45,6 +46,13 @@ def _profile(value: str) -> str:
         raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
 
 
+def _kinds(value: str) -> list[Kind]:
+    try:
+        return parse_kinds(value)
+    except IsobuildError as exc:
+        raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
 def _project(args: argparse.Namespace) -> Project:
     return load_project(Path(args.config))
 
@@ -64,14 +72,22 @@ def _boot(stage: KernelStage) -> Verdict:
         return kernelboot.KernelBootCheck(stage).run(pipeline.stage_log(stage.project, f"boot-{stage.label}"))
 
 
-def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
+def _boots(stage: iso.IsoStage, modes: list[str], as_json: bool) -> list[Verdict]:
+    """The ISO's boot checks; each verdict printed as soon as it exists (unless the output is JSON)."""
     project = stage.project
+
+    def heard(verdict: Verdict) -> None:
+        print(smoke.line(verdict), flush=True)
+
     with pipeline.locked(project):
-        verdicts = smoke.run(stage, chosen, lambda mode: pipeline.stage_log(project, f"smoke-{stage.label}-{mode}"))
+        return smoke.run(stage, modes, lambda mode: pipeline.stage_log(project, f"smoke-{stage.label}-{mode}"),
+                         None if as_json else heard)
+
+
+def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
+    verdicts = _boots(stage, chosen, as_json)
     if as_json:
         print(json.dumps({**built, "smoke": [v.as_dict() for v in verdicts]}, indent=2, default=str))
-    else:
-        print(smoke.summary(verdicts))
     smoke.raise_for(verdicts)
     return 0
 
@@ -83,11 +99,15 @@ def cmd_kernel(args: argparse.Namespace) -> int:
     done = pipeline.ensure_kernel(project, args.profile, force=args.force)
     stage, meta = done.stage, done.meta
     verb = "built" if done.built_now else "is up to date"
-    verdict = _boot(stage) if args.boot else None  # type: ignore[arg-type]
+    packages = pipeline.ensure_kernel_packages(stage, args.packages or [])
+    verdict = _boot(stage) if args.boot else None
     if args.json:
-        print(json.dumps({"kernel": meta, "boot": verdict.as_dict() if verdict else None}, indent=2))
+        print(json.dumps({"kernel": meta, "packages": [p.meta for p in packages],
+                          "boot": verdict.as_dict() if verdict else None}, indent=2))
     else:
         print(f"kernel {meta.get('kernel_release')} ({stage.instance}, {stage.arch}) {verb}: {stage.artifact}")
+        for made in packages:
+            print("\n".join(f"  {made.stage.what}: {f}" for f in made.stage.files()))
         if verdict:
             print(_verdict_line(verdict))
     if verdict:
@@ -159,9 +179,7 @@ def _steps(project: Project, names: list[str], args: argparse.Namespace) -> list
             return f"{checked.stages[name].iso.out} ({int(record.get('size', 0)) // 2**20} MiB)"
 
         def check(name: str = name) -> str:
-            stage = checked.stages[name].iso
-            with pipeline.locked(project):
-                verdicts = smoke.run(stage, modes, lambda m: pipeline.stage_log(project, f"smoke-{stage.label}-{m}"))
+            verdicts = _boots(checked.stages[name].iso, modes, args.json)
             smoke.raise_for(verdicts)
             return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
 
@@ -379,12 +397,16 @@ def _el_verb(name: str, title: str) -> Verb:
 VERBS: tuple[Verb, ...] = (
     Verb("kernel", "build the kernel (if its inputs changed)",
          "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
-         "requested CONFIG_* did not land, build the kernel image + modules out of tree and a linux-image .deb. "
+         "requested CONFIG_* did not land, build the kernel image + modules out of tree. Its packages (linux-image, "
+         "linux-libc-dev, the kernel RPM) are made from that build when something needs them. "
          "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.",
          cmd_kernel, (PROFILE,
                       arg("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and "
                           "check the release and the patched marker"),
                       arg("--force", action="store_true", help="rebuild even if an artifact with this key exists"),
+                      arg("--packages", metavar="KINDS", type=_kinds, help="also make these of its packages "
+                          "(comma-separated: deb-image, deb-libc-dev, rpm); the distro verbs make the one they "
+                          "install"),
                       arg("--json", action="store_true", help="print the build's metadata (and the boot verdict) "
                           "as JSON"))),
     Verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",

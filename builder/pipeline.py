@@ -21,6 +21,7 @@ from builder.stages import glibc, iso
 from builder.stages.base import Ensured, ensure, locked, stage_log
 from builder.stages.glibcrpm import GlibcRpmStage
 from builder.stages.kernel import KernelStage
+from builder.stages.kpackage import KernelPackageStage, Kind
 
 __all__ = ["Ensured", "Outcome", "Preflight", "Step", "ensure", "ensure_distro", "ensure_glibc", "ensure_glibc_rpm",
            "ensure_kernel", "locked", "preflight", "run_stages", "stage_log", "wants_glibc"]
@@ -64,11 +65,16 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
     return Preflight(graph, stages, failed)
 
 
-def ensure_kernel(project: Project, profile: str | None, force: bool = False) -> Ensured:
+def ensure_kernel(project: Project, profile: str | None, force: bool = False) -> Ensured[KernelStage]:
     return ensure(KernelStage(project, profile), force)
 
 
-def ensure_glibc(project: Project, force: bool = False, tests: list[str] | None = None) -> Ensured:
+def ensure_kernel_packages(kernel: KernelStage, kinds: list[Kind]) -> list[Ensured[KernelPackageStage]]:
+    """The kernel's packages of these kinds (each made once per kernel key, from its artifact)."""
+    return [ensure(KernelPackageStage(kernel, kind)) for kind in kinds]
+
+
+def ensure_glibc(project: Project, force: bool = False, tests: list[str] | None = None) -> Ensured[glibc.GlibcStage]:
     """The Debian glibc stage; then ``tests`` + glibc.tests in the kept build tree (after a build, or
     when asked for)."""
     stage = glibc.GlibcStage(project)
@@ -81,7 +87,7 @@ def ensure_glibc(project: Project, force: bool = False, tests: list[str] | None 
     return done
 
 
-def ensure_glibc_rpm(stage: GlibcRpmStage, force: bool = False) -> Ensured:
+def ensure_glibc_rpm(stage: GlibcRpmStage, force: bool = False) -> Ensured[GlibcRpmStage]:
     """An EL distro's glibc-rpm stage: its source RPM downloaded when there is none yet or with
     ``force`` (then the repositories' newest), rebuilt when its key changed or with ``force``."""
     project = stage.project
@@ -90,10 +96,11 @@ def ensure_glibc_rpm(stage: GlibcRpmStage, force: bool = False) -> Ensured:
     return ensure(stage, force=force)
 
 
-def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured:
+def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured[iso.IsoStage]:
     """Build what changed up to the distro's ISO; ``force_glibc``: an EL distro's glibc RPM is
     rebuilt from the repositories' newest source RPM.  Returns the ISO stage's result."""
     ensure(stages.kernel)
+    ensure(stages.kernel_package)
     if isinstance(stages.glibc, GlibcRpmStage):
         ensure_glibc_rpm(stages.glibc, force_glibc)
     elif stages.glibc is not None:

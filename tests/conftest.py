@@ -10,6 +10,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -58,7 +59,7 @@ class FakeProject:
     def patches(self) -> Path:
         return self.root / "patches" / "kernel"
 
-    def settings(self) -> dict:  # type: ignore[type-arg]
+    def settings(self) -> Any:
         return yaml.safe_load((self.root / "isobuild.yaml").read_text())
 
     def write_settings(self, data: dict) -> None:  # type: ignore[type-arg]
@@ -73,7 +74,7 @@ class FakeProject:
     def record_path(self, label: str) -> Path:
         return record_path(self.root, self.work, label)
 
-    def record(self, label: str) -> dict:  # type: ignore[type-arg]
+    def record(self, label: str) -> Any:
         return json.loads(self.record_path(label).read_text())
 
     def current(self, label: str) -> Path:
@@ -94,7 +95,7 @@ def current(root: Path, work: Path, label: str) -> Path:
     return (records(root, work) / "current" / label).resolve()
 
 
-STAGE_KINDS = ("kernel", "glibc", "glibc-rpm", "rootfs", "iso")
+STAGE_KINDS = ("kernel", "kernel-package", "glibc", "glibc-rpm", "rootfs", "iso")
 
 
 class Events:

@@ -23,6 +23,7 @@ from builder.infra.config import Project
 from builder.infra.errors import InfraError
 from builder.infra.schema import at_least, matches, setting
 from builder.stages.iso import LiveLayout
+from builder.stages.kpackage import Kind
 from builder.tools import rootdir
 from builder.tools.chroot import Chroot
 
@@ -89,6 +90,11 @@ WantedBy=multi-user.target
 
 class Plugin(ABC):
     family: ClassVar[str]
+    # which package of the kernel this distro installs (builder.stages.kpackage)
+    kernel_package: ClassVar[Kind] = "deb-image"
+    # whether the bootstrap itself installs the kernel (EL: with the kickstart's %packages), so no
+    # part of the root can be kept apart from it
+    kernel_in_bootstrap: ClassVar[bool] = False
     # the package format of the glibc stage's output this plugin installs; None: the
     # distribution's own glibc stays (the glibc stage is not run for it)
     glibc_format: ClassVar[str | None] = None
@@ -185,10 +191,10 @@ class Plugin(ABC):
     def identity(self) -> dict[str, Any]:
         """Everything about this distro's settings that changes the rootfs (for the stage key)."""
 
-    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None:
-        """Before bootstrap: check the host and stage the kernel artifact's packages where the
-        bootstrap installs from, for plugins that install the kernel with everything else in one
-        transaction (EL: a local repository for the kickstart).  Default: nothing."""
+    def prepare(self, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+        """Before bootstrap: check the host and stage the kernel's packages where the bootstrap
+        installs from, for plugins that install the kernel with everything else in one transaction
+        (EL: a local repository for the kickstart).  Default: nothing."""
         return None
 
     @abstractmethod
@@ -206,8 +212,8 @@ class Plugin(ABC):
         raise NotImplementedError(f"the {self.family} plugin takes no glibc packages (glibc_format is None)")
 
     @abstractmethod
-    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
-        """Install the built kernel (its packages in ``kernel_dir``) so the initramfs is made for it."""
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+        """Install the built kernel (its ``kernel_package`` kind of packages) so the initramfs is made for it."""
 
     @abstractmethod
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None:

@@ -13,7 +13,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import hosttools, keys, log, paths, runner, sandbox
@@ -86,7 +86,7 @@ class DebianSettings(LiveSettings):
 
 class DebianPlugin(Plugin):
     family = "debian"
-    glibc_format = "deb"
+    glibc_format: ClassVar[str | None] = "deb"
     settings: DebianSettings
 
     def mirror(self) -> str:
@@ -255,10 +255,10 @@ class DebianPlugin(Plugin):
                             hint="rebuild it: isobuild glibc --force")
         self.install_packages(root, debs, True, log_path)
 
-    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
-        debs = sorted((kernel_dir / "debs").glob(f"linux-image-{release}_*.deb"))
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+        debs = [d for d in kernel_packages if d.name.startswith(f"linux-image-{release}_")]
         if not debs:
-            raise UserError(f"{kernel_dir}/debs: no linux-image-{release} package in the kernel artifact",
+            raise UserError(f"no linux-image-{release} package among {', '.join(p.name for p in kernel_packages)}",
                             hint="rebuild it: isobuild kernel --force")
         self.initramfs_settings(root)  # the kernel's postinst makes the initramfs: its settings go first
         self.install_packages(root, debs[:1], True, log_path)

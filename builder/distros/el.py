@@ -29,7 +29,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import log, paths, runner
@@ -47,6 +47,7 @@ from builder.stages.glibcrpm import (
     srpm_repos,
 )
 from builder.stages.iso import LiveLayout
+from builder.stages.kpackage import Kind
 from builder.tools import dnf, kickstart
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
@@ -149,7 +150,10 @@ def rpm_version(release: str) -> str:
 
 class ELPlugin(Plugin):
     family = "el"
-    glibc_format = "rpm"  # builder/stages/glibcrpm.py: the distribution's glibc source RPM with our series
+    kernel_package: ClassVar[Kind] = "rpm"
+    kernel_in_bootstrap = True
+    # builder/stages/glibcrpm.py: the distribution's glibc source RPM with our series
+    glibc_format: ClassVar[str | None] = "rpm"
     settings: ELSettings
 
     def __init__(self, name: str, settings: Any, project: Project):
@@ -235,20 +239,20 @@ class ELPlugin(Plugin):
 
     # --- before bootstrap: our packages --------------------------------------------
 
-    def kernel_rpms(self, kernel_dir: Path, release: str) -> list[Path]:
-        """The kernel artifact's kernel RPM for ``release``; never kernel-headers."""
-        found = sorted((kernel_dir / "rpms").glob(f"kernel-{rpm_version(release)}-*.rpm"))
+    def kernel_rpms(self, kernel_packages: list[Path], release: str) -> list[Path]:
+        """Our kernel RPM for ``release`` (builder.tools.kpkg makes no kernel-headers)."""
+        found = [p for p in kernel_packages if p.name.startswith(f"kernel-{rpm_version(release)}-")]
         if not found:
-            raise UserError(f"{kernel_dir}/rpms: no kernel-{rpm_version(release)} RPM in the kernel artifact",
-                            hint="rebuild it: isobuild kernel --force (binrpm-pkg makes it)")
+            raise UserError(f"no kernel-{rpm_version(release)} RPM among {', '.join(p.name for p in kernel_packages)}",
+                            hint="rebuild it: isobuild kernel --force")
         return found[:1]
 
-    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None:
+    def prepare(self, kernel_packages: list[Path], release: str, log_path: Path) -> None:
         """Check the host and the kickstart (afresh), then put our kernel RPM in the local repository
         the install takes it from."""
         self.check_host()
         self.kickstart = self._kickstart(afresh=True)
-        dnf.make_repo(self.local_repo, self.kernel_rpms(kernel_dir, release), log_path)
+        dnf.make_repo(self.local_repo, self.kernel_rpms(kernel_packages, release), log_path)
 
     # --- bootstrap: the kickstart's packages into the root ------------------------
 
@@ -354,7 +358,7 @@ class ELPlugin(Plugin):
         # glibc itself, and of the rest the ones the root has: it stays what its packages asked for
         self.install_packages(root, glibcrpm.rpms_for(meta, glibc_dir, {*installed, "glibc"}), True, log_path)
 
-    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
         """Our kernel came with the kickstart's %packages; check it is ours, hold it, make its initramfs."""
         ours = f"{rpm_version(release)}-"
         kernels = [f"{r['package']}-{r['version']}" for r in dnf.query(root) if r["package"] in KERNEL_NAMES]

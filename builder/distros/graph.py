@@ -23,6 +23,7 @@ from builder.stages.glibcrpm import GlibcRpmStage
 from builder.stages.iso import IsoStage
 from builder.stages.kernel import KernelStage
 from builder.stages.kernelboot import KernelBootCheck
+from builder.stages.kpackage import KernelPackageStage, Kind
 from builder.stages.rootfs import RootfsStage
 from builder.stages.smoke import SmokeCheck, checks
 
@@ -37,6 +38,7 @@ def wants_glibc(project: Project, plugin: Plugin) -> bool:
 class DistroStages:
     plugin: Plugin
     kernel: KernelStage
+    kernel_package: KernelPackageStage  # the kernel's package this distro installs
     glibc: Stage | None
     rootfs: RootfsStage
     iso: IsoStage
@@ -52,12 +54,21 @@ class Graph:
         self.arch = arch or project.settings.arch
         self._kernels: dict[tuple[str, str], KernelStage] = {}
         self._glibc: dict[str, Stage] = {}
+        self._packages: dict[tuple[str, str, str], KernelPackageStage] = {}
 
     def kernel(self, profile: str | None = None) -> KernelStage:
         key = (profile or self.profile, self.arch)
         if key not in self._kernels:
             self._kernels[key] = KernelStage(self.project, key[0], key[1])
         return self._kernels[key]
+
+    def kernel_package(self, what: Kind, profile: str | None = None) -> KernelPackageStage:
+        """One kind of the kernel's packages (two distros installing the same kind share it)."""
+        kernel = self.kernel(profile)
+        key = (kernel.instance, kernel.arch, what)
+        if key not in self._packages:
+            self._packages[key] = KernelPackageStage(kernel, what)
+        return self._packages[key]
 
     def debian_glibc(self) -> GlibcStage:
         if "deb" not in self._glibc:
@@ -76,9 +87,10 @@ class Graph:
 
     def distro(self, plugin: Plugin) -> DistroStages:
         kernel = self.kernel()
+        package = self.kernel_package(plugin.kernel_package)
         glibc = self.glibc_for(plugin)
-        rootfs = RootfsStage(plugin, kernel, glibc)
-        return DistroStages(plugin, kernel, glibc, rootfs, IsoStage(rootfs, plugin))
+        rootfs = RootfsStage(plugin, package, glibc)
+        return DistroStages(plugin, kernel, package, glibc, rootfs, IsoStage(rootfs, plugin))
 
 
 def _blocked(kind: str, name: str, exc: IsobuildError, arch: str) -> Row:
@@ -109,6 +121,7 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str]) ->
         out.append(_row(stage, "kernel", name, graph.arch))
         out.append(_row(KernelBootCheck(stage), "kernel-boot", name, graph.arch))
     plugins: list[Plugin] = []
+    packages: set[str] = set()
     loaded: dict[str, IsobuildError] = {}
     for name in distros.names(project):
         try:
@@ -127,6 +140,9 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str]) ->
         except IsobuildError as exc:
             out.append(_blocked("rootfs", name, exc, graph.arch))
             continue
+        if stages.kernel_package.label not in packages:  # one row per package kind, before its first distro
+            packages.add(stages.kernel_package.label)
+            out.append(_row(stages.kernel_package, "kernel-package", stages.kernel_package.instance, graph.arch))
         if stages.glibc is not None and stages.glibc.kind != "glibc":
             out.append(_row(stages.glibc, stages.glibc.kind, name, graph.arch))
         out.append(_row(stages.rootfs, "rootfs", name, graph.arch))

@@ -16,9 +16,10 @@ class Arch:
     qemu_machine: str
     console: str
     rpm_arch: str  # dnf's $basearch
+    triplet: str  # the multiarch tuple: /usr/include/<triplet>, <triplet>-gcc
 
 
 ARCHES: dict[str, Arch] = {
     "x86_64": Arch("x86_64", "x86_64", "x86", "arch/x86/boot/bzImage", "amd64", "qemu-system-x86_64", "q35", "ttyS0",
-                   "x86_64"),
+                   "x86_64", "x86_64-linux-gnu"),
 }

@@ -120,7 +120,9 @@ class KernelSettings:
 class SmokeSettings:
     timeout: int = setting(300, help="seconds per boot before it counts as hung", check=at_least(10))
     memory: int = setting(1536, help="guest memory in MiB (systemd wants about 1.5 GiB)", check=at_least(256))
-    parallel: int = setting(0, help="boots at once; 0 means one per two CPUs", check=at_least(0))
+    parallel: int = setting(0, help="boots at once; 0: chosen from the host's CPUs (builder.stages.smoke.boot_plan)",
+                            check=at_least(0))
+    cpus: int = setting(0, help="virtual CPUs per guest; 0: chosen with parallel", check=at_least(0))
 
 
 @dataclass

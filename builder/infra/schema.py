@@ -51,6 +51,17 @@ def at_least(minimum: int) -> Any:
     return check
 
 
+def choices(text: str, known: typing.Sequence[str], what: str) -> list[str]:
+    """A comma-separated command-line list of names, each one of ``known`` (in the given order, once
+    each); an unknown name, or none at all, is refused naming the known ones."""
+    names = list(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    unknown = [x for x in names if x not in known]
+    if unknown or not names:
+        raise UserError(f"{what} {', '.join(unknown) or '(none)'} unknown",
+                        hint=f"choose from {', '.join(known)}, comma-separated")
+    return names
+
+
 def read_yaml(path: Path, what: str = "settings file") -> Any:
     if not path.exists():
         raise UserError(f"{path}: {what} not found", hint="create it or pass --config")

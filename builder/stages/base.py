@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from builder.infra import atomic, keys, lock, log, state
 from builder.infra.config import Project
@@ -375,14 +375,17 @@ class Check:
         return row
 
 
+S = TypeVar("S", bound=Stage)
+
+
 @dataclass
-class Ensured:
-    stage: Stage
+class Ensured(Generic[S]):
+    stage: S
     meta: dict[str, Any]
     built_now: bool
 
 
-def ensure(stage: Stage, force: bool = False, fields: dict[str, Any] | None = None) -> Ensured:
+def ensure(stage: S, force: bool = False, fields: dict[str, Any] | None = None) -> Ensured[S]:
     """Adopt the artifact of the stage's key if it exists (unless ``force``), else build it under the
     work-dir lock, logged, with this project's record kept from start to end (a killed build
     explains itself)."""

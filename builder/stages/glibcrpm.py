@@ -326,7 +326,7 @@ def download_srpm(plugin: ELDistro, log_path: Path) -> Path:
     try:
         try:
             runner.run(download_argv(conf, scratch / "root", s.release, scratch / "out"), log_path=log_path,
-                       env=dnf.private_home(scratch / "home"))
+                       env=dnf.private_home(scratch / "home", tmppath=scratch / "tmp"))
         except runner.CommandFailed as exc:
             raise InfraError(f"dnf download --source glibc failed for {plugin.where}",
                              hint="do glibc.source_repositories hold the source of the glibc the repositories "
@@ -569,7 +569,7 @@ def rpmbuild_argv(p: Plan, mode: str, spec: Path, *extra: str) -> list[str]:
 
 def _home(p: Plan) -> dict[str, str]:
     """A private HOME: rpm reads no ~/.rpmmacros of the user's and writes no ~/.rpmdb."""
-    return dnf.private_home(p.tree / "home", p.layout.rpmdb)
+    return dnf.private_home(p.tree / "home", p.layout.rpmdb, p.tree / "tmp")
 
 
 def unpack(p: Plan, log_path: Path) -> Path:

@@ -1,16 +1,17 @@
-"""The kernel stage: source + quilt series + config -> bzImage, modules, .deb, metadata.
+"""The kernel stage: source + quilt series + config -> bzImage, modules, uapi headers, metadata.
 
 Data flows forward: ``plan()`` resolves every input and computes the stage
 key without touching the build tree (this is all a no-op run does);
 ``build()`` prepares the patched tree, configures, compiles out of tree,
-packages with ``make bindeb-pkg`` (Debian) and ``make binrpm-pkg`` (EL) and publishes the artifacts under
-``<work>/kernel/artifacts/<key>/`` through a temp directory and a rename.
+collects what its packages are made from (builder.stages.kpackage makes them when asked) and
+publishes the artifact under ``<work>/kernel/artifacts/<key>/`` through a temp directory and a rename.
 
 One build tree per profile is kept so a changed patch costs an incremental
-make, not a cold build.  The tree carries a marker (``tree.json``) naming the
-source and the applied series; the marker is removed before the tree is
-touched and written back only once the tree is in a known state, so a run
-killed mid-patch is never mistaken for a good tree.
+make, not a cold build, and an unchanged config costs nothing (``config_key``).  The
+tree carries a marker (``tree.json``) naming the source, the applied series and the
+kept config; the marker is removed before the tree is touched and written back only
+once the tree is in a known state, so a run killed mid-patch is never mistaken for a
+good tree.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from builder.stages.base import PlannedStage, keyed_targets
 from builder.tools import kconfig, quilt, rootdir, sources
 from builder.tools.toolchain import gcc_version
 
-# what a kernel build runs (bindeb-pkg and binrpm-pkg included)
-KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync",
-                "dpkg-deb", "dpkg-architecture", "fakeroot", "rpmbuild"]
-STAGE_VERSION = 2  # 2: the artifact also holds the binrpm-pkg RPMs (rpms/)
+# what a kernel build runs (its packages: builder.stages.kpackage)
+KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync"]
+# 2: the artifact also holds the binrpm-pkg RPMs (rpms/); 3: no packages (stages/kpackage.py makes them on
+# demand from the artifact), the uapi headers instead (uapi/)
+STAGE_VERSION = 3
+CONFIG_VERSION = 1  # of what config_key covers
 _WARNING = re.compile(r"\bwarning:")
 _ERROR = re.compile(r"\berror:")
 
@@ -169,7 +172,6 @@ def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, 
         "KBUILD_BUILD_VERSION": "1",
         "KCFLAGS": f"-ffile-prefix-map={src}/= -ffile-prefix-map={build}/=",
         "SOURCE_DATE_EPOCH": str(epoch),
-        "KDEB_CHANGELOG_DIST": "isobuild",
     }
 
 
@@ -195,6 +197,7 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
     touched = sorted({f for files in touched_by.values() for f in files})
     marker = state.load(lay.marker)
     touched_before: list[str] = []
+    kept_config = None  # what configure keeps of the config (see config_key): valid across series
     if marker is None or marker.get("source") != p.source.identity or not lay.src.exists():
         lay.marker.unlink(missing_ok=True)
         shutil.rmtree(lay.src, ignore_errors=True)
@@ -207,6 +210,7 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
         return []
     else:
         touched_before = list(marker.get("touched", []))
+        kept_config = marker.get("config")
         lay.marker.unlink()
         quilt.pop_all(lay.src, lay.patch_copy, log_path)
         if (lay.src / ".pc").exists():
@@ -218,7 +222,7 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
     except UserError:
         # push rolled the tree back to pristine; remember what may be stale in build/
         state.save(lay.marker, {"source": p.source.identity, "series": [],
-                                "touched": sorted(set(touched_before) | set(touched))})
+                                "touched": sorted(set(touched_before) | set(touched)), "config": kept_config})
         raise
     # quilt restores unpatched files with their old mtimes; make would then keep
     # objects built from the patched versions.  Touch every file either series
@@ -232,14 +236,43 @@ def prepare_tree(p: Plan, log_path: Path) -> list[str]:
             continue
         if path.exists() or path.is_symlink():
             os.utime(path, (now, now), follow_symlinks=False)
-    state.save(lay.marker, {"source": p.source.identity, "series": want, "touched": touched})
+    state.save(lay.marker, {"source": p.source.identity, "series": want, "touched": touched, "config": kept_config})
     return notes
 
 
-def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, str], str]:
+def config_key(p: Plan) -> str:
+    """What the kept ``.config`` and kernel release were made from: the profile (base and fragments),
+    the source, the arch, the compiler, the localversion, and the patched contents of every file the
+    series touches that shapes the config (Kconfig files, the top Makefile...).  Unchanged: the
+    kept ``.config`` stands and merge_config + olddefconfig are not run again."""
+    marker = state.load(p.layout.marker) or {}
+    tree = rootdir.Root(p.layout.src)
+    shaped = {}
+    for rel in sorted(str(f) for f in marker.get("touched", []) if kconfig.shapes_config(str(f))):
+        try:
+            path = tree.resolve(rel)
+        except (FileNotFoundError, NotADirectoryError):
+            path = None
+        shaped[rel] = sha256_file(path) if path is not None and path.is_file() else "absent"
+    return keys.compute({"config": CONFIG_VERSION, "profile": p.profile.identity(), "source": p.source.identity,
+                         "arch": p.arch.name, "toolchain": p.toolchain,
+                         "localversion": p.project.settings.kernel.localversion, "shaped_by_series": shaped})
+
+
+def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, str], str, bool]:
+    """The build dir's ``.config`` for this plan and the kernel release; True when the kept one was
+    reused.  Either way every requested option is checked against it (kconfig.check)."""
     lay = p.layout
     lay.build.mkdir(parents=True, exist_ok=True)
     config = lay.build / ".config"
+    want = config_key(p)
+    marker = state.load(lay.marker) or {}
+    kept = marker.get("config") or {}
+    if kept.get("key") == want and config.is_file() and kept.get("sha256") == sha256_file(config):
+        log.get().info("kernel.config-kept", key=want[:12])
+        return kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir), str(kept["release"]), True
+    if lay.marker.exists():  # whatever happens next, the kept config is no longer known good
+        state.save(lay.marker, {k: v for k, v in marker.items() if k != "config"})
     if p.profile.base in kconfig.BASE_TARGETS:
         runner.run(_make(p, p.profile.base), cwd=lay.src, env=env, log_path=log_path)
     else:
@@ -250,7 +283,10 @@ def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, s
     runner.run(_make(p, "olddefconfig"), cwd=lay.src, env=env, log_path=log_path)
     effective = kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir)
     release = runner.output(_make(p, "-s", "kernelrelease"), cwd=lay.src, env=env).strip().splitlines()[-1]
-    return effective, release
+    if lay.marker.exists():
+        marker = state.load(lay.marker) or {}
+        state.save(lay.marker, {**marker, "config": {"key": want, "sha256": sha256_file(config), "release": release}})
+    return effective, release, False
 
 
 def compile_kernel(p: Plan, env: dict[str, str], log_path: Path, modules: bool, expected: int | None) -> int:
@@ -268,33 +304,6 @@ def compile_kernel(p: Plan, env: dict[str, str], log_path: Path, modules: bool, 
     return progress.done
 
 
-def package(p: Plan, env: dict[str, str], log_path: Path, release: str) -> list[Path]:
-    """``make bindeb-pkg``; the .debs land in the build dir's parent."""
-    for old in list(p.layout.tree.glob("*.deb")) + list(p.layout.tree.glob("*.buildinfo")) + \
-            list(p.layout.tree.glob("*.changes")):
-        old.unlink()
-    deb_env = dict(env, KDEB_PKGVERSION=f"{release}-1")
-    runner.run(_make(p, f"-j{p.project.jobs}", "bindeb-pkg"), cwd=p.layout.src, env=deb_env, log_path=log_path)
-    return sorted(p.layout.tree.glob("*.deb"))
-
-
-def package_rpm(p: Plan, env: dict[str, str], log_path: Path) -> list[Path]:
-    """``make binrpm-pkg`` in the same build dir: its make run finds everything built, so it only
-    packages (kernel-<release> and kernel-headers RPMs for the EL images).
-
-    rpmbuild reads ``$HOME/.rpmmacros``: a private HOME puts its tree beside the build dir instead
-    of ~/rpmbuild and pins the build host and time so the RPM headers do not vary.
-    """
-    home, top = p.layout.tree / "rpmhome", p.layout.tree / "rpmbuild"
-    shutil.rmtree(top, ignore_errors=True)
-    home.mkdir(parents=True, exist_ok=True)
-    (home / ".rpmmacros").write_text(f"%_topdir {top}\n%_buildhost isobuild\n"
-                                     "%use_source_date_epoch_as_buildtime 1\n%clamp_mtime_to_source_date_epoch 1\n")
-    runner.run(_make(p, f"-j{p.project.jobs}", "binrpm-pkg"), cwd=p.layout.src, env=dict(env, HOME=str(home)),
-               log_path=log_path)
-    return sorted(top.glob("RPMS/*/*.rpm"))
-
-
 def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[str, Any]:
     """Build the plan's kernel and publish it; return its metadata."""
     lay = p.layout
@@ -305,23 +314,21 @@ def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH") or (lay.src / "Makefile").stat().st_mtime)
     env = make_env(p, epoch)
     with phases.phase("config"):
-        effective, release = configure(p, env, log_path)
+        effective, release, config_kept = configure(p, env, log_path)
     modules = kconfig.read_config(lay.build / ".config").get("CONFIG_MODULES") == "y"
     log_offset = log_path.stat().st_size
     with phases.phase("compile"):
         steps = compile_kernel(p, env, log_path, modules, steps_last_build)
     warnings, errors = log.count_since(log_path, log_offset, _WARNING, _ERROR)
-    with phases.phase("package"):
-        debs = package(p, env, log_path, release)
-        rpms = package_rpm(p, env, log_path)
     collect_start = time.monotonic()
     with log.stage("kernel.collect"), atomic.new_dir(p.artifact) as out:
-        metadata = collect(p, out, env, log_path, debs, rpms, modules)
+        metadata = collect(p, out, env, log_path, modules)
         metadata.update({
             "kernel_release": release,
             "config": {"requested": {k: v for k, (v, _) in p.profile.requested().items()},
                        "effective": effective},
             "quilt_notes": notes,
+            "config_kept": config_kept,
             "diagnostics": {"warnings": warnings, "errors": errors},
             "steps": steps,
             "started": started,
@@ -333,8 +340,9 @@ def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[
     return metadata
 
 
-def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[Path], rpms: list[Path],
-            modules: bool) -> dict[str, Any]:
+def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, modules: bool) -> dict[str, Any]:
+    """What every package of this kernel is made from (builder.stages.kpackage): the image, System.map,
+    config, the installed modules (stripped) and the uapi headers."""
     lay = p.layout
     shutil.copyfile(lay.build / p.arch.image, out / Path(p.arch.image).name)
     shutil.copyfile(lay.build / "System.map", out / "System.map")
@@ -342,13 +350,9 @@ def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, debs: list[
     if modules:
         runner.run(_make(p, "INSTALL_MOD_STRIP=1", f"INSTALL_MOD_PATH={out / 'modules'}", "modules_install"),
                    cwd=lay.src, env=env, log_path=log_path)
-    (out / "debs").mkdir()
-    for deb in debs:
-        shutil.copyfile(deb, out / "debs" / deb.name)
-    (out / "rpms").mkdir()
-    for rpm in rpms:
-        shutil.copyfile(rpm, out / "rpms" / rpm.name)
-    files = sorted(f for f in out.rglob("*") if f.is_file() and "modules" not in f.relative_to(out).parts[:1])
+    runner.run(_make(p, f"INSTALL_HDR_PATH={out / 'uapi'}", "headers_install"), cwd=lay.src, env=env,
+               log_path=log_path)
+    files = sorted(f for f in out.iterdir() if f.is_file())
     return {
         "stage": "kernel",
         "key": p.key,

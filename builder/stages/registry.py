@@ -8,9 +8,10 @@ from builder.stages.glibc import GlibcStage
 from builder.stages.glibcrpm import GlibcRpmStage
 from builder.stages.iso import IsoStage
 from builder.stages.kernel import KernelStage
+from builder.stages.kpackage import KernelPackageStage
 from builder.stages.rootfs import RootfsStage
 
-STAGES: tuple[type[Stage], ...] = (KernelStage, GlibcStage, GlibcRpmStage, RootfsStage, IsoStage)
+STAGES: tuple[type[Stage], ...] = (KernelStage, KernelPackageStage, GlibcStage, GlibcRpmStage, RootfsStage, IsoStage)
 
 
 def work_entries() -> set[str]:

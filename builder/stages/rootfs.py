@@ -20,10 +20,13 @@ from builder.infra import atomic, keys, log, state
 from builder.infra.config import Project
 from builder.infra.errors import UserError
 from builder.stages.base import PlannedStage, Stage
-from builder.stages.kernel import KernelStage
+from builder.stages.kpackage import KernelPackageStage
 from builder.tools import chroot, rootdir
 
-STAGE_VERSION = 4  # 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d
+# 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d; 5: the kernel package from
+# stages/kpackage, installed after the configuration (an overlay's initramfs-tools settings count)
+STAGE_VERSION = 5
+LAYER_VERSION = 1
 
 
 # the installed glibc's version, written as the glibc stages' metadata writes it
@@ -66,18 +69,19 @@ class DistroPlugin(Protocol):
     name: str
     family: ClassVar[str]
     glibc_format: ClassVar[str | None]
+    kernel_in_bootstrap: ClassVar[bool]
     project: Project
     settings: Any
 
     def identity(self) -> dict[str, Any]: ...
 
-    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None: ...
+    def prepare(self, kernel_packages: list[Path], release: str, log_path: Path) -> None: ...
 
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None: ...
 
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None: ...
 
-    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None: ...
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None: ...
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None: ...
 
@@ -95,24 +99,33 @@ class DistroLayout:
     def rootfs(self, key: str) -> Path:
         return self.root / "rootfs" / key
 
+    def layer(self, key: str) -> Path:
+        """The root before the kernel went in, as a tarball (see build)."""
+        return self.root / "layers" / f"{key}.tar"
+
 
 @dataclass
 class Plan:
     plugin: DistroPlugin
-    kernel: KernelStage
+    kernel: KernelPackageStage  # the kernel's package this distro installs
     glibc: Stage | None  # None: the distribution's own glibc
     layout: DistroLayout
     cache: Path
     script: str
     inputs: dict[str, Any]
     key: str
+    layer_key: str | None  # of the part of the root that does not depend on the kernel (None: no such part)
 
     @property
     def artifact(self) -> Path:
         return self.layout.rootfs(self.key)
 
+    @property
+    def layer(self) -> Path | None:
+        return self.layout.layer(self.layer_key) if self.layer_key else None
 
-def plan(plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None = None) -> Plan:
+
+def plan(plugin: DistroPlugin, kernel: KernelPackageStage, glibc: Stage | None = None) -> Plan:
     project = plugin.project
     script = smoke_script(project.settings.kernel.boot.marker_file,
                           project.settings.glibc.marker if glibc else None, plugin.glibc_format or "deb")
@@ -120,9 +133,11 @@ def plan(plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None = None) 
     inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
               "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch,
               "smoke_script": keys.compute({"script": script})}
+    layer_key = None if plugin.kernel_in_bootstrap else \
+        keys.compute({"layer": LAYER_VERSION, **{k: v for k, v in inputs.items() if k != "kernel"}})
     layout = DistroLayout(project.work_dir / "distros" / plugin.name)
     cache = project.work_dir / "cache" / plugin.family / str(identity.get("suite", "default"))
-    return Plan(plugin, kernel, glibc, layout, cache, script, inputs, keys.compute(inputs))
+    return Plan(plugin, kernel, glibc, layout, cache, script, inputs, keys.compute(inputs), layer_key)
 
 
 class RootfsStage(PlannedStage):
@@ -131,7 +146,7 @@ class RootfsStage(PlannedStage):
     kind = "rootfs"
     work_entries = ("distros", "cache")
 
-    def __init__(self, plugin: DistroPlugin, kernel: KernelStage, glibc: Stage | None):
+    def __init__(self, plugin: DistroPlugin, kernel: KernelPackageStage, glibc: Stage | None):
         super().__init__(plugin.project, plugin.name, kernel.arch)
         self.plugin, self.kernel, self.glibc = plugin, kernel, glibc
 
@@ -157,7 +172,10 @@ class RootfsStage(PlannedStage):
         out: list[Path] = []
         for distro in (work_dir / "distros").glob("*"):
             legacy = (state.load(distro / "state" / "rootfs.json") or {}).get("last_good")
-            out += [p for p in (distro / "rootfs").glob("*") if p.name not in keep and p.name != legacy]
+            kept = [p for p in (distro / "rootfs").glob("*") if p.name in keep or p.name == legacy]
+            out += [p for p in (distro / "rootfs").glob("*") if p not in kept]
+            layers = {str((state.load(p / "metadata.json") or {}).get("layer")) for p in kept}
+            out += [p for p in (distro / "layers").glob("*.tar") if p.stem not in layers]
             out += list(distro.glob("iso-work"))  # scratch of isobuild before 0.2
         return out
 
@@ -185,13 +203,30 @@ def squashfs_env(epoch: int) -> dict[str, str]:
     return {"SOURCE_DATE_EPOCH": str(epoch)}
 
 
+def _step(name: str, distro: str, durations: dict[str, float], step: Callable[[], object]) -> None:
+    start = time.monotonic()
+    with log.stage(f"rootfs.{name}", distro=distro):
+        step()
+    durations[name] = round(time.monotonic() - start, 3)
+
+
+def _tar(argv_tail: list[str], log_path: Path) -> None:
+    """tar over a root, in the namespaces (as an ordinary user its files belong to subordinate ids)."""
+    chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", *argv_tail], log_path)
+
+
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
-    kernel_meta = p.kernel.built()
-    if kernel_meta is None:
-        raise UserError(f"kernel for profile {p.kernel.instance} ({p.kernel.arch}) is missing or stale",
-                        hint=f"run: isobuild kernel --profile {p.kernel.instance}")
+    """The root: its kernel-free part (bootstrap, our glibc, the configuration, the overlay, the boot
+    check) from the layer cache when it was made before, else made and kept there; then the kernel's
+    package (its initramfs made in the root), the cleanup and the squashfs.  A new kernel thus redoes
+    only what depends on it.  A plugin whose bootstrap installs the kernel itself (EL) does it all."""
+    kernel_meta = p.kernel.kernel.built()
+    if kernel_meta is None or p.kernel.built() is None:
+        raise UserError(f"kernel for profile {p.kernel.kernel.instance} ({p.kernel.arch}) is missing or stale",
+                        hint=f"run: isobuild kernel --profile {p.kernel.kernel.instance}")
     release = str(kernel_meta["kernel_release"])
     epoch = int(kernel_meta["make_env"]["SOURCE_DATE_EPOCH"])
+    packages = p.kernel.files()
     glibc_meta = None
     if p.glibc is not None:
         glibc_meta = p.glibc.built()
@@ -203,46 +238,58 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
     plugin = p.plugin
     started = state.now()
     durations: dict[str, float] = {}
-    # named with our pid: a killed run's build root is swept by the next run (atomic.sweep)
+    # named with our pid: a killed run's build root is swept by the next run (tools/sweep)
     root = p.layout.root / "rootfs" / f".root-{p.key[:16]}.{os.getpid()}.tmp"
     chroot.remove_root(root, log_path)
+
+    def kernel_free_part() -> None:
+        _step("bootstrap", plugin.name, durations, lambda: plugin.bootstrap(root, p.cache, log_path))
+        if p.glibc is not None and glibc_meta is not None:
+            glibc_dir, meta_ = p.glibc.artifact, glibc_meta
+            _step("glibc", plugin.name, durations, lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path))
+
     with atomic.new_dir(p.artifact) as out:
         try:
-            steps: list[tuple[str, Callable[[], None]]] = [
-                ("prepare", lambda: plugin.prepare(p.kernel.artifact, release, log_path)),
-                ("bootstrap", lambda: plugin.bootstrap(root, p.cache, log_path)),
-            ]
-            if p.glibc is not None and glibc_meta is not None:
-                # before the kernel: its initramfs then carries the patched libc
-                glibc_dir, meta_ = p.glibc.artifact, glibc_meta
-                steps.append(("glibc", lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path)))
-            steps += [
-                ("kernel", lambda: plugin.install_kernel(root, p.kernel.artifact, release, log_path)),
-                ("configure", lambda: plugin.configure(root, log_path, p.script)),
-            ]
-            for name, step in steps:
-                start = time.monotonic()
-                with log.stage(f"rootfs.{name}", distro=plugin.name):
-                    step()
-                durations[name] = round(time.monotonic() - start, 3)
+            _step("prepare", plugin.name, durations, lambda: plugin.prepare(packages, release, log_path))
+            layer = p.layer
+            if layer is None:  # the kernel comes with the bootstrap: nothing to keep apart from it
+                kernel_free_part()
+                _step("kernel", plugin.name, durations,
+                      lambda: plugin.install_kernel(root, packages, release, log_path))
+                _step("configure", plugin.name, durations, lambda: plugin.configure(root, log_path, p.script))
+            else:
+                if layer.exists():
+                    root.mkdir(parents=True)
+                    _step("layer", plugin.name, durations, lambda: _tar(["-xpf", str(layer), "-C", str(root)],
+                                                                        log_path))
+                else:
+                    kernel_free_part()
+                    _step("configure", plugin.name, durations, lambda: plugin.configure(root, log_path, p.script))
+                    tmp = atomic.temp_path(layer)
+                    layer.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        _step("keep-layer", plugin.name, durations,
+                              lambda: _tar(["-cf", str(tmp), "-C", str(root), "."], log_path))
+                        os.replace(tmp, layer)
+                    finally:
+                        tmp.unlink(missing_ok=True)
+                _step("kernel", plugin.name, durations,
+                      lambda: plugin.install_kernel(root, packages, release, log_path))
             manifest = plugin.manifest(root, log_path)
             kernel, initrd = plugin.boot_files(root, release)
             inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only
             inside.copy_out(kernel, out / "vmlinuz")
             inside.copy_out(initrd, out / "initrd.img")
             plugin.cleanup(root, log_path)
-            start = time.monotonic()
-            with log.stage("rootfs.squashfs", distro=plugin.name):
-                sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
-                # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
-                chroot.host(squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]), log_path,
-                            env=squashfs_env(epoch))
-            durations["squashfs"] = round(time.monotonic() - start, 3)
+            sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
+            # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
+            _step("squashfs", plugin.name, durations, lambda: chroot.host(
+                squashfs_argv(root, out / "filesystem.squashfs", sq[0], sq[1]), log_path, env=squashfs_env(epoch)))
         finally:
             chroot.remove_root(root, log_path)
         metadata = {
             "stage": "rootfs", "key": p.key, "distro": plugin.name, "inputs": p.inputs,
-            "kernel_release": release, "kernel_key": p.kernel.key, "epoch": epoch,
+            "kernel_release": release, "kernel_key": p.kernel.kernel.key, "epoch": epoch, "layer": p.layer_key,
             "glibc": None if glibc_meta is None else {
                 "version": glibc_meta["version"], "key": glibc_meta["key"],
                 "marker": plugin.project.settings.glibc.marker, "patches": glibc_meta["patches"]},

@@ -17,11 +17,11 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
-from builder.infra import atomic
+from builder.infra import atomic, log, schema
 from builder.infra.arch import ARCHES
 from builder.infra.errors import UserError
 from builder.stages import iso
@@ -33,12 +33,7 @@ FW_CFG = {"opt/isobuild/smoke": "1"}
 
 
 def parse_modes(text: str) -> list[str]:
-    modes = [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UserError(f"boot mode(s) {', '.join(unknown) or '(none)'} unknown",
-                        hint=f"choose from {', '.join(MODES)}, comma-separated")
-    return modes
+    return schema.choices(text, MODES, "boot mode(s)")
 
 
 def expect(marker_pattern: str, release: str, glibc: dict[str, Any] | None = None) -> console.Expect:
@@ -65,7 +60,22 @@ def checks(stage: iso.IsoStage) -> list[SmokeCheck]:
     return [SmokeCheck(stage, mode) for mode in MODES]
 
 
-def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path]) -> list[console.Verdict]:
+def boot_plan(boots: int, host_cpus: int, parallel: int = 0, cpus: int = 0) -> tuple[int, int]:
+    """(boots at once, virtual CPUs per guest); ``parallel``/``cpus`` (the smoke settings) win when set.
+
+    Under TCG every virtual CPU is a host thread (QEMU's multi-threaded TCG), so the guests together
+    should not ask for more threads than the host has CPUs: as many boots at once as there are host
+    CPUs, one virtual CPU each, when there are more boots than CPUs; else the CPUs shared out.
+    """
+    at_once = parallel or max(1, min(boots, host_cpus))
+    return at_once, cpus or max(1, host_cpus // at_once)
+
+
+def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
+        on_verdict: Callable[[console.Verdict], None] | None = None) -> list[console.Verdict]:
+    """Boot the ISO in each mode -- as many at once as the host's CPUs allow (``boot_plan``) -- and
+    return the verdicts in ``modes`` order.  ``on_verdict`` hears each as soon as it exists: the first
+    mode's result, or a failure, is not held back until the slowest boot is done."""
     record = stage.built()
     if record is None:
         name = stage.instance
@@ -76,18 +86,31 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path]) -
     smoke = project.settings.smoke
     want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
     arch = ARCHES[stage.arch]
-    workers = smoke.parallel or max(1, (os.cpu_count() or 1) // 2)
+    workers, cpus = boot_plan(len(modes), os.cpu_count() or 1, smoke.parallel, smoke.cpus)
+    log.get().info("smoke.plan", modes=modes, at_once=workers, guest_cpus=cpus)
 
     def one(mode: str) -> console.Verdict:
         firmware, media = mode.split("-")
         verdict = bootmedia.boot_iso(arch, stage.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
-                                     timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG)
+                                     timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG, cpus=cpus)
         verdict.extra["mode"] = mode
         SmokeCheck(stage, mode).save(verdict.as_dict())
         return verdict
 
+    done: dict[str, console.Verdict] = {}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        verdicts = list(pool.map(one, modes))
+        futures = {pool.submit(one, mode): mode for mode in modes}
+        try:
+            for future in as_completed(futures):
+                done[futures[future]] = verdict = future.result()
+                log.get().info("smoke.verdict", distro=stage.instance, mode=verdict.extra.get("mode"),
+                               status=verdict.status, seconds=round(verdict.seconds, 1))
+                if on_verdict is not None:
+                    on_verdict(verdict)
+        finally:  # an error (or Ctrl-C) starts no further boot; the running ones end with their QEMU
+            for future in futures:
+                future.cancel()
+    verdicts = [done[mode] for mode in modes]
     write_results(project.logs_dir, stage.instance, verdicts)
     return verdicts
 
@@ -114,9 +137,14 @@ def junit(distro: str, verdicts: list[console.Verdict]) -> str:
     return ET.tostring(suite, encoding="unicode") + "\n"
 
 
+def line(v: console.Verdict) -> str:
+    """``smoke bios-cd: pass in 31 s``, with the reasons of a failure."""
+    return f"smoke {v.extra.get('mode')}: {v.status} in {v.seconds:.0f} s" + (f" -- {'; '.join(v.reasons)}"
+                                                                            if v.reasons else "")
+
+
 def summary(verdicts: list[console.Verdict]) -> str:
-    return "\n".join(f"smoke {v.extra.get('mode')}: {v.status} in {v.seconds:.0f} s"
-                     + (f" -- {'; '.join(v.reasons)}" if v.reasons else "") for v in verdicts)
+    return "\n".join(line(v) for v in verdicts)
 
 
 def raise_for(verdicts: list[console.Verdict]) -> None:

@@ -61,14 +61,14 @@ def _opt(value: str | Path) -> str:
 
 
 def iso_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media, memory: int,
-             vars_copy: Path | None, fw_cfg: Mapping[str, str] | None = None) -> list[str]:
+             vars_copy: Path | None, fw_cfg: Mapping[str, str] | None = None, cpus: int = 2) -> list[str]:
     """The QEMU command line that boots ``iso``; the serial console is stdout.
 
     ``fw_cfg`` items become ``-fw_cfg name=<key>,string=<value>``: how the host
     tells an in-guest check that it runs under the smoke test (names under
     ``opt/``, as QEMU asks).
     """
-    argv = qemu.guest_argv(arch, accel, memory)
+    argv = qemu.guest_argv(arch, accel, memory, cpus)
     if firmware == "uefi":
         if vars_copy is None:
             raise ValueError("UEFI boots need a writable copy of the OVMF variable store")
@@ -92,7 +92,8 @@ def iso_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media
 
 
 def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: console.Expect, log_path: Path,
-             timeout: float = 120.0, memory: int = 512, fw_cfg: Mapping[str, str] | None = None) -> console.Verdict:
+             timeout: float = 120.0, memory: int = 512, fw_cfg: Mapping[str, str] | None = None,
+             cpus: int = 2) -> console.Verdict:
     """Boot ``iso`` once, watch its serial console, return the verdict.
 
     QEMU is ended as soon as the verdict is known (the guest finished its
@@ -107,8 +108,8 @@ def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: co
         if firmware == "uefi":
             vars_copy = Path(scratch) / "OVMF_VARS.fd"
             shutil.copyfile(ovmf().vars, vars_copy)
-        argv = iso_argv(arch, accel, iso, firmware, media, memory, vars_copy, fw_cfg)
+        argv = iso_argv(arch, accel, iso, firmware, media, memory, vars_copy, fw_cfg, cpus)
         with log.stage("iso.boot", iso=str(iso), firmware=firmware, media=media, accel=accel, log=str(log_path)):
             verdict = qemu.watch(argv, expect, log_path, timeout)
-    verdict.extra = {"accel": accel, "firmware": firmware, "media": media, "iso": str(iso)}
+    verdict.extra = {"accel": accel, "firmware": firmware, "media": media, "iso": str(iso), "cpus": cpus}
     return verdict

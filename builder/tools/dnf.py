@@ -109,11 +109,17 @@ def config(repos: Sequence[Repo], reposdir: Path) -> str:
     return "\n".join(lines)
 
 
-def private_home(path: Path, dbpath: str | Path = DBPATH) -> dict[str, str]:
+def private_home(path: Path, dbpath: str | Path = DBPATH, tmppath: Path | None = None) -> dict[str, str]:
     """The environment that makes rpm (under dnf) keep its database in ``dbpath`` (the root's
-    /var/lib/rpm by default) and read no ~/.rpmmacros of the user's."""
+    /var/lib/rpm by default) and read no ~/.rpmmacros of the user's.  ``tmppath``: where rpmbuild on
+    the host writes its scripts (by default /var/tmp, where a failed build leaves them); never set for
+    an install into a root, whose scriptlets run inside it."""
     path.mkdir(parents=True, exist_ok=True)
-    (path / ".rpmmacros").write_text(f"%_dbpath {dbpath}\n")
+    macros = f"%_dbpath {dbpath}\n"
+    if tmppath is not None:
+        tmppath.mkdir(parents=True, exist_ok=True)
+        macros += f"%_tmppath {tmppath}\n"
+    (path / ".rpmmacros").write_text(macros)
     return {"HOME": str(path)}
 
 

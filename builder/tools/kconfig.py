@@ -212,6 +212,17 @@ def explain(src: Path, option: str, arch_dir: str = "x86") -> str:
     return "no Kconfig in this source defines it (misspelt, removed, or for another architecture)"
 
 
+def shapes_config(rel: str) -> bool:
+    """Whether a source file (tree-relative) is among what ``.config`` and the kernel release are made
+    from: the Kconfig files, kconfig itself, the configs a base target copies, the top Makefile
+    (VERSION, PATCHLEVEL...) and localversion files."""
+    parts = Path(rel).parts
+    name = parts[-1] if parts else ""
+    return (name.startswith("Kconfig") or rel.startswith("scripts/kconfig/") or "configs" in parts[:-1]
+            or rel == "Makefile" or name.startswith("localversion") or (len(parts) == 3 and parts[0] == "arch"
+                                                                         and name == "Makefile"))
+
+
 def check(profile: Profile, config_path: Path, src: Path, arch_dir: str) -> dict[str, str]:
     """Fail if any requested option did not land; return the effective values of requested options."""
     final = read_config(config_path)

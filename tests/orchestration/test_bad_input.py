@@ -19,6 +19,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -50,7 +51,7 @@ class Case:
     def canary(self) -> Path:
         return self.base / "canary"
 
-    def settings(self) -> dict:  # type: ignore[type-arg]
+    def settings(self) -> Any:
         return yaml.safe_load((self.project / "isobuild.yaml").read_text())
 
     def set(self, **changes: object) -> None:
@@ -96,8 +97,8 @@ def _snapshot(base: Path) -> dict[str, tuple[str, int]]:
         else:
             out[str(path)] = ("dir", st.st_mode)
     for host in HOST_PATHS:
-        st = host.lstat() if host.exists() else None
-        out[str(host)] = (str(st.st_mtime_ns) if st else "absent", st.st_mode if st else 0)
+        seen = host.lstat() if host.exists() else None
+        out[str(host)] = (str(seen.st_mtime_ns) if seen else "absent", seen.st_mode if seen else 0)
     return out
 
 
@@ -172,7 +173,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-Break = Callable[[Case], None]
+Break = Callable[[Case], object]
 
 
 def _settings_text(text: str) -> Break:
@@ -183,7 +184,17 @@ def _settings_bytes(data: bytes) -> Break:
     return lambda c: (c.project / "isobuild.yaml").write_bytes(data)
 
 
-def _overlay(make: Callable[[Path], None]) -> Break:
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def _link(path: Path, target: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.symlink_to(target)
+
+
+def _overlay(make: Callable[[Path], object]) -> Break:
     def go(c: Case) -> None:
         overlay = c.project / "overlay"
         overlay.mkdir()
@@ -316,9 +327,9 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     # --- distros/debian.yaml ---------------------------------------------------------------
     ("overlay-abs-link", _overlay(lambda o: (o / "localtime").symlink_to("/usr/share/zoneinfo/Etc/UTC")),
      ["debian", "--no-smoke"], 2, r"distros/debian.yaml: overlay entry localtime: symlink to the absolute path"),
-    ("overlay-dev", _overlay(lambda o: (o / "dev").mkdir() or (o / "dev" / "sda").write_text("x")),
+    ("overlay-dev", _overlay(lambda o: _write(o / "dev" / "sda", "x")),
      ["debian", "--no-smoke"], 2, r"overlay entry dev: nothing may go under /dev"),
-    ("overlay-link-out", _overlay(lambda o: (o / "etc").mkdir() or (o / "etc" / "x").symlink_to("../../canary")),
+    ("overlay-link-out", _overlay(lambda o: _link(o / "etc" / "x", "../../canary")),
      ["debian", "--no-smoke"], 2, r"overlay entry etc/x: symlink to '../../canary' leaves the root"),
     ("overlay-fifo", _overlay(lambda o: os.mkfifo(o / "pipe")), ["debian", "--no-smoke"], 2,
      r"overlay entry pipe: a device node, fifo or socket"),

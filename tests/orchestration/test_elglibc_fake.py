@@ -17,6 +17,7 @@ import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -168,9 +169,9 @@ class ElProject:
         assert isinstance(plugin, ELPlugin)
         return plugin
 
-    def ensure(self, force: bool = False) -> tuple[glibcrpm.Plan, dict[str, object], bool]:
+    def ensure(self, force: bool = False) -> tuple[glibcrpm.Plan, dict[str, Any], bool]:
         done = pipeline.ensure_glibc_rpm(glibcrpm.GlibcRpmStage(self.plugin()), force)
-        return done.stage.plan, done.meta, done.built_now  # type: ignore[attr-defined]
+        return done.stage.plan, done.meta, done.built_now
 
     def row(self) -> list[Row]:
         """The glibc-rpm row status shows for alma (none when it takes the distribution's glibc)."""
@@ -232,17 +233,17 @@ def test_rebuilds_the_distributions_glibc_with_our_series(el_project: ElProject,
                             "patched": "glibc-2.34-3.el9.isobuild1.src.rpm"}
     assert meta["patches"] == [{"name": "0001-csu-xsc-banner.patch", "strip": 1,
                                 "sha256": sha256(el_project.root / "patches/glibc/0001-csu-xsc-banner.patch")}]
-    assert [(r["package"], r["version"], r["arch"]) for r in meta["rpms"]] == [  # type: ignore[union-attr]
+    assert [(r["package"], r["version"], r["arch"]) for r in meta["rpms"]] == [
         ("glibc", "2.34-3.el9.isobuild1", "x86_64"), ("glibc-common", "2.34-3.el9.isobuild1", "x86_64"),
         ("glibc-minimal-langpack", "2.34-3.el9.isobuild1", "x86_64")]
-    assert isinstance(meta["seconds"], float) and set(meta["durations"]) == {"prepare", "rebuild"}  # type: ignore[arg-type]
+    assert isinstance(meta["seconds"], float) and set(meta["durations"]) == {"prepare", "rebuild"}
     # the patched source RPM's spec: our tag above the distribution's, the suffix, the changelog entry
     spec = subprocess.run(["rpm", f"--dbpath={tmp_path / 'db'}", "-qp", "--qf", "%{CHANGELOGNAME}\n%{CHANGELOGTEXT}",
-                           str(current / "srpm" / meta["srpm"]["patched"])],  # type: ignore[index]
+                           str(current / "srpm" / meta["srpm"]["patched"])],
                           capture_output=True, text=True, check=True).stdout
     assert spec.splitlines() == ["isobuild <isobuild@localhost>",
                                  f"- isobuild: patches/glibc/series: 0001-csu-xsc-banner.patch (sha256 "
-                                 f"{meta['patches'][0]['sha256'][:16]})"]  # type: ignore[index]
+                                 f"{meta['patches'][0]['sha256'][:16]})"]
     record = json.loads(el_project.record_path.read_text())
     assert record["status"] == "ok" and record["last_good"] == p.key
     assert not (el_project.stage / "trees").exists() or not list((el_project.stage / "trees").iterdir())
@@ -257,8 +258,11 @@ def test_a_patch_that_does_not_apply_fails_before_the_rebuild_and_keeps_the_last
     p, _, _ = el_project.ensure()
     good = el_project.current.resolve()
     el_project.set_series({"0001-csu-xsc-banner.patch": XSC_PATCH, "0002-stale.patch": STALE_PATCH})
+    host_tmp = set(Path("/var/tmp").iterdir())
     with pytest.raises(UserError) as exc:
         el_project.ensure()
+    # rpmbuild leaves a failed %prep's script in its %_tmppath: ours, never the host's /var/tmp
+    assert {x for x in Path("/var/tmp").iterdir() if x.name.startswith("rpm-tmp.")} - host_tmp == set()
     assert exc.value.exit_code == ExitCode.USER
     assert exc.value.message.startswith("patch 0002-stale.patch does not apply at fuzz 0 to alma's glibc "
                                         "(glibc-2.34-3.el9.src.rpm after its own patches): banner.c hunk #1")

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -40,7 +41,7 @@ class GlibcProject:
     debian: Path
     tarball: Path
 
-    def settings(self) -> dict:  # type: ignore[type-arg]
+    def settings(self) -> Any:
         return yaml.safe_load((self.root / "isobuild.yaml").read_text())
 
     def write_settings(self, data: dict) -> None:  # type: ignore[type-arg]
@@ -62,7 +63,7 @@ class GlibcProject:
         """The link to this project's last good glibc packages."""
         return records(self.root, self.work) / "current" / "glibc-x86_64"
 
-    def metadata(self) -> dict:  # type: ignore[type-arg]
+    def metadata(self) -> Any:
         return json.loads((self.current / "metadata.json").read_text())
 
 

@@ -13,18 +13,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from builder.infra.errors import ExitCode
-from tests.conftest import XSC_PATCH, Events, FakeProject, make_patch
+from tests.conftest import FAKELINUX, XSC_PATCH, Events, FakeProject, make_patch
 
 
 def artifact_dirs(project: FakeProject) -> list[Path]:
     return sorted(p for p in (project.work / "kernel" / "artifacts").glob("*") if not p.name.startswith("."))
 
 
-def metadata(project: FakeProject) -> dict:  # type: ignore[type-arg]
+def metadata(project: FakeProject) -> Any:
     current = project.current("kernel-ci-x86_64")
     return json.loads((current / "metadata.json").read_text())
 
@@ -35,18 +36,16 @@ def test_build_produces_artifacts_and_metadata(fake_project: FakeProject, capsys
     current = fake_project.current("kernel-ci-x86_64")
     for name in ("bzImage", "System.map", "config", "metadata.json"):
         assert (current / name).is_file(), name
-    debs = list((current / "debs").glob("*.deb"))
-    assert [d.name for d in debs] == ["linux-image-6.1.0-isobuild_6.1.0-isobuild-1_amd64.deb"]
-    # binrpm-pkg (for the EL images): the kernel and its headers, as the real target makes them
-    assert sorted(r.name for r in (current / "rpms").glob("*.rpm")) == [
-        "kernel-6.1.0_isobuild-1.x86_64.rpm", "kernel-headers-6.1.0_isobuild-1.x86_64.rpm"]
+    # no packages: what they are made from (builder.stages.kpackage), the uapi headers among it
+    assert not list(current.rglob("*.deb")) and not list(current.rglob("*.rpm"))
+    assert (current / "uapi/include/linux/xsc.h").read_text() == "#define XSC_FAKE 1\n"
     assert (current / "modules" / "lib" / "modules" / "6.1.0-isobuild" / "kernel" / "fake.ko").is_file()
     assert meta["kernel_release"] == "6.1.0-isobuild"
     assert meta["patches"][0]["name"] == "0001-xsc.patch"
     assert meta["inputs"]["source"]["kind"] == "tarball"
     assert meta["config"]["effective"]["CONFIG_FAKE_FEATURE"] == "y"
     assert meta["config"]["requested"] == {"CONFIG_FAKE_BASE": "y", "CONFIG_FAKE_FEATURE": "y", "CONFIG_FAKE_XSC": "y"}
-    assert set(meta["durations"]) == {"patch", "config", "compile", "package", "collect"}
+    assert set(meta["durations"]) == {"patch", "config", "compile", "collect"}
     assert meta["artifacts"]["bzImage"] == hashlib.sha256((current / "bzImage").read_bytes()).hexdigest()
     assert "make O=" in meta["reproducer"]["make"] and "LOCALVERSION=-isobuild" in meta["reproducer"]["make"]
     # the patch really was applied by quilt
@@ -111,6 +110,36 @@ def test_changed_patch_rebuilds_incrementally(fake_project: FakeProject) -> None
     compiled = [line.split()[-1] for line in Path(third["log"]).read_text().splitlines() if line.startswith("  CC")]
     assert compiled == ["drivers/xsc.o"]
     assert b"xsc_version" not in (fake_project.current("kernel-ci-x86_64") / "bzImage").read_bytes()
+
+
+def test_config_is_kept_until_its_inputs_change(fake_project: FakeProject) -> None:
+    """merge_config + olddefconfig run again only when the profile, a fragment, or a Kconfig file the
+    series touches changed; a kept .config is still checked for dropped options."""
+    def configured() -> list[str]:
+        events = Events(fake_project.root / "logs")
+        assert fake_project.run("kernel") == 0
+        return [c for c in events.commands() if c in ("merge_config.sh", "make")]
+
+    assert configured() == ["make", "merge_config.sh", "make", "make", "make", "make", "make"]
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("xsc_version = 1", "xsc_version = 2")})
+    assert "merge_config.sh" not in configured(), "a patch to a .c file: the config stands"
+    meta = metadata(fake_project)
+    assert meta["config_kept"] is True and meta["kernel_release"] == "6.1.0-isobuild"
+    assert meta["config"]["effective"]["CONFIG_FAKE_FEATURE"] == "y", "checked against the kept .config"
+    kconfig = (FAKELINUX / "Kconfig").read_text()
+    kconfig_patch = make_patch("Kconfig", kconfig, kconfig + "config FAKE_NEW\n")
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH, "0002-kconfig.patch": kconfig_patch})
+    assert "merge_config.sh" in configured(), "the series touches a Kconfig file"
+    assert metadata(fake_project)["config_kept"] is False
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("xsc_version = 1", "xsc_version = 4")})
+    assert "merge_config.sh" in configured(), "its Kconfig change is gone again"
+    (fake_project.root / "patches/kernel/xsc.config").write_text("CONFIG_FAKE_XSC=y\n# a comment\n")
+    assert "merge_config.sh" in configured(), "a fragment changed"
+    build = fake_project.work / "kernel/trees/ci-x86_64/build"
+    (build / ".config").write_text((build / ".config").read_text() + "# edited by hand\n")
+    fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("xsc_version = 1", "xsc_version = 3")})
+    assert "merge_config.sh" in configured(), "a .config edited since: made again"
+    assert "# edited by hand" not in (build / ".config").read_text()
 
 
 def test_returning_to_earlier_inputs_reuses_and_repoints_current(fake_project: FakeProject,

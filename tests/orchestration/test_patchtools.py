@@ -18,7 +18,6 @@ import pytest
 import yaml
 
 from builder import cli
-from builder.commands import patches
 from builder.infra.errors import ExitCode
 from builder.tools import quilt
 
@@ -63,7 +62,7 @@ class Tiny:
 
     def commit(self, files: dict[str, str], message: str) -> git.Commit:
         for name, body in files.items():
-            path = Path(self.repo.working_tree_dir) / name
+            path = Path(str(self.repo.working_tree_dir)) / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(body)
         self.repo.index.add(list(files))
@@ -203,7 +202,7 @@ def test_offset_alone_passes_with_a_warning_and_the_cache_stays_pristine(
 
 def test_refresh_leaves_a_patch_whose_git_mode_change_quilt_would_drop(
         tiny: Tiny, capsys: pytest.CaptureFixture[str]) -> None:
-    script = Path(tiny.repo.working_tree_dir) / "src" / "a.c"
+    script = Path(str(tiny.repo.working_tree_dir)) / "src" / "a.c"
     script.write_text(text(edited(LINES, 30, "now a script")))
     script.chmod(0o755)
     tiny.repo.index.add(["src/a.c"])
@@ -251,7 +250,7 @@ def test_generate_refuses_merge_commits(tiny: Tiny, capsys: pytest.CaptureFixtur
     side = tiny.repo.head.commit
     tiny.repo.head.reset(base, index=True, working_tree=True)
     tiny.commit({"src/b.c": text(edited(LINES, 5, "main"))}, "main: change b")
-    merge = tiny.repo.index.commit("Merge the side branch", parent_commits=(tiny.repo.head.commit, side))
+    merge = tiny.repo.index.commit("Merge the side branch", parent_commits=[tiny.repo.head.commit, side])
     (tiny.patches / "series").write_text("old.patch\n")
     (tiny.patches / "old.patch").write_text("old\n")
     capsys.readouterr()
@@ -296,7 +295,7 @@ def test_generate_refuses_empty_and_binary_commits(tiny: Tiny, capsys: pytest.Ca
     assert tiny.run("patches", "generate", "--repo", str(tiny.repo.working_tree_dir),
                     "--base", "base", "--head", "HEAD") == ExitCode.USER
     assert f"commit {empty.hexsha[:12]} ('nothing at all') changes nothing" in capsys.readouterr().err
-    (Path(tiny.repo.working_tree_dir) / "logo.bin").write_bytes(b"\x00\x01\x02")
+    (Path(str(tiny.repo.working_tree_dir)) / "logo.bin").write_bytes(b"\x00\x01\x02")
     tiny.repo.index.add(["logo.bin"])
     binary = tiny.repo.index.commit("add a logo")
     assert tiny.run("patches", "generate", "--repo", str(tiny.repo.working_tree_dir),
@@ -333,7 +332,7 @@ def test_glibc_is_checked_on_its_own_pristine_tree(tiny: Tiny, monkeypatch: pyte
     (tiny.root / "isobuild.yaml").write_text(yaml.safe_dump(settings))
 
     # builder/stages/glibc.py's pristine_tree (Debian's patched tree; the real one is in the real tier)
-    def pristine_tree(project: object) -> patches.Pristine:
+    def pristine_tree(project: object) -> quilt.Pristine:
         def unpack(dest: Path, log_path: Path) -> None:
             (dest / "libc").mkdir(parents=True)
             (dest / "libc" / "x.c").write_text(text(LINES))

@@ -236,9 +236,9 @@ def test_github_artifacts_are_isobuild_paths_and_downloads_find_them(project: Pr
     jobs = gh_jobs()
     uploads = gh_uploads(jobs)
     allowed = layout(project)
-    for artifact, (job, paths) in uploads.items():
+    for artifact, (uploader, paths) in uploads.items():
         for path in paths:
-            assert known(path, allowed), f"{job} uploads {path} as {artifact}: not a path isobuild writes"
+            assert known(path, allowed), f"{uploader} uploads {path} as {artifact}: not a path isobuild writes"
     for name, job in jobs.items():
         for step in job["steps"]:
             if not str(step.get("uses", "")).startswith("actions/download-artifact@"):

@@ -4,14 +4,17 @@ default ~/.cache/isobuild-tests), so a warm re-run rebuilds nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from builder import cli
+from tests.conftest import records
 
 REPO = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("ISOBUILD_TEST_WORK_DIR", Path.home() / ".cache" / "isobuild-tests"))
@@ -23,6 +26,17 @@ def copy_project(root: Path) -> Path:
     for sub in ("profiles", "patches", "distros", "kickstart"):
         shutil.copytree(REPO / sub, root / sub)
     return root
+
+
+def current(root: Path, label: str) -> Path:
+    """The project's last good artifact of a stage (label: kernel-ci-x86_64, glibc-x86_64,
+    kernel-package-ci.deb-image-x86_64...), resolved."""
+    return (records(root, WORK) / "current" / label).resolve()
+
+
+def record(root: Path, label: str) -> dict[str, Any]:
+    """The project's record of a stage or check (kernel-boot-ci-x86_64...)."""
+    return json.loads((records(root, WORK) / f"{label}.json").read_text())  # type: ignore[no-any-return]
 
 
 def run(root: Path, *args: str) -> int:

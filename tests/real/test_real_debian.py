@@ -20,7 +20,7 @@ import yaml
 from builder.infra.errors import ExitCode
 from builder.tools import iso9660
 from tests.conftest import Events
-from tests.real.conftest import WORK, run
+from tests.real.conftest import WORK, current, run
 
 MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
 
@@ -40,7 +40,7 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
     sha = (project / "iso/debian/isobuild-debian.iso.sha256").read_text().split()
     assert sha == [hashlib.sha256(image.read_bytes()).hexdigest(), image.name]
     manifest = json.loads((project / "iso/debian/isobuild-debian.manifest.json").read_text())
-    kernel_meta = json.loads((WORK / "kernel/current/ci/metadata.json").read_text())
+    kernel_meta = json.loads((current(project, "kernel-ci-x86_64") / "metadata.json").read_text())
     release = kernel_meta["kernel_release"]
     assert manifest["kernel_release"] == release
     packages = {p["package"]: p["version"] for p in manifest["packages"]}
@@ -60,7 +60,7 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
     for mode in MODES.split(","):
         assert f"smoke {mode}: pass" in out
     # the booted system runs the patched kernel and the patched glibc (ours, held, its banner marker)
-    glibc_meta = json.loads((WORK / "glibc/current/metadata.json").read_text())
+    glibc_meta = json.loads((current(project, "glibc-x86_64") / "metadata.json").read_text())
     assert manifest["glibc"]["version"] == glibc_meta["version"] == packages["libc6"] == packages["libc-bin"]
     assert glibc_meta["version"].endswith("+isobuild1")
     libc6 = next(s for s in status.split("\n\n") if s.startswith("Package: libc6\n"))

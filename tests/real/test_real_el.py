@@ -3,7 +3,7 @@ mirrors are unreachable here and mock/lorax are not installable on Debian.
 
 - the dnf path: ``isobuild alma`` installs a root with the real dnf, rpm and
   createrepo_c from a repository built here with rpmbuild plus the ``ci``
-  kernel's binrpm-pkg RPM, and masters the ISO (the rpm database must land in
+  kernel's RPM (builder.tools.kpkg), and masters the ISO (the rpm database must land in
   the root's /var/lib/rpm, where EL looks);
 - the EL live layout boots: EL's initramfs step (dracut with dmsquash-live),
   configuration, ``LiveOS/squashfs.img`` and ``root=live:CDLABEL=`` over a
@@ -24,7 +24,6 @@ import lzma
 import os
 import shutil
 import subprocess
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,21 +33,26 @@ import yaml
 
 from builder import distros, pipeline
 from builder.distros.debian import DebianPlugin, DebianSettings
-from builder.distros.el import ELPlugin, ELSettings, Repository
-from builder.infra import lock, log
-from builder.infra.config import load_project
+from builder.distros.el import ELPlugin, ELSettings
+from builder.infra import log
+from builder.infra.config import Project, load_project
 from builder.infra.errors import ExitCode, UserError
-from builder.stages import glibcrpm, iso, kernel, rootfs, smoke
+from builder.stages import glibcrpm, smoke
+from builder.stages.glibcrpm import Repository
+from builder.stages.iso import IsoStage
+from builder.stages.kernel import KernelStage
+from builder.stages.kpackage import KernelPackageStage
+from builder.stages.rootfs import RootfsStage
 from builder.tools import iso9660
 from tests.conftest import Events, sha256
 from tests.orchestration.test_elglibc_fake import SPEC, XSC_PATCH, host_rebuild, make_srpm
 from tests.orchestration.test_elglibc_fake import rpmbuild as fake_rpmbuild
-from tests.real.conftest import WORK, run
+from tests.real.conftest import WORK, current, run
 
 pytestmark = pytest.mark.real
 
 MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
-RELEASE_RPM = "6.1.192_isobuild"  # binrpm-pkg's Version for the ci kernel's release
+RELEASE_RPM = "6.1.192_isobuild"  # the kernel RPM's Version for the ci kernel's release (binrpm-pkg's form)
 
 # Stand-ins for the distribution's packages: a shell (the kernel RPM's scriptlets need /bin/sh),
 # the account files EL's 'setup' ships, and a dracut that records how it was called.
@@ -180,7 +184,7 @@ def unsquash(squashfs: Path, into: Path) -> Path:
 def test_dnf_path_builds_the_iso_with_our_kernel_rpm_and_the_rpmdb_where_el_keeps_it(
         alma: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(alma, "alma", "--profile", "ci", "--no-smoke") == 0, capsys.readouterr().err
-    kernel_meta = json.loads((WORK / "kernel/current/ci/metadata.json").read_text())
+    kernel_meta = json.loads((current(alma, "kernel-ci-x86_64") / "metadata.json").read_text())
     release = kernel_meta["kernel_release"]
     assert release.replace("-", "_") == RELEASE_RPM
     image = alma / "iso/alma/isobuild-alma.iso"
@@ -301,10 +305,11 @@ def test_install_packages_adds_local_rpms_with_dnf_and_holds_them(alma: Path, tm
     dependencies from the distribution's repositories, and held there."""
     plugin = distros.load(load_project(alma / "isobuild.yaml"), "alma")
     assert isinstance(plugin, ELPlugin)
-    current = (WORK / "kernel/current/ci").resolve()
-    release = json.loads((current / "metadata.json").read_text())["kernel_release"]
+    log.setup()
+    made = pipeline.ensure_kernel_packages(pipeline.ensure_kernel(plugin.project, "ci").stage, ["rpm"])[0]
+    release = made.meta["kernel_release"]
     root, log_path = tmp_path / "root", tmp_path / "log"
-    plugin.prepare(current, release, log_path)
+    plugin.prepare(made.stage.files(), release, log_path)
     plugin.bootstrap(root, tmp_path / "cache", log_path)
     assert not plugin.local_repo.exists(), "the copy of our RPMs goes once installed"
     extra = rpmbuild(EXTRA_SPEC, "isobuild-test-extra", tmp_path / "build")
@@ -321,21 +326,23 @@ class DebianRootEL(ELPlugin):
     (dracut --add dmsquash-live), configuration, cleanup of EL's leftovers, layout and kernel
     command line are the EL plugin's own."""
 
-    def __init__(self, name: str, settings: ELSettings, project: object, debian: DebianPlugin):
+    kernel_package = "deb-image"
+
+    def __init__(self, name: str, settings: ELSettings, project: Project, debian: DebianPlugin):
         super().__init__(name, settings, project)
         self.debian = debian
 
     def identity(self) -> dict[str, object]:
         return {**super().identity(), "build": "debian-root", "debian": self.debian.identity()}
 
-    def prepare(self, kernel_dir: Path, release: str, log_path: Path) -> None:
+    def prepare(self, kernel_packages: list[Path], release: str, log_path: Path) -> None:
         pass  # no local repository: the kernel comes as Debian's linux-image package
 
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
         self.debian.bootstrap(root, cache.parent.parent / "debian" / "bookworm", log_path)
 
-    def install_kernel(self, root: Path, kernel_dir: Path, release: str, log_path: Path) -> None:
-        (deb,) = (kernel_dir / "debs").glob(f"linux-image-{release}_*.deb")
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+        (deb,) = [p for p in kernel_packages if p.name.startswith(f"linux-image-{release}_")]
         self.debian.install_packages(root, [deb], True, log_path)
         self.make_initramfs(root, release, log_path)
 
@@ -361,23 +368,22 @@ def test_el_live_layout_boots_with_dmsquash_live(el_on_debian: DebianRootEL, pro
     plugin = el_on_debian
     proj = plugin.project
     log.setup()  # the stages log as under the CLI (an earlier test's CLI run left its closed stream)
-    kp, kernel_meta, _ = pipeline.ensure_kernel(proj, "ci")
-    rp = rootfs.plan(plugin, kp)
-    ip = iso.plan(rp)
-    assert ip.layout.squashfs == "LiveOS/squashfs.img"
-    assert ip.layout.cmdline.startswith("root=live:CDLABEL=ISOBUILD_ELDEB rd.live.image rd.live.overlay.overlayfs=1")
-    with lock.held(proj.work_dir):
-        if rootfs.built(rp) is None:
-            rootfs.build(rp, pipeline.stage_log(proj, "rootfs-eldeb"))
-        if iso.built(ip) is None:
-            iso.build(ip, pipeline.stage_log(proj, "iso-eldeb"))
-        meta = rootfs.built(rp)
-        assert meta is not None
-        assert {"dracut", "dracut-live", f"linux-image-{kernel_meta['kernel_release']}"} <= \
-            {p["package"] for p in meta["packages"]}
-        # the initramfs is dracut's with the live module: its root-finding script is in the archive
-        assert b"sbin/dmsquash-live-root" in unpacked(rp.artifact / "initrd.img")
-        verdicts = smoke.run(ip, MODES.split(","), lambda m: pipeline.stage_log(proj, f"smoke-eldeb-{m}"))
+    kernel_stage = KernelStage(proj, "ci")
+    kernel_meta = pipeline.ensure(kernel_stage).meta
+    package = KernelPackageStage(kernel_stage, "deb-image")
+    pipeline.ensure(package)
+    rs = RootfsStage(plugin, package, None)
+    isos = IsoStage(rs, plugin)
+    assert isos.layout.squashfs == "LiveOS/squashfs.img"
+    assert isos.layout.cmdline.startswith("root=live:CDLABEL=ISOBUILD_ELDEB rd.live.image rd.live.overlay.overlayfs=1")
+    meta = pipeline.ensure(rs).meta
+    pipeline.ensure(isos)
+    assert {"dracut", "dracut-live", f"linux-image-{kernel_meta['kernel_release']}"} <= \
+        {p["package"] for p in meta["packages"]}
+    # the initramfs is dracut's with the live module: its root-finding script is in the archive
+    assert b"sbin/dmsquash-live-root" in unpacked(rs.artifact / "initrd.img")
+    with pipeline.locked(proj):
+        verdicts = smoke.run(isos, MODES.split(","), lambda m: pipeline.stage_log(proj, f"smoke-eldeb-{m}"))
     for v in verdicts:
         assert v.status == "pass", (v.extra.get("mode"), v.reasons, v.tail)
         assert v.markers == {"UNAME": kernel_meta["kernel_release"], "MARKER": "1.0.0", "SYSTEM": "running",
@@ -386,25 +392,30 @@ def test_el_live_layout_boots_with_dmsquash_live(el_on_debian: DebianRootEL, pro
     assert "dmsquash-live" in console or "root=live:CDLABEL=ISOBUILD_ELDEB" in console
 
 
-def test_kernel_artifact_carries_the_rpms_el_needs(project: Path, tmp_path: Path) -> None:
-    """binrpm-pkg from the kernel stage's own build: the kernel RPM holds the same bzImage as the
-    artifact, and kernel-headers is made but the EL plugin never picks it."""
-    assert run(project, "kernel", "--profile", "ci") == 0
-    current = (WORK / "kernel/current/ci").resolve()
-    meta = json.loads((current / "metadata.json").read_text())
-    rpms = sorted(r.name for r in (current / "rpms").glob("*.rpm"))
-    assert rpms == [f"kernel-{RELEASE_RPM}-1.x86_64.rpm", f"kernel-headers-{RELEASE_RPM}-1.x86_64.rpm"]
-    listing = subprocess.run(["rpm", f"--dbpath={tmp_path}", "-qpl", str(current / "rpms" / rpms[0])],
+def test_the_kernel_rpm_is_made_from_the_kernel_artifact(project: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The kernel's rpm package, made on demand from its artifact (no make): the image, the modules
+    with their index, binrpm-pkg's install scriptlets, and never a kernel-headers RPM."""
+    assert run(project, "kernel", "--profile", "ci", "--packages", "rpm") == 0, capsys.readouterr().err
+    kernel_dir = current(project, "kernel-ci-x86_64")
+    meta = json.loads((kernel_dir / "metadata.json").read_text())
+    release = meta["kernel_release"]
+    rpms = sorted(current(project, "kernel-package-ci.rpm-x86_64").glob("*.rpm"))
+    assert [r.name for r in rpms] == [f"kernel-{RELEASE_RPM}-1.x86_64.rpm"]
+    listing = subprocess.run(["rpm", f"--dbpath={tmp_path}", "-qpl", str(rpms[0])],
                              capture_output=True, text=True, check=True).stdout.split()
-    assert f"/boot/vmlinuz-{meta['kernel_release']}" in listing
+    assert {f"/boot/vmlinuz-{release}", f"/boot/System.map-{release}", f"/boot/config-{release}",
+            f"/lib/modules/{release}/modules.dep"} <= set(listing)
+    scripts = subprocess.run(["rpm", f"--dbpath={tmp_path}", "-qp", "--scripts", str(rpms[0])],
+                             capture_output=True, text=True, check=True).stdout
+    assert f"/sbin/installkernel {release}" in scripts and "kernel-install remove" in scripts
     plugin = ELPlugin("alma", ELSettings(repositories=[Repository("x", baseurl="file:///x", gpgcheck=False)]),
-                      kernel.plan(load_project(project / "isobuild.yaml"), "ci").project)
-    assert [p.name for p in plugin.kernel_rpms(current, meta["kernel_release"])] == [rpms[0]]
+                      load_project(project / "isobuild.yaml"))
+    assert plugin.kernel_rpms(rpms, release) == rpms
     extracted = subprocess.run(
-        ["sh", "-c", textwrap.dedent(f"""\
-            rpm2cpio {current / 'rpms' / rpms[0]} | cpio -i --quiet --to-stdout ./boot/vmlinuz-{meta['kernel_release']}
-            """)], capture_output=True, check=True).stdout
-    assert extracted == (current / "bzImage").read_bytes()
+        ["sh", "-c", f"rpm2cpio {rpms[0]} | cpio -i --quiet --to-stdout ./boot/vmlinuz-{release}"],
+        capture_output=True, check=True).stdout
+    assert extracted == (kernel_dir / "bzImage").read_bytes()
 
 
 def test_a_root_whose_glibc_is_newer_than_ours_is_refused(alma: Path, fake_glibc: Path, tmp_path: Path) -> None:
@@ -413,7 +424,8 @@ def test_a_root_whose_glibc_is_newer_than_ours_is_refused(alma: Path, fake_glibc
     plugin = distros.load(load_project(alma / "isobuild.yaml"), "alma")
     assert isinstance(plugin, ELPlugin)
     log.setup()
-    p, meta, _ = pipeline.ensure_elglibc(plugin.project, plugin)
+    done = pipeline.ensure_glibc_rpm(glibcrpm.GlibcRpmStage(plugin))
+    p, meta = done.stage, done.meta
     assert meta["version"] == GLIBC_OURS
     # the distribution's next build: the same sources, Release 4
     newer = tmp_path / "newer"

@@ -14,7 +14,7 @@ import pytest
 
 from builder.infra.errors import ExitCode
 from tests.conftest import Events
-from tests.real.conftest import WORK, run
+from tests.real.conftest import current, run
 
 pytestmark = pytest.mark.real
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.real
 def test_glibc_builds_debians_packages_with_the_xsc_banner(project: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert run(project, "glibc") == 0, capsys.readouterr().err
-    meta = json.loads((WORK / "glibc/current/metadata.json").read_text())
+    meta = json.loads((current(project, "glibc-x86_64") / "metadata.json").read_text())
     distro = meta["distro_version"]
     assert meta["version"] == f"{distro}+isobuild1"
     names = {x["package"]: x["version"] for x in meta["packages"]}
@@ -32,7 +32,8 @@ def test_glibc_builds_debians_packages_with_the_xsc_banner(project: Path, tmp_pa
     assert [x["name"] for x in meta["patches"]] == ["0001-csu-xsc-banner-marker.patch"]
     assert [x["name"] for x in meta["packaging_patches"]] == ["0001-pkg.glibc.nolocalesall.patch"]
     # run the packaged libc.so.6 (with the packaged dynamic loader): the banner carries the marker
-    deb = WORK / "glibc/current/debs" / next(x["file"] for x in meta["packages"] if x["package"] == "libc6")
+    libc6 = next(x["file"] for x in meta["packages"] if x["package"] == "libc6")
+    deb = current(project, "glibc-x86_64") / "debs" / libc6
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path / "root")], check=True)
     libdir = next((tmp_path / "root").glob("lib/*-linux-gnu"))
     loader = next((tmp_path / "root").glob("lib*/ld-linux-*.so.2"))
@@ -52,7 +53,7 @@ def test_glibc_tests_run_in_the_kept_tree_without_a_rebuild(project: Path,
     assert events.built() == set() and "dpkg-buildpackage" not in events.commands(), "tests only: no rebuild"
     out = capsys.readouterr().out
     assert "is up to date" in out and "test string/test-strlen: PASS" in out
-    meta = json.loads((WORK / "glibc/current/metadata.json").read_text())
+    meta = json.loads((current(project, "glibc-x86_64") / "metadata.json").read_text())
     assert meta["tests"]["string/test-strlen"] == "PASS"
     assert run(project, "glibc", "--tests", "nosuchdir/tst-x") == ExitCode.USER
     assert "no nosuchdir/ directory in the glibc source" in capsys.readouterr().err
@@ -73,5 +74,5 @@ def test_a_glibc_patch_that_does_not_apply_to_debians_tree_fails_in_seconds(
     assert "patch isobuild/0002-stale.patch does not apply at fuzz 0 to Debian's patched glibc tree: " \
            "csu/version.c hunk #1" in err
     # the last good packages are untouched and still current
-    assert json.loads((WORK / "glibc/current/metadata.json").read_text())["patches"][-1]["name"] == \
+    assert json.loads((current(project, "glibc-x86_64") / "metadata.json").read_text())["patches"][-1]["name"] == \
         "0001-csu-xsc-banner-marker.patch"

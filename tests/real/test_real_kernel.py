@@ -1,5 +1,5 @@
 """The real tier: Debian's linux-source-6.1, the example XSC series, the `ci`
-profile, real quilt, real make, real bindeb-pkg, a real QEMU boot.
+profile, real quilt, real make, its packages made with dpkg-deb, a real QEMU boot.
 
 The work dir is shared across tests and kept between runs (outside the
 clone: $ISOBUILD_TEST_WORK_DIR, default ~/.cache/isobuild-tests), so a warm
@@ -20,18 +20,19 @@ import pytest
 from builder.infra.arch import ARCHES
 from builder.infra.errors import ExitCode
 from builder.tools import console, initramfs, qemu
-from tests.real.conftest import WORK, run
+from tests.real.conftest import WORK, current, record, run
 
 pytestmark = pytest.mark.real
 
-def current(profile: str = "ci") -> Path:
-    return (WORK / "kernel" / "current" / profile).resolve()
+def kernel(project: Path, profile: str = "ci") -> Path:
+    return current(project, f"kernel-{profile}-x86_64")
 
 
 def test_ci_kernel_builds_with_the_series_and_boots(project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(project, "kernel", "--profile", "ci", "--boot") == 0, capsys.readouterr().err
+    assert run(project, "kernel", "--profile", "ci", "--boot", "--packages", "deb-image") == 0, \
+        capsys.readouterr().err
     out = capsys.readouterr().out
-    meta = json.loads((current() / "metadata.json").read_text())
+    meta = json.loads((kernel(project) / "metadata.json").read_text())
     release = meta["kernel_release"]
     assert release.startswith("6.1.") and release.endswith("-isobuild")
     assert [p["name"] for p in meta["patches"]] == [
@@ -41,16 +42,15 @@ def test_ci_kernel_builds_with_the_series_and_boots(project: Path, capsys: pytes
     assert meta["config"]["effective"]["CONFIG_XSC_TRAP_GUARD"] == "y"
     assert meta["config"]["effective"]["CONFIG_SQUASHFS"] == "y"
     assert meta["diagnostics"]["warnings"] == 0, "the ci kernel with the XSC series builds warning-free"
-    image = current() / "bzImage"
+    image = kernel(project) / "bzImage"
     assert image.stat().st_size > 1_000_000
-    debs = {d.name.split("_")[0]: d for d in (current() / "debs").glob("*.deb")}
-    assert f"linux-image-{release}" in debs
-    listing = subprocess.run(["dpkg-deb", "-c", str(debs[f"linux-image-{release}"])], capture_output=True,
-                             text=True, check=True).stdout
-    assert f"./boot/vmlinuz-{release}" in listing
-    assert (current() / "config").read_text().count("CONFIG_XSC=y") == 1
+    (deb,) = current(project, "kernel-package-ci.deb-image-x86_64").glob("*.deb")
+    assert deb.name == f"linux-image-{release}_{release}-1_amd64.deb"
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True).stdout
+    assert f"./boot/vmlinuz-{release}" in listing and f"./lib/modules/{release}/modules.dep" in listing
+    assert (kernel(project) / "config").read_text().count("CONFIG_XSC=y") == 1
     # the boot check: the patched kernel ran and the XSC driver answered
-    boot = json.loads((WORK / "kernel" / "state" / "boot-ci.json").read_text())
+    boot = record(project, "kernel-boot-ci-x86_64")
     assert boot["status"] == "pass"
     assert boot["markers"] == {"UNAME": release, "MARKER": "1.0.0"}
     assert "boot check" in out and "pass" in out
@@ -75,7 +75,7 @@ def test_unchanged_inputs_are_a_fast_noop(project: Path, capsys: pytest.CaptureF
 def test_changed_patch_rebuilds_incrementally_and_boots_the_change(project: Path,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     assert run(project, "kernel", "--profile", "ci") == 0
-    cold = json.loads((current() / "metadata.json").read_text())
+    cold = json.loads((kernel(project) / "metadata.json").read_text())
     uapi = project / "patches/kernel/0001-xsc-add-uapi-header.patch"
     uapi.write_text(uapi.read_text().replace("+#define XSC_VERSION_MINOR\t0", "+#define XSC_VERSION_MINOR\t1"))
     capsys.readouterr()
@@ -85,13 +85,14 @@ def test_changed_patch_rebuilds_incrementally_and_boots_the_change(project: Path
     if row["state"] == "stale":
         assert "0001-xsc-add-uapi-header.patch changed" in row["detail"]
     assert run(project, "kernel", "--profile", "ci", "--boot") == 0, capsys.readouterr().err
-    meta = json.loads((current() / "metadata.json").read_text())
+    meta = json.loads((kernel(project) / "metadata.json").read_text())
     assert meta["key"] != cold["key"]
-    boot = json.loads((WORK / "kernel" / "state" / "boot-ci.json").read_text())
+    boot = record(project, "kernel-boot-ci-x86_64")
     assert boot["markers"]["MARKER"] == "1.1.0", "the booted kernel carries the changed patch"
     if row["state"] == "stale":
         compiled = [line for line in Path(meta["log"]).read_text().splitlines() if line.startswith("  CC ")]
         assert 0 < len(compiled) < 30, f"incremental: {len(compiled)} objects recompiled"
+        assert meta["config_kept"] is True, "a patch to a header and C files: the kept .config stands"
 
 
 def test_requested_option_with_unmet_dependency_fails_the_real_config(project: Path,
@@ -117,11 +118,11 @@ def test_patch_that_does_not_apply_to_the_real_tree(project: Path, capsys: pytes
     assert run(project, "kernel", "--profile", "ci-scratch") == ExitCode.USER
     err = capsys.readouterr().err
     assert "patch 0004-misc-comment.patch does not apply at fuzz 0: drivers/misc/Makefile hunk #1" in err
-    src = WORK / "kernel" / "trees" / "ci-scratch" / "src"
+    src = WORK / "kernel" / "trees" / "ci-scratch-x86_64" / "src"
     assert not (src / ".pc").exists() and not (src / "drivers/misc/xsc").exists(), "rolled back to pristine"
 
 
-def boot_with_init(tmp_path: Path, init: str, expect: dict[str, str],
+def boot_with_init(bz_image: Path, tmp_path: Path, init: str, expect: dict[str, str],
                    extra: dict[str, bytes] | None = None) -> console.Verdict:
     """Boot the built ci kernel with a custom /init (and extra files); return the verdict."""
     entries = [initramfs.Entry(d, stat.S_IFDIR | 0o755) for d in ("bin", "dev", "proc", "sys")]
@@ -131,14 +132,14 @@ def boot_with_init(tmp_path: Path, init: str, expect: dict[str, str],
     entries += [initramfs.Entry(name, stat.S_IFREG | 0o755, data) for name, data in (extra or {}).items()]
     (tmp_path / "i.cpio").write_bytes(initramfs.cpio(entries))
     arch = ARCHES["x86_64"]
-    argv = qemu.kernel_argv(arch, current() / "bzImage", tmp_path / "i.cpio",
+    argv = qemu.kernel_argv(arch, bz_image, tmp_path / "i.cpio",
                             "console=ttyS0 panic=-1 rdinit=/init", 256, qemu.accelerator(arch))
     return qemu.watch(argv, console.Expect(expect), tmp_path / "console.log", 120)
 
 
 def test_guest_panic_is_a_failure(project: Path, tmp_path: Path) -> None:
     assert run(project, "kernel", "--profile", "ci") == 0
-    verdict = boot_with_init(tmp_path, "#!/bin/busybox sh\nexit 1\n", {"MARKER": ".*"})
+    verdict = boot_with_init(kernel(project) / "bzImage", tmp_path, "#!/bin/busybox sh\nexit 1\n", {"MARKER": ".*"})
     assert verdict.status == "fail"
     assert verdict.reasons[0].startswith("kernel panic: Kernel panic - not syncing: Attempted to kill init!")
 
@@ -161,9 +162,9 @@ def test_missing_marker_fails_the_boot_check_with_exit_4(project: Path, capsys: 
 def test_the_xsc_ioctl_and_trap_guard_work_in_the_guest(project: Path, tmp_path: Path) -> None:
     """The driver really works: a static program built against the patched uapi
     header gets the version over /dev/xsc, and unknown flags are refused."""
-    assert run(project, "kernel", "--profile", "ci") == 0
-    # the header comes from the artifact's own linux-libc-dev package
-    (libc_dev,) = (current() / "debs").glob("linux-libc-dev_*.deb")
+    assert run(project, "kernel", "--profile", "ci", "--packages", "deb-libc-dev") == 0
+    # the header comes from the kernel's own linux-libc-dev package
+    (libc_dev,) = current(project, "kernel-package-ci.deb-libc-dev-x86_64").glob("linux-libc-dev_*.deb")
     subprocess.run(["dpkg-deb", "-x", str(libc_dev), str(tmp_path / "root")], check=True)
     inc = tmp_path / "inc" / "linux"
     inc.mkdir(parents=True)
@@ -192,6 +193,7 @@ int main(void)
                     str(tmp_path / "xsc-probe"), str(probe)], check=True)
     init = ("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs d /dev\n/bin/xsc-probe\n"
             "echo ISOBUILD-DONE\n/bin/busybox poweroff -f\n")
-    verdict = boot_with_init(tmp_path, init, {"IOCTL": r"1\.0\.0 features=0x1", "GUARD": "refused"},
+    verdict = boot_with_init(kernel(project) / "bzImage", tmp_path, init,
+                             {"IOCTL": r"1\.0\.0 features=0x1", "GUARD": "refused"},
                              {"bin/xsc-probe": (tmp_path / "xsc-probe").read_bytes()})
     assert verdict.status == "pass", (verdict.reasons, verdict.tail)

@@ -106,7 +106,7 @@ def test_imports_inside_functions_are_only_the_heavy_libraries_with_a_reason() -
             if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
             for inner in ast.walk(node):
-                if isinstance(inner, (ast.Import, ast.ImportFrom)) and inner is not node:
+                if isinstance(inner, (ast.Import, ast.ImportFrom)):
                     module = inner.module if isinstance(inner, ast.ImportFrom) else inner.names[0].name
                     root = (module or "").split(".")[0]
                     reason = "#" in lines[inner.lineno - 1] or lines[inner.lineno - 2].strip().startswith("#")
@@ -119,7 +119,11 @@ def test_the_registry_names_every_stage_and_its_work_entries() -> None:
     from builder.stages.base import Stage
 
     def subclasses(cls: type) -> set[type]:
-        return {c for s in cls.__subclasses__() for c in {s, *subclasses(s)}}
+        out: set[type] = set()
+        sub: type
+        for sub in cls.__subclasses__():
+            out |= {sub, *subclasses(sub)}
+        return out
 
     assert {c for c in subclasses(Stage) if not inspect.isabstract(c)} == set(registry.STAGES)
     assert registry.work_entries() <= set(paths.KNOWN_ENTRIES)

@@ -173,7 +173,7 @@ def test_checked_kickstart_is_remembered_but_a_build_checks_afresh(tmp_path: Pat
     with pytest.raises(AssertionError, match="parsed again"):
         alma(tmp_path, hostname="other")  # another text: parsed
     with pytest.raises(AssertionError, match="parsed again"):
-        again.prepare(tmp_path, "6.1.0-isobuild", tmp_path / "log")  # a build: always parsed
+        again.prepare([], "6.1.0-isobuild", tmp_path / "log")  # a build: always parsed
 
 
 # --- settings ------------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ def test_missing_dnf_is_an_infrastructure_error_naming_it(tmp_path: Path, monkey
         (bin_dir / tool).symlink_to(f"/usr/bin/{tool}")
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(InfraError) as exc:
-        plugin.prepare(tmp_path, "6.1.0-isobuild", tmp_path / "log")
+        plugin.prepare([], "6.1.0-isobuild", tmp_path / "log")
     assert exc.value.exit_code == ExitCode.INFRA
     assert exc.value.message == "dnf not found: the dnf build of alma needs it"
     assert exc.value.hint == "apt-get install dnf  (or run: isobuild doctor)"
@@ -270,17 +270,14 @@ def test_missing_dnf_is_an_infrastructure_error_naming_it(tmp_path: Path, monkey
 
 def test_kernel_rpm_is_picked_and_its_headers_never(tmp_path: Path) -> None:
     plugin = alma(tmp_path)
-    rpms = tmp_path / "kernel/rpms"
-    rpms.mkdir(parents=True)
-    (rpms / "kernel-headers-6.1.0_isobuild-1.x86_64.rpm").write_text("")
+    headers = tmp_path / "kernel-headers-6.1.0_isobuild-1.x86_64.rpm"
     with pytest.raises(UserError) as exc:
-        plugin.kernel_rpms(tmp_path / "kernel", "6.1.0-isobuild")
+        plugin.kernel_rpms([headers], "6.1.0-isobuild")
     assert exc.value.exit_code == ExitCode.USER
-    assert exc.value.message == f"{tmp_path}/kernel/rpms: no kernel-6.1.0_isobuild RPM in the kernel artifact"
+    assert exc.value.message == ("no kernel-6.1.0_isobuild RPM among kernel-headers-6.1.0_isobuild-1.x86_64.rpm")
     assert exc.value.hint is not None and "isobuild kernel --force" in exc.value.hint
-    (rpms / "kernel-6.1.0_isobuild-1.x86_64.rpm").write_text("")
-    assert [p.name for p in plugin.kernel_rpms(tmp_path / "kernel", "6.1.0-isobuild")] == [
-        "kernel-6.1.0_isobuild-1.x86_64.rpm"]
+    kernel = tmp_path / "kernel-6.1.0_isobuild-1.x86_64.rpm"
+    assert plugin.kernel_rpms([headers, kernel], "6.1.0-isobuild") == [kernel]
     assert el.rpm_version("6.1.192-isobuild") == "6.1.192_isobuild"
 
 
@@ -371,7 +368,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     served = tmp_path / "www"
     served.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
-    handler.log_message = lambda *a: None  # type: ignore[method-assign]
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -463,9 +460,11 @@ def test_rootfs_without_its_kernel_or_glibc_rpms_names_what_to_run(tmp_path: Pat
             if (directory / "metadata.json").exists() else None
 
     kernel = SimpleNamespace(artifact=kernel_dir, instance="ci", arch="x86_64", key="k" * 64, built=meta(kernel_dir))
+    package = SimpleNamespace(kernel=kernel, arch="x86_64", key="p" * 64, built=lambda: {"packages": []},
+                              files=lambda: [])
     glibc = SimpleNamespace(key="0" * 64, artifact=glibc_dir, built=meta(glibc_dir))
-    p = rootfs.Plan(plugin, kernel, glibc, rootfs.DistroLayout(tmp_path / "d"),  # type: ignore[arg-type]
-                    tmp_path / "cache", "", {}, "1" * 64)
+    p = rootfs.Plan(plugin, package, glibc, rootfs.DistroLayout(tmp_path / "d"),  # type: ignore[arg-type]
+                    tmp_path / "cache", "", {}, "1" * 64, None)
     with pytest.raises(UserError) as exc:
         rootfs.build(p, tmp_path / "log")
     assert "kernel for profile ci (x86_64) is missing or stale" in exc.value.message
