@@ -181,8 +181,7 @@ class DebianPlugin(Plugin):
                     old.unlink()
         root.mkdir(parents=True)
         with log.stage("rootfs.unpack", tar=str(cached)):
-            chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(cached),
-                         "-C", str(root)], log_path)
+            chroot.unpack(cached, root, log_path)
         for leftover in ("/var/cache/apt/archives/lock",):
             Root(root).remove(leftover)
 
@@ -196,8 +195,7 @@ class DebianPlugin(Plugin):
                 if not (cache / name).exists():
                     archives.copy_out(deb, cache / name)
                 archives.remove(deb)
-            chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-cf", str(out), "-C", str(tree),
-                         "."], log_path)
+            chroot.pack(tree, out, log_path)
         finally:
             chroot.remove_tree(tree, log_path)
 

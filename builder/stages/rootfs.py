@@ -210,11 +210,6 @@ def _step(name: str, distro: str, durations: dict[str, float], step: Callable[[]
     durations[name] = round(time.monotonic() - start, 3)
 
 
-def _tar(argv_tail: list[str], log_path: Path) -> None:
-    """tar over a root, in the namespaces (as an ordinary user its files belong to subordinate ids)."""
-    chroot.host(["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", *argv_tail], log_path)
-
-
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
     """The root: its kernel-free part (bootstrap, our glibc, the configuration, the overlay, the boot
     check) from the layer cache when it was made before, else made and kept there; then the kernel's
@@ -260,8 +255,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             else:
                 if layer.exists():
                     root.mkdir(parents=True)
-                    _step("layer", plugin.name, durations, lambda: _tar(["-xpf", str(layer), "-C", str(root)],
-                                                                        log_path))
+                    _step("layer", plugin.name, durations, lambda: chroot.unpack(layer, root, log_path))
                 else:
                     kernel_free_part()
                     _step("configure", plugin.name, durations, lambda: plugin.configure(root, log_path, p.script))
@@ -269,7 +263,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                     layer.parent.mkdir(parents=True, exist_ok=True)
                     try:
                         _step("keep-layer", plugin.name, durations,
-                              lambda: _tar(["-cf", str(tmp), "-C", str(root), "."], log_path))
+                              lambda: chroot.pack(root, tmp, log_path))
                         os.replace(tmp, layer)
                     finally:
                         tmp.unlink(missing_ok=True)

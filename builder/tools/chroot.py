@@ -39,6 +39,22 @@ def host(argv: Sequence[str], log_path: Path, capture: bool = False,
     return runner.run(sandbox.wrap(argv), log_path=log_path, capture=capture, display=list(argv), env=env)
 
 
+_TAR = ["tar", "--numeric-owner", "--xattrs", "--xattrs-include=*"]
+
+
+def pack(root: Path, tarball: Path, log_path: Path) -> None:
+    """A root as a tarball, its owners and modes kept (in the namespaces: see ``host``)."""
+    host([*_TAR, "-cf", str(tarball), "-C", str(root), "."], log_path)
+
+
+def unpack(tarball: Path, root: Path, log_path: Path) -> None:
+    """A root's tarball into ``root``.  As an ordinary user the device nodes under /dev are left out:
+    a user namespace may not make them, and nothing needs them -- every command in the root gets a
+    private /dev (builder.tools.inroot) and the booted system mounts devtmpfs."""
+    skip = ["--exclude=./dev/*"] if sandbox.rootless() else []
+    host([*_TAR, *skip, "-xpf", str(tarball), "-C", str(root)], log_path)
+
+
 def remove_tree(path: Path, log_path: Path | None = None) -> None:
     """Remove a tree a bootstrap or build made (as an ordinary user: inside the namespaces, where
     its subordinate-id files are the user's to remove)."""
