@@ -145,6 +145,8 @@ class DebianPlugin(Plugin):
                 # the package cache goes in before apt runs and comes out before the tarball is made
                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
+                # sync-in keeps the cache's owner: as an ordinary user that is no uid of the root's own
+                "--setup-hook=chown -R 0:0 \"$1\"/var/cache/apt/archives",
                 f"--customize-hook=sync-out /var/cache/apt/archives {cache}",
                 s.suite, str(out), self.mirror()]
 

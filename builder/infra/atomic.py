@@ -18,8 +18,10 @@ from builder.infra.errors import InfraError
 
 
 def _disk_full(path: Path, exc: OSError) -> InfraError:
-    return InfraError(f"disk full writing {path}", hint="free space in the work dir (isobuild clean) and re-run") \
-        if exc.errno == errno.ENOSPC else InfraError(f"cannot write {path}: {exc.strerror}")
+    """The error for a failed write of ``path``, naming the file that failed when the OS says which."""
+    where = exc.filename if isinstance(exc.filename, str) and exc.filename.startswith("/") else path
+    return InfraError(f"disk full writing {where}", hint="free space in the work dir (isobuild clean) and re-run") \
+        if exc.errno == errno.ENOSPC else InfraError(f"cannot write {where}: {exc.strerror}")
 
 
 # Every temporary name isobuild makes: a dot, the final name, the pid that made it, ".tmp"

@@ -98,6 +98,12 @@ class Root:
                     raise NotADirectoryError(errno.ENOTDIR, "not a directory", f"{rel}")
                 stack.append(os.open(name, _DIR_FLAGS, dir_fd=stack[-1]))
             yield stack[-1]
+        except PermissionError as exc:
+            # as an ordinary user the root's files belong to subordinate ids: only what the root's own
+            # root user owns is ours to write from outside its namespace
+            raise InfraError(f"{self.path}: permission denied at {rel}/{exc.filename or ''} in the build root",
+                             hint="as an ordinary user, isobuild can write only where the root's root user owns "
+                                  "the directory") from None
         finally:
             for fd in stack:
                 os.close(fd)

@@ -69,6 +69,7 @@ def test_bootstrap_argv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         "--include=systemd-sysv,live-boot,initramfs-tools,zstd", f"--keyring={keyring}",
         '--aptopt=Acquire::Retries "3"', '--setup-hook=mkdir -p "$1"/var/cache/apt/archives',
         f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
+        '--setup-hook=chown -R 0:0 "$1"/var/cache/apt/archives',
         f"--customize-hook=sync-out /var/cache/apt/archives {cache}", "bookworm", str(out), MIRROR]
     monkeypatch.setattr("os.geteuid", lambda: 1000)  # an ordinary user: mmdebstrap's unshare mode
     assert plugin.bootstrap_argv(out, cache)[1] == "--mode=unshare"  # type: ignore[attr-defined]
