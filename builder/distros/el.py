@@ -13,9 +13,9 @@ host has (``build: auto``; ``isobuild doctor`` says which):
   --installroot --releasever`` installs the kickstart's %packages from the
   same repositories in one transaction (``builder/tools/dnf.py``).
 
-Either way the kernel is ours: its binrpm-pkg RPM (never its kernel-headers,
-which would obsolete the distribution's that glibc-devel needs) in a local
-repository made with createrepo_c.  Then the EL live steps: depmod, an
+Either way the kernel is ours: its RPM (builder.tools.kpkg; never a kernel-headers
+RPM, which would obsolete the distribution's that glibc-devel needs) in a local
+repository made with createrepo_c.  Then the EL live steps: the module index, an
 initramfs by dracut with dmsquash-live, the configuration, and the layout
 ``LiveOS/squashfs.img`` booted with ``root=live:CDLABEL=<label>
 rd.live.image``.  The rootfs, ISO and smoke stages are Debian's.
@@ -367,8 +367,9 @@ class ELPlugin(Plugin):
                              f"{', '.join(kernels) or 'none'}", hint="does a repository or %packages bring "
                              "another kernel? see the log", details=[f"log: {log_path}"])
         dnf.hold(root, KERNEL_NAMES)
-        if Root(root).exists(f"/lib/modules/{release}"):
-            # binrpm-pkg's RPM runs no depmod: the root's own, inside it
+        modules = f"/lib/modules/{release}"
+        if Root(root).exists(modules) and not Root(root).exists(f"{modules}/modules.dep"):
+            # our RPM carries the index modules_install made; a kernel RPM without one: the root's depmod
             Chroot(root, log_path).run(["depmod", "-a", release])
         self.make_initramfs(root, release, log_path)
 

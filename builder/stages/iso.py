@@ -147,7 +147,7 @@ def build(stage: IsoStage, log_path: Path) -> dict[str, Any]:
     if meta is None:
         raise UserError(f"the {rootfs.instance} root filesystem is missing or stale",
                         hint=f"run: isobuild {rootfs.instance}")
-    kernel_meta = rootfs.kernel.built() or {}
+    kernel_meta = rootfs.kernel.kernel.built() or {}  # the compiled kernel (rootfs.kernel is its package)
     # scratch of this run (named with its pid: a killed run's is swept by the next)
     work = atomic.temp_path(rootfs.project.work_dir / "distros" / rootfs.instance / "iso-work")
     staged: list[tuple[Path, Path]] = []

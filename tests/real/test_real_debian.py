@@ -145,13 +145,18 @@ def test_unknown_package_is_named(project: Path, capsys: pytest.CaptureFixture[s
     assert "distros/debian.yaml: package 'no-such-package-isobuild' does not exist in bookworm" in err
 
 
-def test_unreachable_mirror_is_an_infrastructure_error_after_retries(project: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_unreachable_mirror_is_an_infrastructure_error_before_any_build(project: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The mirror's signed InRelease is fetched in the preflight: an unreachable mirror fails in
+    seconds, before the kernel, glibc or a bootstrap start."""
     good = project / "iso/debian/isobuild-debian.iso"
     edit(project / "distros/debian.yaml", mirror="http://127.0.0.1:9/archive")
+    events = Events(project / "logs")
     assert run(project, "debian", "--profile", "ci", "--no-smoke") == ExitCode.INFRA
     err = capsys.readouterr().err
-    assert "the Debian mirror http://127.0.0.1:9/archive is unreachable (3 attempts)" in err
+    assert "the Debian mirror http://127.0.0.1:9/archive is unreachable: " in err and "Connection refused" in err
+    assert "hint: check the network, or set 'mirror:' in distros/debian.yaml" in err
+    assert events.built() == set() and not {"make", "mmdebstrap"} & set(events.commands())
     assert not good.exists()
     assert not list((WORK / "distros/debian/rootfs").glob(".root-*")), "no half-made root left behind"
 
