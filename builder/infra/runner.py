@@ -233,9 +233,11 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is not None:
         return
     try:
+        # SIGTERM first: make removes a half-written target, QEMU closes its images.  A command
+        # with no handler that is its PID namespace's first process ignores it; SIGKILL follows.
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
