@@ -17,9 +17,10 @@ from typing import Any
 
 from builder import __version__, distros, pipeline
 from builder.commands import clean, doctor, patches, release, report, status
+from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
-from builder.infra.errors import ExitCode, IsobuildError
+from builder.infra.errors import ExitCode, IsobuildError, UserError
 from builder.stages import glibc, iso, kernelboot, smoke
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import Kind, parse_kinds
@@ -42,6 +43,14 @@ def _profile(value: str) -> str:
     """--profile: a name under profiles/kernel/, never a path."""
     try:
         return check_profile_name(value)
+    except IsobuildError as exc:
+        raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+def _arch(value: str) -> str:
+    """--arch: one of builder.infra.arch.ARCHES."""
+    try:
+        return arch_mod.get(value, "--arch").name
     except IsobuildError as exc:
         raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
 
@@ -96,7 +105,9 @@ def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[st
 
 def cmd_kernel(args: argparse.Namespace) -> int:
     project = _project(args)
-    done = pipeline.ensure_kernel(project, args.profile, force=args.force)
+    if args.boot:  # QEMU, firmware and busybox for the arch: checked before the build, not after it
+        kernelboot.KernelBootCheck(KernelStage(project, args.profile, args.arch)).prepare()
+    done = pipeline.ensure_kernel(project, args.profile, args.arch, force=args.force)
     stage, meta = done.stage, done.meta
     verb = "built" if done.built_now else "is up to date"
     packages = pipeline.ensure_kernel_packages(stage, args.packages or [])
@@ -118,10 +129,14 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     project = _project(args)
     if args.target == "kernel":
-        verdict = _boot(KernelStage(project, args.profile))
+        verdict = _boot(KernelStage(project, args.profile, args.arch))
         print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
         raise_for([verdict], "the kernel artifact")
         return 0
+    if args.arch and args.arch != project.settings.arch:
+        raise UserError(f"--arch {args.arch} with 'test {args.target}': the {args.target} ISO is built for "
+                        f"{project.settings.arch} (arch in {project.config_file.name})",
+                        hint="--arch goes with 'test kernel'")
     modes = _modes(args.modes)
     return _smoke(pipeline.iso_stage(project, args.target, args.profile), modes, args.json, {})
 
@@ -209,7 +224,7 @@ def cmd_isos(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    rows = status.rows(_project(args), args.profile)
+    rows = status.rows(_project(args), args.profile, args.arch)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
@@ -369,6 +384,7 @@ class Verb:
 
 
 PROFILE = arg("--profile", type=_profile, help="kernel profile from profiles/kernel/ (default: kernel.profile)")
+ARCH = arg("--arch", type=_arch, help="target architecture: x86_64, arm64 or riscv64 (default: arch in isobuild.yaml)")
 STATUS_PROFILE = arg("--profile", type=_profile,
                      help="kernel profile the distro rows are computed for (default: kernel.profile)")
 MODES = arg("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
@@ -400,7 +416,7 @@ VERBS: tuple[Verb, ...] = (
          "requested CONFIG_* did not land, build the kernel image + modules out of tree. Its packages (linux-image, "
          "linux-libc-dev, the kernel RPM) are made from that build when something needs them. "
          "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.",
-         cmd_kernel, (PROFILE,
+         cmd_kernel, (PROFILE, ARCH,
                       arg("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and "
                           "check the release and the patched marker"),
                       arg("--force", action="store_true", help="rebuild even if an artifact with this key exists"),
@@ -442,13 +458,17 @@ VERBS: tuple[Verb, ...] = (
                     arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.",
          cmd_test, (arg("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test"), PROFILE,
+                    arg("--arch", type=_arch, help="with 'kernel': the kernel of this arch (default: arch in "
+                        "isobuild.yaml)"),
                     arg("--modes", help="ISO boot modes, comma-separated (default: all four)"),
                     arg("--json", action="store_true", help="print the verdict as JSON"))),
     Verb("status", "show every stage: built / stale (what changed) / missing / failed",
          "Recompute each stage key from the inputs on disk and compare with what this project built. Builds "
          "nothing.",
          cmd_status, (JSON, arg("--check", action="store_true", help="exit 4 unless every stage is built and every "
-                                "check passed"), STATUS_PROFILE)),
+                                "check passed"), STATUS_PROFILE,
+                      arg("--arch", type=_arch, help="only this arch (default: the configured arch and every arch "
+                          "this project has built)"))),
     Verb("doctor", "check the host tools the pipeline needs",
          "List every host tool, whether it is present, and the apt-get line that installs what is missing; "
          "whether this host can run a build root's commands in namespaces (as this user). Exits 3 when something "

@@ -16,7 +16,7 @@ from builder import distros
 from builder.distros.graph import DistroStages, Graph, wants_glibc
 from builder.infra import log
 from builder.infra.config import Project
-from builder.infra.errors import IsobuildError
+from builder.infra.errors import IsobuildError, UserError
 from builder.stages import glibc, iso
 from builder.stages.base import Ensured, ensure, locked, stage_log
 from builder.stages.glibcrpm import GlibcRpmStage
@@ -43,6 +43,10 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
     series, profile and fragments; glibc's when a distro takes it.  The first error is raised --
     with ``keep_going`` only the kernel's and glibc's are; a distro's stops that distro alone."""
     graph = Graph(project, profile)
+    if graph.arch != "x86_64":
+        raise UserError(f"{project.config_file.name}: arch: {graph.arch}: the distro images are built for "
+                        "x86_64 only in this version", hint=f"isobuild kernel --arch {graph.arch} --boot builds and "
+                        "boots the kernel; set arch: x86_64 for the images")
     stages: dict[str, DistroStages] = {}
     failed: dict[str, IsobuildError] = {}
     with log.stage("preflight", distros=names):
@@ -65,8 +69,9 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
     return Preflight(graph, stages, failed)
 
 
-def ensure_kernel(project: Project, profile: str | None, force: bool = False) -> Ensured[KernelStage]:
-    return ensure(KernelStage(project, profile), force)
+def ensure_kernel(project: Project, profile: str | None, arch: str | None = None,
+                  force: bool = False) -> Ensured[KernelStage]:
+    return ensure(KernelStage(project, profile, arch), force)
 
 
 def ensure_kernel_packages(kernel: KernelStage, kinds: list[Kind]) -> list[Ensured[KernelPackageStage]]:

@@ -14,19 +14,35 @@ from builder.infra import state
 from builder.infra.config import Project
 from builder.stages.base import Row, records_dir
 
-__all__ = ["Row", "recorded_profiles", "rows", "table"]
+__all__ = ["Row", "recorded_kernels", "rows", "table"]
 
 
-def recorded_profiles(project: Project) -> list[str]:
-    """Kernel profiles this project has built (its records, and the work dir's from before them)."""
-    names = [str((state.load(p) or {}).get("name", "")) for p in records_dir(project).glob("kernel-*.json")
-             if not p.name.startswith("kernel-boot-")]
-    names += [p.stem for p in (project.work_dir / "kernel" / "state").glob("*.json") if not p.stem.startswith("boot-")]
-    return sorted({n for n in names if n})
+def recorded_kernels(project: Project) -> list[tuple[str, str]]:
+    """(profile, arch) of each kernel this project has built (its records, and the work dir's from
+    before them, which were x86_64)."""
+    found: set[tuple[str, str]] = set()
+    for path in records_dir(project).glob("kernel-*.json"):
+        if path.name.startswith("kernel-boot-"):
+            continue
+        record = state.load(path) or {}
+        inputs = record.get("inputs") or {}
+        name = str(record.get("profile") or record.get("name") or "")
+        if name:
+            found.add((name, str(inputs.get("arch") or "x86_64")))
+    found |= {(p.stem, "x86_64") for p in (project.work_dir / "kernel" / "state").glob("*.json")
+              if not p.stem.startswith("boot-")}
+    return sorted(found)
 
 
-def rows(project: Project, profile: str | None = None) -> list[Row]:
-    return graph.rows(project, profile, recorded_profiles(project))
+def rows(project: Project, profile: str | None = None, arch: str | None = None) -> list[Row]:
+    """Every stage's row for ``arch`` (default: the configured arch, then each other arch this
+    project has built a kernel for)."""
+    recorded = recorded_kernels(project)
+    arches = [arch] if arch else list(dict.fromkeys([project.settings.arch, *(a for _, a in recorded)]))
+    out: list[Row] = []
+    for one in arches:
+        out += graph.rows(project, profile, [p for p, a in recorded if a == one], one)
+    return out
 
 
 def human(size: int | None) -> str:

@@ -112,14 +112,17 @@ def kernel_profiles(project: Project, recorded: list[str]) -> list[str]:
     return [configured, *sorted(n for n in set(names) if n != configured)]
 
 
-def rows(project: Project, profile: str | None, recorded_profiles: list[str]) -> list[Row]:
-    """Every stage's and check's status row, in pipeline order (status, the report)."""
-    graph = Graph(project, profile)
+def rows(project: Project, profile: str | None, recorded_profiles: list[str], arch: str | None = None) -> list[Row]:
+    """Every stage's and check's status row for one arch, in pipeline order (status, the report).
+    The distro images are x86_64's (builder.pipeline.preflight); another arch has kernel rows."""
+    graph = Graph(project, profile, arch)
     out: list[Row] = []
     for name in kernel_profiles(project, recorded_profiles):
         stage = graph.kernel(name)
         out.append(_row(stage, "kernel", name, graph.arch))
         out.append(_row(KernelBootCheck(stage), "kernel-boot", name, graph.arch))
+    if graph.arch != "x86_64":
+        return out
     plugins: list[Plugin] = []
     packages: set[str] = set()
     loaded: dict[str, IsobuildError] = {}

@@ -1,25 +1,78 @@
-"""Target architectures as data: what make, dpkg and QEMU call them."""
+"""Target architectures as data: what make, the cross compiler, dpkg and QEMU call them.
+
+Every arch-specific fact of a build or a boot lives here, so a stage or a tool never tests an
+arch by name.  The QEMU figures come from measurement on this project's reference host (2 cores,
+TCG): see each field's comment.
+"""
 
 from __future__ import annotations
 
+import functools
+import platform
 from dataclasses import dataclass
+
+from builder.infra.errors import UserError
 
 
 @dataclass(frozen=True)
 class Arch:
     name: str
-    make_arch: str
+    make_arch: str  # ARCH= for the kernel's make
     kconfig_dir: str  # arch/<dir> in the kernel tree
-    image: str  # kernel image path inside the build dir
+    image: str  # kernel image path inside the build dir (what make builds and a boot loads)
     deb_arch: str
-    qemu: str
-    qemu_machine: str
-    console: str
     rpm_arch: str  # dnf's $basearch
     triplet: str  # the multiarch tuple: /usr/include/<triplet>, <triplet>-gcc
+    cross_package: str  # Debian package with <triplet>-gcc on another host
+    qemu: str
+    qemu_package: str
+    qemu_machine: str
+    tcg_cpu: str  # -cpu under TCG (measured; see builder.tools.qemu)
+    console: str  # the serial console's device name in the guest
+    firmware: str | None  # -bios for a direct kernel boot (None: QEMU's built-in firmware)
+    firmware_package: str | None
+    busybox_suite: str  # the Debian suite whose busybox-static the kernel boot check uses
+    tcg_slowdown: float  # boot time under TCG relative to x86_64 (scales the boot timeouts)
+
+    def cross_compile(self) -> str:
+        """CROSS_COMPILE= for this arch on this host: empty when the host is this arch."""
+        return "" if self.name == host_arch() else f"{self.triplet}-"
+
+    def native(self) -> bool:
+        return self.name == host_arch()
 
 
 ARCHES: dict[str, Arch] = {
-    "x86_64": Arch("x86_64", "x86_64", "x86", "arch/x86/boot/bzImage", "amd64", "qemu-system-x86_64", "q35", "ttyS0",
-                   "x86_64", "x86_64-linux-gnu"),
+    # max minus the fast-string features (builder.tools.qemu.TCG_CPU explains)
+    "x86_64": Arch("x86_64", "x86_64", "x86", "arch/x86/boot/bzImage", "amd64", "x86_64", "x86_64-linux-gnu",
+                   "gcc-x86-64-linux-gnu", "qemu-system-x86_64", "qemu-system-x86", "q35", "max,-erms,-fsrm",
+                   "ttyS0", None, None, "bookworm", 1.0),
+    # cortex-a57: the Debian arm64 live ISO reached systemd in 41-81 s against 122-139 s on "max"
+    # (pointer authentication emulated in software); a busybox boot is 1.2-2.6 s on either
+    "arm64": Arch("arm64", "arm64", "arm64", "arch/arm64/boot/Image", "arm64", "aarch64", "aarch64-linux-gnu",
+                  "gcc-aarch64-linux-gnu", "qemu-system-aarch64", "qemu-system-arm", "virt", "cortex-a57",
+                  "ttyAMA0", None, None, "bookworm", 2.0),
+    # OpenSBI's fw_jump from Debian's opensbi; bookworm has no riscv64, trixie does.  A full
+    # live system boots 3-6 times slower than x86_64 here (systemd's first exec from squashfs).
+    "riscv64": Arch("riscv64", "riscv", "riscv", "arch/riscv/boot/Image", "riscv64", "riscv64", "riscv64-linux-gnu",
+                    "gcc-riscv64-linux-gnu", "qemu-system-riscv64", "qemu-system-misc", "virt", "rv64",
+                    "ttyS0", "/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin", "opensbi", "trixie", 4.0),
 }
+
+_MACHINE = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}
+
+
+@functools.cache
+def host_arch() -> str:
+    """This host's arch in isobuild's names (x86_64, arm64, riscv64; anything else as uname says)."""
+    machine = platform.machine()
+    return _MACHINE.get(machine, machine)
+
+
+def get(name: str, where: str = "arch") -> Arch:
+    """The arch called ``name``; a UserError naming the known ones otherwise."""
+    try:
+        return ARCHES[name]
+    except KeyError:
+        raise UserError(f"{where}: unknown architecture {name!r}",
+                        hint=f"known: {', '.join(ARCHES)}") from None

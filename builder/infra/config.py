@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder.infra import paths
+from builder.infra.arch import ARCHES
 from builder.infra.digests import DigestCache
 from builder.infra.errors import UserError
 from builder.infra.schema import at_least, load_file, matches, setting
@@ -27,6 +28,16 @@ def regex(value: Any) -> str | None:
         re.compile(str(value))
     except re.error as exc:
         return f"is not a valid regular expression ({exc})"
+    return None
+
+
+def _arch_suites(value: Any) -> str | None:
+    """kernel.boot.busybox_suites: arch names (of builder.infra.arch) to Debian suite names."""
+    for arch, suite in dict(value).items():
+        if arch not in ARCHES:
+            return f"has an unknown architecture {arch!r} (known: {', '.join(ARCHES)})"
+        if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", suite):
+            return f"{arch}: {suite!r} is not a Debian suite name"
     return None
 
 
@@ -101,6 +112,11 @@ class BootSettings:
                                   check=regex)
     timeout: int = setting(300, help="seconds before the boot check gives up", check=at_least(10))
     memory: int = setting(512, help="guest memory in MiB", check=at_least(64))
+    busybox_suites: dict[str, str] = setting(
+        factory=dict, help="per arch, the Debian suite whose busybox-static a foreign arch's initramfs takes "
+        "(default: bookworm; riscv64: trixie, bookworm has none), e.g. {riscv64: trixie}", check=_arch_suites)
+    mirror: str | None = setting(None, help="archive URI for those packages; default: the host's apt configuration",
+                                 check=matches(r"(https?|file)://\S+", "an http(s):// or file:// URI"))
 
 
 @dataclass
@@ -137,7 +153,8 @@ class ReleaseSettings:
 class Settings:
     work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
     logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
-    arch: Literal["x86_64"] = setting("x86_64", help="target architecture")
+    arch: Literal["x86_64", "arm64", "riscv64"] = setting("x86_64", help="target architecture (--arch overrides "
+                                                          "for the kernel verbs and status)")
     jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
     glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")

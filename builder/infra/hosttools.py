@@ -53,6 +53,12 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dpkg-checkbuilddeps", "dpkg-dev", "glibc (build dependencies)"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
     Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
+    Tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "kernel --arch arm64 (cross compiler)"),
+    Tool("riscv64-linux-gnu-gcc", "gcc-riscv64-linux-gnu", "kernel --arch riscv64 (cross compiler)"),
+    Tool("qemu-system-aarch64", "qemu-system-arm", "boot check --arch arm64"),
+    Tool("qemu-system-riscv64", "qemu-system-misc", "boot check --arch riscv64"),
+    Tool("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin", "opensbi",  # = ARCHES["riscv64"].firmware
+         "boot check --arch riscv64 (firmware)"),
     Tool("mmdebstrap", "mmdebstrap", "debian (bootstrap)"),
     Tool("debootstrap", "debootstrap", "debian (bootstrap: debootstrap)"),
     Tool("mksquashfs", "squashfs-tools", "rootfs"),

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.infra import arch as arch_mod
 from builder.infra import atomic, hosttools, keys, log, runner, state
-from builder.infra.arch import ARCHES, Arch
+from builder.infra.arch import Arch
 from builder.infra.config import Project
 from builder.infra.digests import sha256_file
 from builder.infra.errors import UserError
@@ -94,23 +95,31 @@ class Plan:
         return self.layout.artifact(self.key)
 
 
-def toolchain_version() -> str:
-    return gcc_version()
+def toolchain_version(arch: Arch) -> str:
+    """The compiler the build uses for ``arch`` (the cross compiler on another host)."""
+    return gcc_version(arch.cross_compile())
+
+
+def required_tools(arch: Arch) -> None:
+    """What building for ``arch`` needs on this host, the cross compiler with its package."""
+    hosttools.require(KERNEL_TOOLS, "the kernel stage")
+    if arch.cross_compile():
+        hosttools.require([f"{arch.cross_compile()}gcc"], f"building the {arch.name} kernel")
 
 
 def plan(project: Project, profile_name: str | None = None, arch_name: str | None = None) -> Plan:
     """Resolve every input and the stage key; reads files, changes nothing."""
     ks = project.settings.kernel
     name = profile_name or ks.profile
-    hosttools.require(KERNEL_TOOLS, "the kernel stage")
+    arch = arch_mod.get(arch_name or project.settings.arch, "--arch")
+    required_tools(arch)
     root = project.work_dir / "kernel"
     digests = project.digests()
     source = sources.resolve(project, ks.source, digests)
     digests.save()
     series = quilt.read_series(project.input_dir(ks.patches, "kernel.patches"))
-    profile = kconfig.load_profile(project.root, name, ks.fragments)
-    arch = ARCHES[arch_name or project.settings.arch]
-    toolchain = toolchain_version()
+    profile = kconfig.load_profile(project.root, name, ks.fragments, arch.name)
+    toolchain = toolchain_version(arch)
     inputs: dict[str, Any] = {
         "stage": "kernel",
         "stage_version": STAGE_VERSION,
@@ -159,12 +168,14 @@ class KernelStage(PlannedStage):
 # --- the build ---------------------------------------------------------------------------
 
 
-def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, epoch: int) -> dict[str, str]:
+def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, epoch: int,
+                     cross_compile: str = "") -> dict[str, str]:
     """Variables that pin the kernel release and make the build reproducible:
-    the same inputs give the same bzImage from any directory."""
+    the same inputs give the same image from any directory."""
     stamp = time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime(epoch))
     return {
         "ARCH": make_arch,
+        **({"CROSS_COMPILE": cross_compile} if cross_compile else {}),
         "LOCALVERSION": localversion,
         "KBUILD_BUILD_TIMESTAMP": stamp,
         "KBUILD_BUILD_USER": "isobuild",
@@ -177,7 +188,7 @@ def reproducible_env(src: Path, build: Path, make_arch: str, localversion: str, 
 
 def make_env(p: Plan, epoch: int) -> dict[str, str]:
     return reproducible_env(p.layout.src, p.layout.build, p.arch.make_arch,
-                            p.project.settings.kernel.localversion, epoch)
+                            p.project.settings.kernel.localversion, epoch, p.arch.cross_compile())
 
 
 def _make(p: Plan, *targets: str) -> list[str]:
@@ -270,7 +281,8 @@ def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, s
     kept = marker.get("config") or {}
     if kept.get("key") == want and config.is_file() and kept.get("sha256") == sha256_file(config):
         log.get().info("kernel.config-kept", key=want[:12])
-        return kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir), str(kept["release"]), True
+        return (kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir, p.arch.name), str(kept["release"]),
+                True)
     if lay.marker.exists():  # whatever happens next, the kept config is no longer known good
         state.save(lay.marker, {k: v for k, v in marker.items() if k != "config"})
     if p.profile.base in kconfig.BASE_TARGETS:
@@ -281,7 +293,7 @@ def configure(p: Plan, env: dict[str, str], log_path: Path) -> tuple[dict[str, s
     runner.run([str(lay.src / "scripts/kconfig/merge_config.sh"), "-m", "-O", str(lay.build), str(config), *frags],
                cwd=lay.src, env=env, log_path=log_path)
     runner.run(_make(p, "olddefconfig"), cwd=lay.src, env=env, log_path=log_path)
-    effective = kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir)
+    effective = kconfig.check(p.profile, config, lay.src, p.arch.kconfig_dir, p.arch.name)
     release = runner.output(_make(p, "-s", "kernelrelease"), cwd=lay.src, env=env).strip().splitlines()[-1]
     if lay.marker.exists():
         marker = state.load(lay.marker) or {}
@@ -361,11 +373,12 @@ def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, modules: bo
         "source": {"label": p.source.label, **p.source.identity},
         "patches": [{"name": x.name, "strip": x.strip, "sha256": x.sha256} for x in p.series],
         "toolchain": p.toolchain,
+        "cross_compile": p.arch.cross_compile(),
         "arch": p.arch.name,
         "make_env": env,
         "artifacts": {str(f.relative_to(out)): sha256_file(f) for f in files},
         "reproducer": {
-            "isobuild": f"isobuild kernel --profile {lay.profile}",
+            "isobuild": f"isobuild kernel --profile {lay.profile} --arch {p.arch.name}",
             "make": runner.reproducer(_make(p, f"-j{p.project.jobs}", Path(p.arch.image).name, "modules"),
                                       lay.src, env),
         },

@@ -90,3 +90,20 @@ def default_mirror(suite: str, apt_dir: Path = APT_DIR) -> str:
             return source.uri
     raise UserError(f"the host's apt configuration ({apt_dir}/sources.list*) has no 'deb' source for suite {suite!r}",
                     hint="set 'mirror:' in distros/debian.yaml to a Debian mirror URI")
+
+
+def archive_mirror(suite: str, apt_dir: Path = APT_DIR) -> str:
+    """A Debian archive URI for ``suite``: the host's source for it, else the URI the host uses for
+    its own release (an archive serves every release, and the suite's signed InRelease is checked
+    whatever the URI): a bookworm host fetches trixie's riscv64 packages from its own mirror."""
+    sources = host_sources(apt_dir)
+    for source in sources:
+        if source.serves(suite):
+            return source.uri
+    for source in sources:
+        if "deb" in source.types and "main" in source.components and \
+                any(re.fullmatch(r"[a-z]+", s) for s in source.suites):
+            return source.uri
+    raise UserError(f"the host's apt configuration ({apt_dir}/sources.list*) has no Debian archive source "
+                    f"to fetch {suite} packages from",
+                    hint="set kernel.boot.mirror (or the distro file's 'mirror:') to a Debian mirror URI")

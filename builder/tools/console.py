@@ -90,8 +90,8 @@ class Watch:
             elif not re.fullmatch(pattern, got):
                 reasons.append(f"marker {name}: expected {pattern!r}, got {got!r}")
         if not self.done and not self.panic:
-            if timed_out:
-                reasons.append("timed out before the guest finished its checks")
+            if timed_out:  # the cause, so the headline: what is missing follows from it
+                reasons.insert(0, "timed out before the guest finished its checks")
             else:
                 reasons.append(f"guest stopped (QEMU exit {exited}) before finishing its checks")
         return Verdict("fail" if reasons else "pass", reasons, dict(self.markers), list(self.findings),

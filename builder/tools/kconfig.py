@@ -34,6 +34,9 @@ class ProfileSettings:
     base: str = setting("defconfig", help="defconfig, tinyconfig, allnoconfig, or a config file "
                         "relative to the profile")
     fragments: list[str] = setting(factory=list, help="fragments, relative to the profile file")
+    arches: dict[str, list[str]] = setting(
+        factory=dict, help="per target arch, fragments merged after the common ones; a profile that has this "
+        "key builds only for the arches it names")
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _inside(root: Path, path: Path, what: str) -> Path:
     return resolved
 
 
-def load_profile(root: Path, name: str, extra_fragments: list[str]) -> Profile:
+def load_profile(root: Path, name: str, extra_fragments: list[str], arch: str = "x86_64") -> Profile:
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
         raise UserError(f"kernel profile {name!r} is not a profile name",
                         hint="a profile is profiles/kernel/<name>.yaml: give the name, not a path")
@@ -126,8 +129,13 @@ def load_profile(root: Path, name: str, extra_fragments: list[str]) -> Profile:
         if not base_path.is_file():
             raise UserError(f"{rel(path)}: base: {base!r} is neither {', '.join(BASE_TARGETS)} nor a file")
         base, base_sha = str(base_path), sha256_file(base_path)
+    if data.arches and arch not in data.arches:
+        raise UserError(f"kernel profile {name!r} has no fragments for {arch} ({rel(path)}: arches)",
+                        hint=f"it builds for {', '.join(data.arches)}; add an '{arch}:' entry under arches, "
+                             "or choose another profile")
+    names = [*data.fragments, *data.arches.get(arch, [])]
     frags = [parse_fragment(_inside(root, profile_dir / f, f"{rel(path)}: fragments"), rel(profile_dir / f))
-             for f in data.fragments]
+             for f in names]
     frags += [parse_fragment(_inside(root, root / f, "kernel.fragments"), f) for f in extra_fragments]
     return Profile(name, path, base, base_sha, frags)
 
@@ -171,7 +179,8 @@ def _enclosing_ifs(src: Path, kconfig: Path) -> list[str]:
     for parent, lines in _kconfig_files(src):
         stack: list[str] = []
         for i, line in enumerate(lines):
-            stripped = line.split("#", 1)[0].strip()
+            # ``if``/``endif`` are statements at the start of a line; an indented "if ..." is help text
+            stripped = line.split("#", 1)[0].rstrip()
             if stripped.startswith("if "):
                 stack.append(f"{stripped} ({parent.relative_to(src)}:{i + 1})")
             elif stripped == "endif" and stack:
@@ -223,7 +232,7 @@ def shapes_config(rel: str) -> bool:
                                                                          and name == "Makefile"))
 
 
-def check(profile: Profile, config_path: Path, src: Path, arch_dir: str) -> dict[str, str]:
+def check(profile: Profile, config_path: Path, src: Path, arch_dir: str, arch: str = "x86_64") -> dict[str, str]:
     """Fail if any requested option did not land; return the effective values of requested options."""
     final = read_config(config_path)
     mismatches = diff_requested(profile, final)
@@ -232,7 +241,7 @@ def check(profile: Profile, config_path: Path, src: Path, arch_dir: str) -> dict
                  f"{explain(src, m.option, arch_dir)}" for m in mismatches]
         names = ", ".join(m.option for m in mismatches[:5]) + (" ..." if len(mismatches) > 5 else "")
         raise UserError(
-            f"{len(mismatches)} requested config option(s) did not land in .config: {names}",
+            f"{len(mismatches)} requested config option(s) did not land in the {arch} .config: {names}",
             hint="enable their dependencies in a fragment, or drop the request; "
                  f"final config: {config_path}",
             details=lines,

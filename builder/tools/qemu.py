@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from builder.infra import log, runner
-from builder.infra.arch import Arch
-from builder.infra.errors import UserError
+from builder.infra.arch import ARCHES, Arch
+from builder.infra.errors import InfraError, UserError
 from builder.tools import console
 
 _PROBE_EXIT = 99  # (0x31 << 1) | 1, from isa-debug-exit
@@ -29,7 +29,7 @@ def probe_image() -> bytes:
     return _BOOT_SECTOR + bytes(510 - len(_BOOT_SECTOR)) + b"\x55\xaa"
 
 
-# Under TCG, "max" minus the fast-string features.  With ERMS/FSRM the guest
+# Under TCG on x86_64, "max" minus the fast-string features.  With ERMS/FSRM the guest
 # kernel copies and clears pages with `rep movsb`, which TCG executes a byte at
 # a time; and a page that last held translated code (the freed initramfs, the
 # kernel's init text) stays write-protected for QEMU's self-modifying-code
@@ -38,22 +38,22 @@ def probe_image() -> bytes:
 # trace showed ~1M such byte stores per boot).  Debian live ISO, BIOS-CD, to
 # verdict: default kernel 23-30 s on "max", 19-22 s on this; -O2 ci kernel
 # 25.5 s vs 21-24 s.  An -Os kernel inlines memcpy as `rep movsb` whatever the
-# CPU says, hence the ci profile's -O2.
-TCG_CPU = "max,-erms,-fsrm"
+# CPU says, hence the ci profile's -O2.  Every arch's model: builder.infra.arch.
+TCG_CPU = ARCHES["x86_64"].tcg_cpu
 
 
-def cpu_model(accel: str) -> str:
+def cpu_model(accel: str, arch: Arch = ARCHES["x86_64"]) -> str:
     """``-cpu`` for ``accel``; ``ISOBUILD_QEMU_CPU`` overrides (say, a baseline model to test on)."""
     forced = os.environ.get("ISOBUILD_QEMU_CPU", "").strip()
     if forced:
         return forced
-    return "host" if accel == "kvm" else TCG_CPU
+    return "host" if accel == "kvm" else arch.tcg_cpu
 
 
 def probe_argv(arch: Arch, accel: str, image: Path) -> list[str]:
     # Same machine and CPU model as a real boot: here KVM runs the boot sector on
     # the default machine yet aborts on q35 with -cpu host (an MSR it cannot set).
-    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel),
+    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel, arch),
             "-nodefaults", "-display", "none", "-m", "16",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
             "-drive", f"file={image},format=raw,if=floppy", "-monitor", "none", "-serial", "none"]
@@ -66,8 +66,8 @@ def accelerator(arch: Arch, timeout: float = 5.0) -> str:
         if forced not in ("kvm", "tcg"):
             raise UserError(f"ISOBUILD_ACCEL={forced!r}: expected kvm or tcg")
         return forced
-    if not os.path.exists("/dev/kvm"):
-        return "tcg"
+    if not arch.native() or arch.name != "x86_64" or not os.path.exists("/dev/kvm"):
+        return "tcg"  # a foreign arch is always emulated; the probe's boot sector is x86 code
     with tempfile.NamedTemporaryFile(suffix=".img") as f:
         f.write(probe_image())
         f.flush()
@@ -80,14 +80,26 @@ def accelerator(arch: Arch, timeout: float = 5.0) -> str:
 def guest_argv(arch: Arch, accel: str, memory: int, cpus: int = 2) -> list[str]:
     """The head of every guest's command line: machine, accelerator, CPU model, memory, no devices of
     QEMU's own choosing, no display or monitor, the serial console on stdout, no reboot."""
-    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel), "-m", str(memory),
-            "-smp", str(cpus), "-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-            "-serial", "stdio", "-no-reboot"]
+    return [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", cpu_model(accel, arch),
+            "-m", str(memory), "-smp", str(cpus), "-nodefaults", "-no-user-config", "-display", "none",
+            "-monitor", "none", "-serial", "stdio", "-no-reboot"]
+
+
+def firmware(arch: Arch) -> list[str]:
+    """``-bios`` for a direct kernel boot where the arch needs one (riscv64: OpenSBI, which then
+    jumps to the kernel); an InfraError naming the file and its package when it is missing."""
+    if arch.firmware is None:
+        return []
+    if not Path(arch.firmware).is_file():
+        raise InfraError(f"{arch.firmware} not found: booting {arch.name} needs it as QEMU firmware",
+                         hint=f"apt-get install {arch.firmware_package}  (or run: isobuild doctor)")
+    return ["-bios", arch.firmware]
 
 
 def kernel_argv(arch: Arch, kernel: Path, initrd: Path, append: str, memory: int, accel: str) -> list[str]:
     """Boot a kernel + initramfs directly, console on the serial port (our stdout)."""
-    return [*guest_argv(arch, accel, memory), "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
+    return [*guest_argv(arch, accel, memory), *firmware(arch), "-kernel", str(kernel), "-initrd", str(initrd),
+            "-append", append]
 
 
 def watch(argv: list[str], expect: console.Expect, log_path: Path, timeout: float) -> console.Verdict:

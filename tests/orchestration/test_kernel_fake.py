@@ -285,7 +285,8 @@ def test_dropped_option_fails_naming_option_requested_and_actual(fake_project: F
     (fake_project.root / "patches/kernel/xsc.config").write_text("CONFIG_FAKE_XSC=y\nCONFIG_FAKE_NEEDS_MISSING=y\n")
     assert fake_project.run("kernel") == ExitCode.USER
     err = capsys.readouterr().err
-    assert "1 requested config option(s) did not land in .config: CONFIG_FAKE_NEEDS_MISSING" in first_error_line(err)
+    assert "1 requested config option(s) did not land in the x86_64 .config: CONFIG_FAKE_NEEDS_MISSING" in \
+        first_error_line(err)
     assert "CONFIG_FAKE_NEEDS_MISSING: requested y, got absent (patches/kernel/xsc.config)" in err
     assert "depends on FAKE_NOT_AVAILABLE" in err
     assert_last_good_intact(fake_project, good)

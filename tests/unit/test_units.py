@@ -261,9 +261,9 @@ def test_console_wrong_release_missing_marker_and_timeout() -> None:
     w.feed("ISOBUILD-MARKER-MISSING /sys/kernel/xsc/version")
     v = w.verdict(True, None)
     assert v.status == "fail"
-    assert v.reasons == ["marker UNAME: expected '6\\\\.1\\\\.0-isobuild', got '6.1.0-other'",
-                         "marker MARKER not reported (/sys/kernel/xsc/version absent in the guest)",
-                         "timed out before the guest finished its checks"]
+    assert v.reasons == ["timed out before the guest finished its checks",
+                         "marker UNAME: expected '6\\\\.1\\\\.0-isobuild', got '6.1.0-other'",
+                         "marker MARKER not reported (/sys/kernel/xsc/version absent in the guest)"]
 
 
 def test_console_panic_stops_after_context_and_oops_fails_warning_reports() -> None:

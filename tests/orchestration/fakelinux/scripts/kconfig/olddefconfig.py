@@ -1,13 +1,24 @@
 #!/usr/bin/env python3
-"""Fake olddefconfig: drop options whose 'depends on' is not =y (like Kconfig)."""
+"""Fake olddefconfig: drop options whose 'depends on' is not =y, and options only another arch's
+arch/*/Kconfig defines (like Kconfig, which never sees them)."""
+import glob
+import os
 import re
 import sys
 
-kconfig, config = sys.argv[1], sys.argv[2]
+*kconfigs, config = sys.argv[1:]
 deps = {}
 current = None
-with open(kconfig) as f:
-    kconfig_lines = f.readlines()
+kconfig_lines = []
+for path in kconfigs:
+    if os.path.exists(path):
+        with open(path) as f:
+            kconfig_lines += f.readlines()
+foreign = set()
+for path in glob.glob("arch/*/Kconfig"):
+    if path not in kconfigs:
+        with open(path) as f:
+            foreign |= {m.group(1) for m in re.finditer(r"^config (\w+)", f.read(), re.M)}
 with open(config) as f:
     config_lines = f.readlines()
 for line in kconfig_lines:
@@ -22,6 +33,8 @@ for line in config_lines:
     m = re.match(r"CONFIG_(\w+)=(.*)", line.strip())
     if m:
         values[m.group(1)] = m.group(2)
+for name in foreign:
+    values.pop(name, None)
 changed = True
 while changed:
     changed = False
