@@ -260,9 +260,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                           "namespaces": {"ok": contained, "why": contained_why}}, indent=2))
         return ExitCode.INFRA if missing or deps or not contained else 0
     width = max(len(str(r["tool"])) for r in rows)
+    package_width = max(len(str(r["package"])) for r in rows)
     for r in rows:
         mark = "ok     " if r["present"] else "MISSING"
-        print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(18)} {r['used_by']}")
+        print(f"{mark}  {str(r['tool']).ljust(width)}  {str(r['package']).ljust(package_width)}  {r['used_by']}")
     if deps is None:
         print("\nglibc build dependencies: not checked (glibc-source or dpkg-dev is not installed)")
     elif deps:

@@ -2,8 +2,9 @@
 # The tests: install what is needed, lint and type-check, then every tier in
 # one pytest run, fastest first: unit (seconds), orchestration on a fake
 # kernel tree (seconds), real (the real 6.1 source with the `ci` profile and
-# the example series, built and booted in QEMU; the Debian live ISO built from
-# the host's mirror and booted BIOS-CD and UEFI-USB: ~20 min cold, minutes warm).
+# the example series, built and booted in QEMU for x86_64, and cross-built and
+# booted for arm64 and riscv64; the Debian live ISO built from the host's
+# mirror and booted BIOS-CD and UEFI-USB: ~40 min cold, minutes warm).
 # ISOBUILD_FULL=1 boots the ISO in all four modes.
 # Pass pytest arguments to narrow it, e.g. scripts/test.sh -m "not real".
 set -euo pipefail

@@ -10,7 +10,7 @@ blocked (an input cannot even be read).  The rows come from the stage graph
 from __future__ import annotations
 
 from builder.distros import graph
-from builder.infra import state
+from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.stages.base import Row, records_dir
 
@@ -18,17 +18,16 @@ __all__ = ["Row", "recorded_kernels", "rows", "table"]
 
 
 def recorded_kernels(project: Project) -> list[tuple[str, str]]:
-    """(profile, arch) of each kernel this project has built (its records, and the work dir's from
-    before them, which were x86_64)."""
+    """(profile, arch) of each kernel this project has a record of (named kernel-<profile>-<arch>,
+    builder.stages.base.Stage.label), and the work dir's from before records were per project
+    (x86_64 then)."""
     found: set[tuple[str, str]] = set()
     for path in records_dir(project).glob("kernel-*.json"):
-        if path.name.startswith("kernel-boot-"):
+        if path.name.startswith(("kernel-boot-", "kernel-package-")):
             continue
-        record = state.load(path) or {}
-        inputs = record.get("inputs") or {}
-        name = str(record.get("profile") or record.get("name") or "")
-        if name:
-            found.add((name, str(inputs.get("arch") or "x86_64")))
+        profile, _, arch = path.stem.removeprefix("kernel-").rpartition("-")
+        if profile and arch in ARCHES:
+            found.add((profile, arch))
     found |= {(p.stem, "x86_64") for p in (project.work_dir / "kernel" / "state").glob("*.json")
               if not p.stem.startswith("boot-")}
     return sorted(found)

@@ -200,9 +200,11 @@ def _kconfig_files(src: Path) -> Iterator[tuple[Path, list[str]]]:
 
 
 def explain(src: Path, option: str, arch_dir: str = "x86") -> str:
-    """Where the option is defined and what it depends on (for the error)."""
+    """Where the option is defined and what it depends on (for the error).  An option defined only
+    under other architectures' arch/ directories says so, naming them and the target."""
     name = option.removeprefix("CONFIG_")
     head = re.compile(rf"^\s*(?:menu)?config {re.escape(name)}\s*$")
+    found: list[tuple[Path, int, list[str]]] = []
     for kconfig, lines in _kconfig_files(src):
         for i, line in enumerate(lines):
             if head.match(line):
@@ -212,13 +214,21 @@ def explain(src: Path, option: str, arch_dir: str = "x86") -> str:
                         break
                     if re.match(r"^\s*depends on ", follow):
                         deps.append(follow.strip())
-                deps += [f"inside {block}" for block in _enclosing_ifs(src, kconfig)]
-                where = f"defined at {kconfig.relative_to(src)}:{i + 1}"
-                parts = kconfig.relative_to(src).parts
-                if parts[0] == "arch" and parts[1] != arch_dir:
-                    where += f" (architecture {parts[1]}, not {arch_dir})"
-                return where + (f"; {'; '.join(deps)}" if deps else "")
-    return "no Kconfig in this source defines it (misspelt, removed, or for another architecture)"
+                found.append((kconfig.relative_to(src), i + 1, deps))
+    if not found:
+        return "no Kconfig in this source defines it (misspelt, removed, or for another architecture)"
+
+    def foreign(rel: Path) -> str | None:
+        return rel.parts[1] if rel.parts[0] == "arch" and rel.parts[1] != arch_dir else None
+
+    own = [f for f in found if foreign(f[0]) is None]
+    if not own:
+        places = "; ".join(f"{r}:{n} (architecture {foreign(r)}" + "".join(f", {d}" for d in deps) + ")"
+                           for r, n, deps in found)
+        return f"defined only under other architectures, not {arch_dir}: {places}"
+    rel, number, deps = own[0]
+    deps = deps + [f"inside {block}" for block in _enclosing_ifs(src, src / rel)]
+    return f"defined at {rel}:{number}" + (f"; {'; '.join(deps)}" if deps else "")
 
 
 def shapes_config(rel: str) -> bool:
