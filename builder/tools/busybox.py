@@ -14,7 +14,7 @@ import shutil
 import struct
 from pathlib import Path
 
-from builder.infra import atomic, runner
+from builder.infra import atomic, runner, state
 from builder.infra.arch import Arch
 from builder.infra.digests import sha256_file
 from builder.infra.errors import InfraError, UserError
@@ -69,12 +69,18 @@ def for_arch(arch: Arch, mirror: str, suite: str, cache: Path, log_path: Path | 
         if (last / "busybox").is_file():  # offline: the one verified last time
             return (last / "busybox").resolve()
         raise
+    # the same signed InRelease lists the same Packages index and so the same .deb: parsing that
+    # index (megabytes of xz) again would only find the package already verified for it
+    seen = state.load(last.with_suffix(".json")) or {}
+    if seen.get("release") == rel.sha256 and (last / "busybox").is_file():
+        return (last / "busybox").resolve()
     aptrepo.require(rel, arch.deb_arch, ["main"], where)
     deb = aptrepo.deb(rel, "main", arch.deb_arch, PACKAGE, cache)
     final = cache / "busybox" / sha256_file(deb)
     if not (final / "busybox").is_file():
         _unpack(deb, final, arch, f"{PACKAGE} ({suite}, {arch.deb_arch})", log_path)
     atomic.symlink(final.name, last)
+    state.save(last.with_suffix(".json"), {"release": rel.sha256, "deb": final.name})
     return final / "busybox"
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from builder.infra import arch as arch_mod
 from builder.infra.errors import CheckFailed, ExitCode, InfraError, UserError
-from builder.tools import busybox, console, qemu
+from builder.tools import aptrepo, busybox, console, qemu
 from tests.conftest import FakeProject
 from tests.fakemirror import Mirror
 
@@ -179,6 +179,15 @@ def test_foreign_busybox_comes_verified_from_the_archive_and_is_cached(tmp_path:
     got = busybox.for_arch(arch_mod.ARCHES["riscv64"], uri, "trixie", cache, keyring=mirror.keyring)
     assert got.read_bytes() == static_elf(243)
     assert busybox.elf_machine(got.read_bytes()) == 243
+    # the same signed InRelease: the package verified for it, without reading the index again
+
+    def no_index(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Packages index was read again for an unchanged InRelease")
+
+    monkeypatch.setattr(aptrepo, "deb", no_index)
+    assert busybox.for_arch(arch_mod.ARCHES["riscv64"], uri, "trixie", cache, keyring=mirror.keyring) == \
+        got.resolve()
+    monkeypatch.undo()
     # the mirror unreachable (nothing listens on loopback's discard port): the last one verified
     offline = "http://127.0.0.1:9/debian"
     assert busybox.for_arch(arch_mod.ARCHES["riscv64"], offline, "trixie", cache, keyring=mirror.keyring) == \
