@@ -8,10 +8,13 @@ exported public key (``gpg --export``), what gpgv checks against.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import lzma
 import os
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,13 +37,16 @@ class Mirror:
 
     @classmethod
     def create(cls, root: Path) -> Mirror:
-        gnupg = root.parent / f"{root.name}-gnupg"
-        gnupg.mkdir(parents=True, mode=0o700)
+        # a short GNUPGHOME: gpg-agent's sockets live in it, and a socket path over 107 bytes (a deep
+        # pytest directory) makes key generation fail with exit 2; removed when the tests end
+        gnupg = Path(tempfile.mkdtemp(prefix="ib-gpg-"))
+        atexit.register(shutil.rmtree, gnupg, True)
         env = {**os.environ, "GNUPGHOME": str(gnupg)}
         subprocess.run(["gpg", "--batch", "--quiet", "--passphrase", "", "--quick-gen-key",
                         "isobuild test archive <archive@test.invalid>", "ed25519", "sign", "never"],
                        env=env, check=True, capture_output=True)
         keyring = root.parent / f"{root.name}-keyring.gpg"
+        keyring.parent.mkdir(parents=True, exist_ok=True)
         keyring.write_bytes(subprocess.run(["gpg", "--batch", "--export"], env=env, check=True,
                                            capture_output=True).stdout)
         _stop_agent(env)
