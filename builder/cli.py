@@ -76,9 +76,10 @@ def _verdict_line(verdict: Verdict) -> str:
                if verdict.status == "pass" else ""))
 
 
-def _boot(stage: KernelStage) -> Verdict:
+def _boot(check: kernelboot.KernelBootCheck) -> Verdict:
+    stage = check.of
     with pipeline.locked(stage.project):
-        return kernelboot.KernelBootCheck(stage).run(pipeline.stage_log(stage.project, f"boot-{stage.label}"))
+        return check.run(pipeline.stage_log(stage.project, f"boot-{stage.label}"))
 
 
 def _boots(stage: iso.IsoStage, modes: list[str], as_json: bool) -> list[Verdict]:
@@ -105,13 +106,14 @@ def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[st
 
 def cmd_kernel(args: argparse.Namespace) -> int:
     project = _project(args)
-    if args.boot:  # QEMU, firmware and busybox for the arch: checked before the build, not after it
-        kernelboot.KernelBootCheck(KernelStage(project, args.profile, args.arch)).prepare()
+    check = kernelboot.KernelBootCheck(KernelStage(project, args.profile, args.arch)) if args.boot else None
+    if check:  # QEMU, firmware and busybox for the arch: checked before the build, not after it
+        check.prepare()
     done = pipeline.ensure_kernel(project, args.profile, args.arch, force=args.force)
     stage, meta = done.stage, done.meta
     verb = "built" if done.built_now else "is up to date"
     packages = pipeline.ensure_kernel_packages(stage, args.packages or [])
-    verdict = _boot(stage) if args.boot else None
+    verdict = _boot(check) if check else None
     if args.json:
         print(json.dumps({"kernel": meta, "packages": [p.meta for p in packages],
                           "boot": verdict.as_dict() if verdict else None}, indent=2))
@@ -129,7 +131,7 @@ def cmd_kernel(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     project = _project(args)
     if args.target == "kernel":
-        verdict = _boot(KernelStage(project, args.profile, args.arch))
+        verdict = _boot(kernelboot.KernelBootCheck(KernelStage(project, args.profile, args.arch)))
         print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
         raise_for([verdict], "the kernel artifact")
         return 0

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from builder import distros
-from builder.distros.graph import DistroStages, Graph, wants_glibc
+from builder.distros.graph import IMAGE_ARCHES, DistroStages, Graph, wants_glibc
 from builder.infra import log
 from builder.infra.config import Project
 from builder.infra.errors import IsobuildError, UserError
@@ -43,10 +43,11 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
     series, profile and fragments; glibc's when a distro takes it.  The first error is raised --
     with ``keep_going`` only the kernel's and glibc's are; a distro's stops that distro alone."""
     graph = Graph(project, profile)
-    if graph.arch != "x86_64":
+    if graph.arch not in IMAGE_ARCHES:
         raise UserError(f"{project.config_file.name}: arch: {graph.arch}: the distro images are built for "
-                        "x86_64 only in this version", hint=f"isobuild kernel --arch {graph.arch} --boot builds and "
-                        "boots the kernel; set arch: x86_64 for the images")
+                        f"{', '.join(IMAGE_ARCHES)} only in this version",
+                        hint=f"isobuild kernel --arch {graph.arch} --boot builds and boots the kernel; set arch: "
+                             f"{IMAGE_ARCHES[0]} for the images")
     stages: dict[str, DistroStages] = {}
     failed: dict[str, IsobuildError] = {}
     with log.stage("preflight", distros=names):

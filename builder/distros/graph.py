@@ -27,6 +27,9 @@ from builder.stages.kpackage import KernelPackageStage, Kind
 from builder.stages.rootfs import RootfsStage
 from builder.stages.smoke import SmokeCheck, checks
 
+# the arches the distro images (rootfs, ISO, smoke) are built for; another arch has kernel stages only
+IMAGE_ARCHES = ("x86_64",)
+
 
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
     """The patched glibc goes into this distro's root: enabled (isobuild.yaml and the distro file),
@@ -114,14 +117,14 @@ def kernel_profiles(project: Project, recorded: list[str]) -> list[str]:
 
 def rows(project: Project, profile: str | None, recorded_profiles: list[str], arch: str | None = None) -> list[Row]:
     """Every stage's and check's status row for one arch, in pipeline order (status, the report).
-    The distro images are x86_64's (builder.pipeline.preflight); another arch has kernel rows."""
+    The distro images are IMAGE_ARCHES' (builder.pipeline.preflight); another arch has kernel rows."""
     graph = Graph(project, profile, arch)
     out: list[Row] = []
     for name in kernel_profiles(project, recorded_profiles):
         stage = graph.kernel(name)
         out.append(_row(stage, "kernel", name, graph.arch))
         out.append(_row(KernelBootCheck(stage), "kernel-boot", name, graph.arch))
-    if graph.arch != "x86_64":
+    if graph.arch not in IMAGE_ARCHES:
         return out
     plugins: list[Plugin] = []
     packages: set[str] = set()

@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from builder.infra.arch import ARCHES
 from builder.infra.errors import InfraError
 
 
@@ -53,12 +54,6 @@ TOOLS: tuple[Tool, ...] = (
     Tool("dpkg-checkbuilddeps", "dpkg-dev", "glibc (build dependencies)"),
     Tool("qemu-system-x86_64", "qemu-system-x86", "boot check"),
     Tool("/bin/busybox", "busybox-static", "boot check (initramfs)"),
-    Tool("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu", "kernel --arch arm64 (cross compiler)"),
-    Tool("riscv64-linux-gnu-gcc", "gcc-riscv64-linux-gnu", "kernel --arch riscv64 (cross compiler)"),
-    Tool("qemu-system-aarch64", "qemu-system-arm", "boot check --arch arm64"),
-    Tool("qemu-system-riscv64", "qemu-system-misc", "boot check --arch riscv64"),
-    Tool("/usr/lib/riscv64-linux-gnu/opensbi/generic/fw_jump.bin", "opensbi",  # = ARCHES["riscv64"].firmware
-         "boot check --arch riscv64 (firmware)"),
     Tool("mmdebstrap", "mmdebstrap", "debian (bootstrap)"),
     Tool("debootstrap", "debootstrap", "debian (bootstrap: debootstrap)"),
     Tool("mksquashfs", "squashfs-tools", "rootfs"),
@@ -85,6 +80,12 @@ TOOLS: tuple[Tool, ...] = (
     Tool("sgdisk", "gdisk", "tests (GPT check)"),
     Tool("chromium", "chromium", "tests (the build report renders in a browser)"),
     Tool("xorriso", "xorriso", "tests and bench (ISO reference)"),
+    # every other arch's cross compiler, QEMU and firmware, from the arch table
+    *(tool for arch in ARCHES.values() if arch.name != "x86_64" for tool in (
+        Tool(f"{arch.triplet}-gcc", arch.cross_package, f"kernel --arch {arch.name} (cross compiler)"),
+        Tool(arch.qemu, arch.qemu_package, f"boot check --arch {arch.name}"),
+        *([Tool(arch.firmware, arch.firmware_package, f"boot check --arch {arch.name} (firmware)")]
+          if arch.firmware and arch.firmware_package else []))),
 )
 
 

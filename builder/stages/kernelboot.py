@@ -52,6 +52,7 @@ class KernelBootCheck(Check):
 
     def __init__(self, kernel: KernelStage):
         super().__init__(kernel)
+        self._busybox: Path | None = None
 
     @property
     def legacy_record(self) -> str | None:
@@ -59,11 +60,13 @@ class KernelBootCheck(Check):
 
     def prepare(self) -> Path:
         """Everything a boot needs besides the kernel, checked before any build: QEMU for the arch,
-        its firmware, the busybox (downloaded and verified now for a foreign arch)."""
-        arch = arch_mod.get(self.of.arch)
-        hosttools.require([arch.qemu], f"the {arch.name} boot check")
-        qemu.firmware(arch)
-        return busybox_for(self.of)
+        its firmware, the busybox (downloaded and verified now for a foreign arch, once per check)."""
+        if self._busybox is None:
+            arch = arch_mod.get(self.of.arch)
+            hosttools.require([arch.qemu], f"the {arch.name} boot check")
+            qemu.firmware(arch)
+            self._busybox = busybox_for(self.of)
+        return self._busybox
 
     def run(self, log_path: Path) -> console.Verdict:
         p = self.of.plan

@@ -58,9 +58,7 @@ def extract(deb: Path, into: Path, origin: str, log_path: Path | None = None) ->
 
 def for_arch(arch: Arch, mirror: str, suite: str, cache: Path, log_path: Path | None = None,
              keyring: Path = aptrepo.DEBIAN_KEYRING) -> Path:
-    """A static busybox for ``arch``: the host's for its own arch, else the archive's (cached)."""
-    if arch.native():
-        return HOST_BUSYBOX
+    """A static busybox for ``arch`` from the archive (cached); the host's own arch uses HOST_BUSYBOX."""
     where = f"kernel.boot.busybox_suites ({arch.name}: {suite})"
     last = cache / "busybox" / f"{suite}-{arch.deb_arch}"  # -> the last one verified
     try:
