@@ -17,6 +17,7 @@ from typing import Any
 
 from builder import __version__, distros, pipeline
 from builder.commands import clean, doctor, patches, release, report, status
+from builder.distros.graph import Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
@@ -66,8 +67,10 @@ def _project(args: argparse.Namespace) -> Project:
     return load_project(Path(args.config))
 
 
-def _modes(text: str | None) -> list[str]:
-    return smoke.parse_modes(text) if text else list(smoke.MODES)
+def _modes(text: str | None, arch: str) -> list[str]:
+    """--modes for an image of ``arch`` (default: every mode it boots in)."""
+    target = arch_mod.get(arch)
+    return smoke.parse_modes(text, target) if text else list(smoke.modes_for(target))
 
 
 def _verdict_line(verdict: Verdict) -> str:
@@ -135,18 +138,16 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(json.dumps(verdict.as_dict(), indent=2) if args.json else _verdict_line(verdict))
         raise_for([verdict], "the kernel artifact")
         return 0
-    if args.arch and args.arch != project.settings.arch:
-        raise UserError(f"--arch {args.arch} with 'test {args.target}': the {args.target} ISO is built for "
-                        f"{project.settings.arch} (arch in {project.config_file.name})",
-                        hint="--arch goes with 'test kernel'")
-    modes = _modes(args.modes)
-    return _smoke(pipeline.iso_stage(project, args.target, args.profile), modes, args.json, {})
+    arch = args.arch or project.settings.arch
+    modes = _modes(args.modes, arch)
+    return _smoke(pipeline.iso_stage(project, args.target, args.profile, arch), modes, args.json, {})
 
 
 def cmd_distro(args: argparse.Namespace) -> int:
     project = _project(args)
-    modes = _modes(args.modes)  # a typo must not wait for the build
-    checked = pipeline.preflight(project, [args.distro], args.profile)  # every input, before any build
+    arch = args.arch or project.settings.arch
+    modes = _modes(args.modes, arch)  # a typo must not wait for the build
+    checked = pipeline.preflight(project, [args.distro], args.profile, arch=arch)  # every input, before any build
     stages = checked.stages[args.distro]
     done = pipeline.ensure_distro(stages, force_glibc=getattr(args, "force_glibc", False))
     record = done.meta
@@ -163,7 +164,8 @@ def cmd_distro(args: argparse.Namespace) -> int:
 def cmd_glibc(args: argparse.Namespace) -> int:
     project = _project(args)
     tests = [t.strip() for t in (args.tests or "").split(",") if t.strip()]
-    done = pipeline.ensure_glibc(project, force=args.force, tests=tests)
+    # another arch's glibc is built for the suite of the first Debian-family distro configured for it
+    done = pipeline.ensure_glibc(Graph(project, None, args.arch).debian_glibc(), force=args.force, tests=tests)
     meta = done.meta
     if args.json:
         print(json.dumps({"glibc": meta}, indent=2, default=str))
@@ -176,18 +178,26 @@ def cmd_glibc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _steps(project: Project, names: list[str], args: argparse.Namespace) -> list[pipeline.Step]:
-    """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks."""
-    modes = _modes(args.modes)  # a typo must not wait for the builds
-    checked = pipeline.preflight(project, names, args.profile, keep_going=args.keep_going)
+def _steps(project: Project, names: list[str], args: argparse.Namespace, arch: str,
+           prefix: str = "") -> list[pipeline.Step]:
+    """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks, for ``arch``;
+    ``prefix`` names the arch's steps in a matrix of several."""
+    modes = _modes(args.modes, arch)  # a typo must not wait for the builds
+    checked = pipeline.preflight(project, names, args.profile, keep_going=args.keep_going, arch=arch)
     graph = checked.graph
-    steps = [pipeline.Step("kernel", [], lambda: pipeline.ensure(graph.kernel()).meta.get("kernel_release", ""))]
-    # Debian's glibc stage; an EL distro's glibc-rpm stage runs inside its ISO step
-    glibc_for = [n for n, s in checked.stages.items() if s.glibc is not None and s.glibc.kind == "glibc"]
-    if glibc_for:
-        steps.append(pipeline.Step("glibc", [], lambda: pipeline.ensure_glibc(project).meta.get("version", "")))
+    steps = [pipeline.Step(f"{prefix}kernel", [],
+                           lambda: pipeline.ensure(graph.kernel()).meta.get("kernel_release", ""))]
+    # Debian's glibc stage (per suite); an EL distro's glibc-rpm stage runs inside its ISO step
+    glibc_for = {n: s.glibc for n, s in checked.stages.items() if s.glibc is not None and s.glibc.kind == "glibc"}
+    glibc_steps: dict[str, str] = {}
+    for stage in glibc_for.values():
+        if stage.key in glibc_steps:
+            continue
+        name = f"{prefix}glibc" if not glibc_steps else f"{prefix}glibc-{len(glibc_steps) + 1}"
+        glibc_steps[stage.key] = name
+        steps.append(pipeline.Step(name, [], lambda stage=stage: pipeline.ensure_glibc(stage).meta.get("version", "")))
     for name in names:
-        deps = ["kernel", *(["glibc"] if name in glibc_for else [])]
+        deps = [f"{prefix}kernel", *([glibc_steps[glibc_for[name].key]] if name in glibc_for else [])]
 
         def build_iso(name: str = name) -> str:
             if name in checked.failed:  # --keep-going: this distro failed its checks, the others go on
@@ -200,29 +210,51 @@ def _steps(project: Project, names: list[str], args: argparse.Namespace) -> list
             smoke.raise_for(verdicts)
             return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
 
-        steps.append(pipeline.Step(f"{name}-iso", deps, build_iso))
+        steps.append(pipeline.Step(f"{prefix}{name}-iso", deps, build_iso))
         if not args.no_smoke:
-            steps.append(pipeline.Step(f"{name}-smoke", [f"{name}-iso"], check))
+            steps.append(pipeline.Step(f"{prefix}{name}-smoke", [f"{prefix}{name}-iso"], check))
     return steps
 
 
-def _run_steps(project: Project, names: list[str], args: argparse.Namespace) -> int:
-    outcomes = pipeline.run_stages(_steps(project, names, args), keep_going=args.keep_going)
+def _run_steps(steps: list[pipeline.Step], args: argparse.Namespace) -> int:
+    outcomes = pipeline.run_stages(steps, keep_going=args.keep_going)
     if args.json:
         print(json.dumps([o.as_dict() for o in outcomes], indent=2))
     else:
+        width = max([16, *(len(o.name) + 1 for o in outcomes)])
         for o in outcomes:
-            print(f"{o.name:<16} {o.status:<8} {o.seconds:7.1f} s  {o.detail}")
+            print(f"{o.name:<{width}} {o.status:<8} {o.seconds:7.1f} s  {o.detail}")
     return next((o.exit_code for o in outcomes if o.exit_code), 0)
 
 
 def cmd_all(args: argparse.Namespace) -> int:
-    return _run_steps(_project(args), ["debian"], args)
+    project = _project(args)
+    return _run_steps(_steps(project, ["debian"], args, args.arch or project.settings.arch), args)
+
+
+def matrix(project: Project, only: str | None) -> list[tuple[str, list[str]]]:
+    """``isobuild isos``: per arch (the configured one first), the enabled distros whose settings list it;
+    ``only`` narrows it to one arch."""
+    enabled = {name: distros.load(project, name).arches() for name in distros.enabled(project)}
+    arches = list(dict.fromkeys([project.settings.arch, *(a for listed in enabled.values() for a in listed)]))
+    if only is not None:
+        if not any(only in listed for listed in enabled.values()):
+            raise UserError(f"--arch {only}: no enabled distro is configured for it",
+                            hint="add it to a distro's 'arches' in distros/<name>.yaml")
+        arches = [only]
+    return [(a, names) for a in arches if (names := [n for n, listed in enabled.items() if a in listed])]
 
 
 def cmd_isos(args: argparse.Namespace) -> int:
     project = _project(args)
-    return _run_steps(project, distros.enabled(project), args)
+    plan = matrix(project, args.arch)
+    if args.modes and len(plan) > 1:
+        raise UserError("--modes with several arches: their images boot in different modes",
+                        hint="add --arch to pick one")
+    steps: list[pipeline.Step] = []
+    for arch, names in plan:
+        steps += _steps(project, names, args, arch, prefix=f"{arch}/" if len(plan) > 1 else "")
+    return _run_steps(steps, args)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -234,6 +266,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.check and any(r.state != "built" and r.state != "pass" for r in rows):
         return ExitCode.CHECK_FAILED
     return 0
+
+
+def foreign_hint() -> str:
+    return "; ".join(doctor.ENABLE_BINFMT.format(entry=a.qemu_user) for a in arch_mod.ARCHES.values()
+                     if not a.native())
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -253,14 +290,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.install and deps:
         glibc.install_build_deps(glibc.DEBIAN_GLIBC, gs.profiles, log_file)
         deps = doctor.glibc_build_deps(glibc.DEBIAN_GLIBC / "debian" / "control", gs.profiles)
+    if args.install and any(doctor.binfmt().values()):
+        doctor.enable_binfmt(log_file)
+    binfmt = doctor.binfmt()
     rows = [{"tool": t.name, "package": t.package, "used_by": t.used_by, "present": t.present()} for t in tools]
     contained, contained_why = doctor.namespaces()
     el_path, el_why = doctor.el_build()
     if args.json:
         print(json.dumps({"tools": rows, "install": doctor.apt_line(missing), "glibc_build_deps": deps,
                           "el_build": {"path": el_path, "why": el_why},
-                          "namespaces": {"ok": contained, "why": contained_why}}, indent=2))
-        return ExitCode.INFRA if missing or deps or not contained else 0
+                          "namespaces": {"ok": contained, "why": contained_why},
+                          "binfmt": binfmt}, indent=2))
+        return ExitCode.INFRA if missing or deps or not contained or any(binfmt.values()) else 0
     width = max(len(str(r["tool"])) for r in rows)
     package_width = max(len(str(r["package"])) for r in rows)
     for r in rows:
@@ -277,11 +318,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print(f"\nbuild roots (the root's commands in private mount and PID namespaces"
           f"{', as this ordinary user' if os.geteuid() else ''}): "
           f"{'ok' if contained else 'NOT POSSIBLE'} ({contained_why})")
+    print("\nforeign roots (another arch's programs through qemu-user-static): " + ", ".join(
+        f"{name} {'ok' if why is None else 'NOT POSSIBLE (' + why + ')'}" for name, why in binfmt.items()))
+    if any(binfmt.values()):
+        print(f"  enable them, as root: {foreign_hint()}  (or isobuild doctor --install)")
     if missing:
         print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
     else:
         print("\nall host tools are present")
-    return ExitCode.INFRA if missing or deps or not contained else 0
+    return ExitCode.INFRA if missing or deps or not contained or any(binfmt.values()) else 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
@@ -390,7 +435,8 @@ PROFILE = arg("--profile", type=_profile, help="kernel profile from profiles/ker
 ARCH = arg("--arch", type=_arch, help="target architecture: x86_64, arm64 or riscv64 (default: arch in isobuild.yaml)")
 STATUS_PROFILE = arg("--profile", type=_profile,
                      help="kernel profile the distro rows are computed for (default: kernel.profile)")
-MODES = arg("--modes", help="boot modes, comma-separated (default: bios-cd,bios-usb,uefi-cd,uefi-usb)")
+MODES = arg("--modes", help="boot modes, comma-separated (default: every mode of the arch: x86_64 bios-cd,bios-usb,"
+            "uefi-cd,uefi-usb; arm64 uefi-cd,uefi-usb; riscv64 uefi-disk)")
 NO_SMOKE = arg("--no-smoke", action="store_true", help="build the ISO only")
 JSON = arg("--json", action="store_true", help="machine-readable output")
 DRY_RUN = arg("--dry-run", action="store_true", help="only list what would be removed")
@@ -407,7 +453,7 @@ def _el_verb(name: str, title: str) -> Verb:
         "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf --installroot "
         "from the configured repositories (isobuild doctor says which); dracut's dmsquash-live boots it "
         "(root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.",
-        cmd_distro, (PROFILE, MODES, NO_SMOKE, arg("--json", action="store_true", help="print the ISO record and "
+        cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE, arg("--json", action="store_true", help="print the ISO record and "
                      "smoke verdicts as JSON"),
                      arg("--force-glibc", action="store_true", help="download the repositories' newest glibc source "
                          "RPM again and rebuild the glibc RPM")), {"distro": name})
@@ -433,7 +479,7 @@ VERBS: tuple[Verb, ...] = (
          "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS and "
          "UEFI and check the running kernel and glibc are the patched ones and systemd has no failed units. Every "
          "input of every stage is checked first.",
-         cmd_distro, (PROFILE, MODES, NO_SMOKE,
+         cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE,
                       arg("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")),
          {"distro": "debian"}),
     _el_verb("alma", "AlmaLinux"),
@@ -444,26 +490,25 @@ VERBS: tuple[Verb, ...] = (
          "give it the version <distro's>+isobuild1, install missing build dependencies, and build the "
          "distribution's own packages (libc6, libc-bin, libc6-dev, ...) with dpkg-buildpackage. isobuild debian "
          "installs them in the ISO and its boot check proves the patched glibc runs.",
-         cmd_glibc, (arg("--force", action="store_true", help="rebuild even if packages with this key exist"),
+         cmd_glibc, (ARCH, arg("--force", action="store_true", help="rebuild even if packages with this key exist"),
                      arg("--tests", metavar="T1,T2", help="then run these glibc tests (with glibc.tests) in the "
                          "kept build tree, e.g. string/test-strlen,elf/tst-auxv; exit 4 if one fails"),
                      arg("--json", action="store_true", help="print the build's metadata as JSON"))),
     Verb("all", "kernel + glibc + the Debian ISO + its boot checks",
          "The product's default job: build what changed of the kernel, the glibc packages and the Debian live ISO, "
          "then boot-test the ISO in every mode. Stages run in dependency order, each only if its key changed.",
-         cmd_all, (PROFILE, arg("--modes", help="boot modes, comma-separated (default: all four)"),
+         cmd_all, (PROFILE, ARCH, MODES,
                    arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
                    arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("isos", "kernel + glibc + every enabled distro's ISO + boot checks",
          "Like 'all' for every distro in distros/*.yaml that is enabled.",
-         cmd_isos, (PROFILE, arg("--modes", help="boot modes, comma-separated (default: all four)"),
+         cmd_isos, (PROFILE, arg("--arch", type=_arch, help="only this arch (default: every arch an enabled distro "
+                                 "lists in its 'arches')"), MODES,
                     arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
                     arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.",
          cmd_test, (arg("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test"), PROFILE,
-                    arg("--arch", type=_arch, help="with 'kernel': the kernel of this arch (default: arch in "
-                        "isobuild.yaml)"),
-                    arg("--modes", help="ISO boot modes, comma-separated (default: all four)"),
+                    ARCH, MODES,
                     arg("--json", action="store_true", help="print the verdict as JSON"))),
     Verb("status", "show every stage: built / stale (what changed) / missing / failed",
          "Recompute each stage key from the inputs on disk and compare with what this project built. Builds "

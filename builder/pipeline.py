@@ -12,11 +12,10 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from builder import distros
-from builder.distros.graph import IMAGE_ARCHES, DistroStages, Graph, wants_glibc
+from builder.distros.graph import DistroStages, Graph, wants_glibc
 from builder.infra import log
 from builder.infra.config import Project
-from builder.infra.errors import IsobuildError, UserError
+from builder.infra.errors import IsobuildError
 from builder.stages import glibc, iso
 from builder.stages.base import Ensured, ensure, locked, stage_log
 from builder.stages.glibcrpm import GlibcRpmStage
@@ -36,24 +35,20 @@ class Preflight:
     failed: dict[str, IsobuildError]
 
 
-def preflight(project: Project, names: list[str], profile: str | None, keep_going: bool = False) -> Preflight:
+def preflight(project: Project, names: list[str], profile: str | None, keep_going: bool = False,
+              arch: str | None = None) -> Preflight:
     """Check every input of every stage the verb will run, in seconds, before any build: each
     distro's settings beyond the schema (overlay contents, mirror and its signed Release,
     repositories, host tools, kickstart sections) and its stages' ``check()``; the kernel's source,
     series, profile and fragments; glibc's when a distro takes it.  The first error is raised --
     with ``keep_going`` only the kernel's and glibc's are; a distro's stops that distro alone."""
-    graph = Graph(project, profile)
-    if graph.arch not in IMAGE_ARCHES:
-        raise UserError(f"{project.config_file.name}: arch: {graph.arch}: the distro images are built for "
-                        f"{', '.join(IMAGE_ARCHES)} only in this version",
-                        hint=f"isobuild kernel --arch {graph.arch} --boot builds and boots the kernel; set arch: "
-                             f"{IMAGE_ARCHES[0]} for the images")
+    graph = Graph(project, profile, arch)
     stages: dict[str, DistroStages] = {}
     failed: dict[str, IsobuildError] = {}
-    with log.stage("preflight", distros=names):
+    with log.stage("preflight", distros=names, arch=graph.arch):
         for name in names:
             try:
-                plugin = distros.load(project, name)
+                plugin = graph.load(name)
                 plugin.check()
                 wired = graph.distro(plugin)
                 if wired.glibc is not None and wired.glibc.kind != "glibc":
@@ -65,8 +60,9 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
                     raise
                 failed[name] = exc
         graph.kernel().check()
-        if any(s.glibc is not None and s.glibc.kind == "glibc" for s in stages.values()):
-            graph.debian_glibc().check()
+        for wired in stages.values():
+            if wired.glibc is not None and wired.glibc.kind == "glibc":
+                wired.glibc.check()
     return Preflight(graph, stages, failed)
 
 
@@ -80,13 +76,14 @@ def ensure_kernel_packages(kernel: KernelStage, kinds: list[Kind]) -> list[Ensur
     return [ensure(KernelPackageStage(kernel, kind)) for kind in kinds]
 
 
-def ensure_glibc(project: Project, force: bool = False, tests: list[str] | None = None) -> Ensured[glibc.GlibcStage]:
-    """The Debian glibc stage; then ``tests`` + glibc.tests in the kept build tree (after a build, or
-    when asked for)."""
-    stage = glibc.GlibcStage(project)
+def ensure_glibc(stage: glibc.GlibcStage, force: bool = False,
+                 tests: list[str] | None = None) -> Ensured[glibc.GlibcStage]:
+    """A Debian glibc stage; then ``tests`` + glibc.tests in the kept build tree (after a native
+    build, or when asked for)."""
+    project = stage.project
     done = ensure(stage, force)
     wanted = list(dict.fromkeys([*stage.plan.settings.tests, *(tests or [])]))
-    if wanted and (tests or done.built_now):
+    if wanted and (tests or (done.built_now and stage.plan.cross is None)):
         with locked(project):
             glibc.run_tests(stage.plan, wanted, stage_log(project, "glibc-tests"))
         done.meta = stage.built() or done.meta
@@ -115,9 +112,10 @@ def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured[is
     return ensure(stages.iso)
 
 
-def iso_stage(project: Project, distro: str, profile: str | None) -> iso.IsoStage:
-    """The distro's ISO stage as the inputs on disk say (builds nothing)."""
-    return Graph(project, profile).distro(distros.load(project, distro)).iso
+def iso_stage(project: Project, distro: str, profile: str | None, arch: str | None = None) -> iso.IsoStage:
+    """The distro's ISO stage for ``arch`` as the inputs on disk say (builds nothing)."""
+    graph = Graph(project, profile, arch)
+    return graph.distro(graph.load(distro)).iso
 
 
 @dataclass

@@ -14,9 +14,12 @@ from builder.infra import runner, sandbox
 from builder.infra.config import Project
 from builder.infra.hosttools import TOOLS, Tool, apt_line, install_hint
 from builder.stages import glibc
+from builder.tools import foreign
 
-__all__ = ["TOOLS", "Tool", "apt_line", "el_build", "glibc_build_deps", "install", "install_hint", "missing",
-           "namespaces", "tools"]
+ENABLE_BINFMT = foreign.ENABLE
+
+__all__ = ["ENABLE_BINFMT", "TOOLS", "Tool", "apt_line", "binfmt", "el_build", "enable_binfmt", "glibc_build_deps",
+           "install", "install_hint", "missing", "namespaces", "tools"]
 
 _KERNEL_SOURCE = "/usr/src/linux-source-6.1.tar.xz"  # the table's entry for the default kernel.source
 
@@ -65,3 +68,12 @@ def el_build() -> tuple[str, str]:
 def namespaces() -> tuple[bool, str]:
     """Whether this host lets isobuild run a root's commands in namespaces (as this user): (ok, why)."""
     return sandbox.probe()
+
+
+def binfmt() -> dict[str, str | None]:
+    """Per other arch, None when its programs run here (a foreign root), else what is missing."""
+    return foreign.states()
+
+
+def enable_binfmt(log_path: Path) -> None:
+    foreign.enable(log_path)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from builder.infra import paths
+from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
 from builder.infra.errors import InfraError
 from builder.infra.schema import at_least, matches, setting
@@ -88,6 +89,20 @@ WantedBy=multi-user.target
 """
 
 
+# Where the kernel cannot have a fw_cfg sysfs (riscv64 in 6.1), QEMU adds a drive with this serial
+# instead (builder.tools.bootmedia); udev names it by it.  Either condition starts the check.
+SMOKE_DRIVE_LINK = "/dev/disk/by-id/virtio-isobuild-smoke"
+
+
+def smoke_unit(arch: Arch) -> str:
+    """The boot check's unit for ``arch``: the fw_cfg condition, or (smoke channel "drive") either."""
+    if arch.smoke_channel == "fw_cfg":
+        return SMOKE_UNIT
+    fw_cfg = "ConditionPathExists=/sys/firmware/qemu_fw_cfg/by_name/opt/isobuild/smoke/raw\n"
+    return SMOKE_UNIT.replace(fw_cfg, f"ConditionPathExists=|{fw_cfg[len('ConditionPathExists='):]}"
+                                      f"ConditionPathExists=|{SMOKE_DRIVE_LINK}\n")
+
+
 class Plugin(ABC):
     family: ClassVar[str]
     # which package of the kernel this distro installs (builder.stages.kpackage)
@@ -103,6 +118,14 @@ class Plugin(ABC):
         self.name = name
         self.settings = settings
         self.project = project
+
+    def arches(self) -> list[str]:
+        """The architectures this distro is built for (its settings' ``arches``)."""
+        return list(getattr(self.settings, "arches", ["x86_64"]))
+
+    def glibc_target(self) -> Any:
+        """The suite a glibc stage builds this distro's glibc packages for (Debian family), or None."""
+        return None
 
     def takes_glibc(self) -> bool:
         """Whether this distro's root gets the patched glibc (the project's glibc.enabled aside)."""
@@ -175,7 +198,7 @@ class Plugin(ABC):
         """The boot-check script and its unit, enabled (what 'systemctl enable' does for WantedBy=)."""
         script, unit, wants = smoke_unit_paths()
         root.write_text(script, smoke_script, 0o755)
-        root.write_text(unit, SMOKE_UNIT)
+        root.write_text(unit, smoke_unit(ARCHES[self.project.settings.arch]))
         root.symlink(wants, unit)
 
     def remove_volatile(self, root: rootdir.Root, patterns: list[str], keep: tuple[str, ...] = ()) -> None:

@@ -17,12 +17,13 @@ from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import hosttools, keys, log, paths, runner, sandbox
-from builder.infra.arch import ARCHES
+from builder.infra.arch import ARCHES, Arch
+from builder.infra.config import arch_names, arch_suites
 from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import matches, setting
 from builder.stages import glibc
 from builder.stages.iso import LiveLayout
-from builder.tools import aptrepo, aptsources, chroot
+from builder.tools import aptrepo, aptsources, chroot, foreign
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
@@ -44,6 +45,11 @@ class DebianSettings(LiveSettings):
     name: str = setting("isobuild-debian", help="ISO file name: iso/debian/<name>.iso",
                         check=matches(r"[A-Za-z0-9._-]{1,64}", "a file name of A-Z a-z 0-9 . _ -"))
     suite: str = setting("bookworm", help="Debian suite", check=matches(r"[a-z][a-z0-9-]+", "a suite name"))
+    arches: list[str] = setting(factory=lambda: ["x86_64"], help="architectures this distro is built for "
+                                "(isobuild isos builds each; --arch picks one)", check=arch_names)
+    suites: dict[str, str] = setting(factory=lambda: {"riscv64": "trixie"},
+                                     help="per arch, a suite other than 'suite' (bookworm has no riscv64)",
+                                     check=arch_suites)
     mirror: str | None = setting(None, help="archive URI; default: the host's apt configuration for the suite",
                                  check=matches(r"(https?|file)://[A-Za-z0-9._~:/?#@!$&*+;=%\[\]-]+",
                                                "an http(s):// or file:// URI"))
@@ -58,7 +64,8 @@ class DebianSettings(LiveSettings):
                           check=LOCALE)
     label: str = setting("ISOBUILD_DEBIAN", help="ISO volume label", check=LABEL)
     cmdline: str = setting("boot=live components console=ttyS0,115200 console=tty0",
-                           help="kernel command line of the live system", check=cmdline)
+                           help="kernel command line of the live system (console=ttyS0 means the arch's serial "
+                           "console: ttyAMA0 on arm64)", check=cmdline)
     ssh_authorized_key: str | None = setting(None, help="public key for root (needs openssh-server in packages)",
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
 
@@ -89,8 +96,21 @@ class DebianPlugin(Plugin):
     glibc_format: ClassVar[str | None] = "deb"
     settings: DebianSettings
 
+    @property
+    def arch(self) -> Arch:
+        return ARCHES[self.project.settings.arch]
+
+    @property
+    def suite(self) -> str:
+        """The suite of this build's arch (``suites``, else ``suite``)."""
+        return self.settings.suites.get(self.arch.name, self.settings.suite)
+
     def mirror(self) -> str:
-        return self.settings.mirror or aptsources.default_mirror(self.settings.suite)
+        if self.settings.mirror:
+            return self.settings.mirror
+        # the host's source for the suite; another suite (trixie for riscv64) from the host's archive
+        return aptsources.default_mirror(self.suite) if self.arch.native() and self.suite == self.settings.suite \
+            else aptsources.archive_mirror(self.suite)
 
     def keyring(self) -> Path:
         if self.settings.keyring is None:
@@ -100,12 +120,20 @@ class DebianPlugin(Plugin):
     @functools.cached_property
     def release(self) -> aptrepo.Release:
         """The suite's signed InRelease on the mirror (fetched and checked once per plugin)."""
-        return aptrepo.release(self.mirror(), self.settings.suite, self.keyring(), self.where)
+        return aptrepo.release(self.mirror(), self.suite, self.keyring(), self.where)
+
+    def glibc_target(self) -> glibc.Target:
+        return glibc.Target(self.suite, self.mirror(), self.keyring())
 
     def check(self) -> None:
         """The overlay, the bootstrap tool (debootstrap needs root), and the mirror: reachable, its
         InRelease signed by the keyring, the suite holding the components for this architecture."""
         super().check()
+        if self.arch.name not in self.settings.arches:
+            raise UserError(f"{self.where}: {self.name} is not configured for {self.arch.name} "
+                            f"(arches: {', '.join(self.settings.arches)})",
+                            hint=f"add {self.arch.name} to 'arches' (and its suite under 'suites' if not "
+                                 f"{self.settings.suite})")
         tool = self.settings.bootstrap
         if sandbox.rootless() and tool == "debootstrap":
             raise UserError(f"{self.where}: bootstrap: debootstrap needs root",
@@ -116,15 +144,30 @@ class DebianPlugin(Plugin):
         if sandbox.rootless():
             sandbox.idmap()  # subordinate ids and newuidmap, or a clear error now
         aptrepo.require(self.release, self.deb_arch, self.settings.components, self.where)
+        if not self.arch.native():
+            foreign.require(self.arch, self.settings.bootstrap)
 
     @property
     def deb_arch(self) -> str:
-        return ARCHES[self.project.settings.arch].deb_arch
+        return self.arch.deb_arch
+
+    def packages(self) -> list[str]:
+        """The settings' packages; on an arch without the host's GRUB, the root's GRUB modules too
+        (the ISO's EFI loader is made from them: builder.tools.iso9660)."""
+        extra = [] if self.arch.native() else [self.arch.grub_efi_package]
+        return [*self.settings.packages, *(p for p in extra if p not in self.settings.packages)]
+
+    def cmdline(self) -> str:
+        """The live system's command line for this arch: console=ttyS0 is the arch's serial console,
+        plus what booting under emulation needs there (builder.infra.arch)."""
+        words = [f"console={self.arch.console}{w[len('console=ttyS0'):]}" if w.split(",")[0] == "console=ttyS0"
+                 else w for w in self.settings.cmdline.split()]
+        return " ".join([*words, *(w for w in self.arch.live_cmdline.split() if w not in words)])
 
     def identity(self) -> dict[str, Any]:
         s = self.settings
-        return {"family": self.family, "suite": s.suite, "mirror": self.mirror(), "components": s.components,
-                "bootstrap": s.bootstrap, "packages": s.packages, "hostname": s.hostname, "locale": s.locale,
+        return {"family": self.family, "suite": self.suite, "mirror": self.mirror(), "components": s.components,
+                "bootstrap": s.bootstrap, "packages": self.packages(), "hostname": s.hostname, "locale": s.locale,
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest()}
 
@@ -134,12 +177,14 @@ class DebianPlugin(Plugin):
         """The bootstrap command: mmdebstrap writes a tarball ``out`` (in its unshare mode as an
         ordinary user), debootstrap a directory ``out``."""
         s = self.settings
-        include = ",".join(s.packages)
+        include = ",".join(self.packages())
         components = ",".join(s.components)
         if s.bootstrap == "debootstrap":
             return ["debootstrap", "--variant=minbase", f"--components={components}", f"--include={include}",
-                    f"--keyring={self.keyring()}", f"--cache-dir={cache}", s.suite, str(out), self.mirror()]
+                    f"--keyring={self.keyring()}", f"--cache-dir={cache}",
+                    *([] if self.arch.native() else [f"--arch={self.deb_arch}"]), self.suite, str(out), self.mirror()]
         return ["mmdebstrap", f"--mode={'unshare' if sandbox.rootless() else 'root'}", "--variant=minbase",
+                *([] if self.arch.native() else [f"--architectures={self.deb_arch}"]),
                 f"--components={components}", f"--include={include}", f"--keyring={self.keyring()}",
                 '--aptopt=Acquire::Retries "3"',
                 # the package cache goes in before apt runs and comes out before the tarball is made
@@ -148,7 +193,7 @@ class DebianPlugin(Plugin):
                 # sync-in keeps the cache's owner: as an ordinary user that is no uid of the root's own
                 "--setup-hook=chown -R 0:0 \"$1\"/var/cache/apt/archives",
                 f"--customize-hook=sync-out /var/cache/apt/archives {cache}",
-                s.suite, str(out), self.mirror()]
+                self.suite, str(out), self.mirror()]
 
     def bootstrap_key(self, argv: list[str], out: Path, cache: Path) -> str:
         """What a bootstrapped root is a function of: the command (paths aside), the tool's
@@ -211,7 +256,7 @@ class DebianPlugin(Plugin):
                 if m := _UNKNOWN_PACKAGE.search(text):
                     pkg = next((g for g in m.groups() if g), "?")
                     raise UserError(f"{self.where}: package {pkg!r} does not exist in "
-                                    f"{self.settings.suite} ({', '.join(self.settings.components)})",
+                                    f"{self.suite}/{self.deb_arch} ({', '.join(self.settings.components)})",
                                     hint="fix 'packages' (apt-cache policy NAME on a Debian host tells)",
                                     details=exc.details) from None
                 if _UNREACHABLE.search(text) and attempt < 3:
@@ -244,11 +289,11 @@ class DebianPlugin(Plugin):
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None:
         installed = {row["package"]: row["version"] for row in self.manifest(root, log_path)}
         ours = str(meta["version"])
-        if "libc6" in installed:
+        if "libc6" in installed and not self.project.settings.glibc.allow_downgrade:
             glibc.check_not_downgrade(
                 ours, installed["libc6"], f"libc6 in the {self.name} root (from its mirror):",
                 hint="the mirror has a newer glibc than the source isobuild patched: update it "
-                     "(apt-get install glibc-source) and run isobuild glibc again")
+                     "(apt-get install glibc-source) and run isobuild glibc again, or set glibc.allow_downgrade")
         debs = glibc.debs_for(meta, glibc_dir, set(installed))
         if not any(d.name.startswith("libc6_") for d in debs):
             raise UserError(f"{glibc_dir}/debs: no libc6 package to install in the {self.name} root",
@@ -325,6 +370,6 @@ class DebianPlugin(Plugin):
             "/etc/resolv.conf", "/var/cache/ldconfig/aux-cache"], keep=("lock", "partial", "auxcache"))
 
     def layout(self) -> LiveLayout:
-        return LiveLayout("live/vmlinuz", "live/initrd.img", "live/filesystem.squashfs", self.settings.cmdline,
+        return LiveLayout("live/vmlinuz", "live/initrd.img", "live/filesystem.squashfs", self.cmdline(),
                           self.settings.label)
 

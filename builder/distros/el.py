@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
 from builder.infra import log, paths, runner
-from builder.infra.config import Project
+from builder.infra.config import Project, arch_names
 from builder.infra.errors import InfraError, UserError
 from builder.infra.hosttools import install_hint
 from builder.infra.schema import matches, setting
@@ -91,6 +91,9 @@ class ELSettings(LiveSettings):
     name: str = setting("isobuild-el", help="ISO file name: iso/<distro>/<name>.iso",
                         check=matches(r"[A-Za-z0-9._-]{1,64}", "a file name of A-Z a-z 0-9 . _ -"))
     enabled: bool = setting(True, help="built by 'isobuild isos'")
+    arches: list[str] = setting(factory=lambda: ["x86_64"], help="architectures this distro is built for "
+                                "(x86_64 only in this version: the EL live boot path is verified there alone)",
+                                check=arch_names)
     release: str = setting("9", help="EL release: dnf's $releasever, the kickstart's RHEL version", check=_release)
     build: Literal["auto", "mock", "dnf"] = setting(
         "auto", help="how the root is installed: mock + livemedia-creator (EL hosts), dnf --installroot "
@@ -211,6 +214,10 @@ class ELPlugin(Plugin):
     def check(self) -> None:
         """Overlay, host tools of the build path, kickstart sections the dnf path cannot run, and every
         repository reachable (10 s each) -- before any build."""
+        arch = self.project.settings.arch
+        if arch not in self.settings.arches or arch != "x86_64":
+            raise UserError(f"{self.where}: {self.name} is built for x86_64 only in this version, not {arch}",
+                            hint="build the EL images with --arch x86_64; arm64 and riscv64 images are Debian's")
         super().check()
         self.check_host()
         if self.build_path() == "dnf":

@@ -15,6 +15,7 @@ from typing import Any
 
 from builder import distros
 from builder.distros.base import Plugin
+from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.infra.errors import IsobuildError
 from builder.stages.base import Row, Stage
@@ -27,8 +28,8 @@ from builder.stages.kpackage import KernelPackageStage, Kind
 from builder.stages.rootfs import RootfsStage
 from builder.stages.smoke import SmokeCheck, checks
 
-# the arches the distro images (rootfs, ISO, smoke) are built for; another arch has kernel stages only
-IMAGE_ARCHES = ("x86_64",)
+# the arches the distro images (rootfs, ISO, smoke) can be built for (a distro's settings say which it is)
+IMAGE_ARCHES = tuple(ARCHES)
 
 
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
@@ -52,9 +53,9 @@ class DistroStages:
 
 class Graph:
     def __init__(self, project: Project, profile: str | None = None, arch: str | None = None):
-        self.project = project
+        self.project = project.with_arch(arch)  # every stage and plugin of the graph plans for this arch
         self.profile = profile or project.settings.kernel.profile
-        self.arch = arch or project.settings.arch
+        self.arch = self.project.settings.arch
         self._kernels: dict[tuple[str, str], KernelStage] = {}
         self._glibc: dict[str, Stage] = {}
         self._packages: dict[tuple[str, str, str], KernelPackageStage] = {}
@@ -73,17 +74,38 @@ class Graph:
             self._packages[key] = KernelPackageStage(kernel, what)
         return self._packages[key]
 
-    def debian_glibc(self) -> GlibcStage:
-        if "deb" not in self._glibc:
-            self._glibc["deb"] = GlibcStage(self.project, self.arch)
-        return self._glibc["deb"]  # type: ignore[return-value]
+    def debian_glibc(self, plugin: Plugin | None = None) -> GlibcStage:
+        """The glibc .debs for a Debian-family distro's suite (by default, the first distro configured
+        for this arch; none: the host's own glibc source, native builds only)."""
+        if plugin is None:
+            plugin = self.glibc_distro()
+        target = plugin.glibc_target() if plugin is not None else None
+        key = f"deb:{target.suite}:{target.mirror}" if target else "deb"
+        if key not in self._glibc:
+            self._glibc[key] = GlibcStage(self.project, self.arch, target)
+        return self._glibc[key]  # type: ignore[return-value]
+
+    def glibc_distro(self) -> Plugin | None:
+        """The first Debian-family distro (by name) whose settings list this arch."""
+        for name in distros.names(self.project):
+            try:
+                plugin = distros.load(self.project, name)
+            except IsobuildError:
+                continue
+            if plugin.glibc_format == "deb" and self.arch in plugin.arches():
+                return plugin
+        return None
+
+    def load(self, name: str) -> Plugin:
+        """Distro ``name``'s plugin for this graph's arch."""
+        return distros.load(self.project, name)
 
     def glibc_for(self, plugin: Plugin) -> Stage | None:
         """The stage whose packages this distro's root takes (None: the distribution's own glibc)."""
         if not wants_glibc(self.project, plugin):
             return None
         if plugin.glibc_format == "deb":
-            return self.debian_glibc()
+            return self.debian_glibc(plugin)
         if plugin.name not in self._glibc:
             self._glibc[plugin.name] = GlibcRpmStage(plugin, self.arch)  # type: ignore[arg-type]
         return self._glibc[plugin.name]
@@ -107,6 +129,15 @@ def _row(item: Any, kind: str, name: str, arch: str) -> Row:
         return _blocked(kind, name, exc, arch)
 
 
+def _row_of(make: Any, kind: str, name: str, arch: str) -> Row:
+    """The row of a stage whose making may itself fail (a glibc stage planning another suite's
+    source needs its mirror)."""
+    try:
+        return _row(make(), kind, name, arch)
+    except IsobuildError as exc:
+        return _blocked(kind, name, exc, arch)
+
+
 def kernel_profiles(project: Project, recorded: list[str]) -> list[str]:
     """The configured profile first, then every other profile this project has a record of and
     whose file still exists."""
@@ -116,16 +147,16 @@ def kernel_profiles(project: Project, recorded: list[str]) -> list[str]:
 
 
 def rows(project: Project, profile: str | None, recorded_profiles: list[str], arch: str | None = None) -> list[Row]:
-    """Every stage's and check's status row for one arch, in pipeline order (status, the report).
-    The distro images are IMAGE_ARCHES' (builder.pipeline.preflight); another arch has kernel rows."""
+    """Every stage's and check's status row for one arch, in pipeline order (status, the report):
+    the kernels, then the distros whose settings list the arch, with the glibc their suite takes."""
+    configured = project.settings.arch
     graph = Graph(project, profile, arch)
+    project = graph.project
     out: list[Row] = []
     for name in kernel_profiles(project, recorded_profiles):
         stage = graph.kernel(name)
         out.append(_row(stage, "kernel", name, graph.arch))
         out.append(_row(KernelBootCheck(stage), "kernel-boot", name, graph.arch))
-    if graph.arch not in IMAGE_ARCHES:
-        return out
     plugins: list[Plugin] = []
     packages: set[str] = set()
     loaded: dict[str, IsobuildError] = {}
@@ -134,9 +165,13 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str], ar
             plugins.append(distros.load(project, name))
         except IsobuildError as exc:
             loaded[name] = exc
-    if project.settings.glibc.enabled:
-        out.append(_row(graph.debian_glibc(), "glibc", "glibc", graph.arch))
+    plugins = [p for p in plugins if graph.arch in p.arches()]  # the distros configured for this arch
+    debian_family = next((p for p in plugins if p.glibc_format == "deb"), None)
+    if project.settings.glibc.enabled and (debian_family is not None or graph.arch == configured):
+        out.append(_row_of(lambda: graph.debian_glibc(debian_family), "glibc", "glibc", graph.arch))
     for name in distros.names(project):
+        if name not in loaded and not any(p.name == name for p in plugins):
+            continue
         if name in loaded:
             out.append(_blocked("rootfs", name, loaded[name], graph.arch))
             continue

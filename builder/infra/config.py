@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,13 +31,24 @@ def regex(value: Any) -> str | None:
     return None
 
 
-def _arch_suites(value: Any) -> str | None:
-    """kernel.boot.busybox_suites: arch names (of builder.infra.arch) to Debian suite names."""
+def arch_suites(value: Any) -> str | None:
+    """kernel.boot.busybox_suites, a distro's suites: arch names (of builder.infra.arch) to Debian suite names."""
     for arch, suite in dict(value).items():
         if arch not in ARCHES:
             return f"has an unknown architecture {arch!r} (known: {', '.join(ARCHES)})"
         if not re.fullmatch(r"[a-z][a-z0-9-]{1,31}", suite):
             return f"{arch}: {suite!r} is not a Debian suite name"
+    return None
+
+
+def arch_names(value: Any) -> str | None:
+    """A list of arch names (of builder.infra.arch), at least one, each once."""
+    names = list(value)
+    unknown = [a for a in names if a not in ARCHES]
+    if unknown:
+        return f"has an unknown architecture {unknown[0]!r} (known: {', '.join(ARCHES)})"
+    if not names or len(set(names)) != len(names):
+        return "must name at least one architecture, each once"
     return None
 
 
@@ -96,6 +107,8 @@ class GlibcSettings:
                                  help="DEB_BUILD_OPTIONS besides parallel=N: skip the test suite and debug packages")
     install_build_deps: bool = setting(True, help="apt-get build-dep what dpkg-checkbuilddeps finds missing "
                                        "(false: fail naming it)")
+    allow_downgrade: bool = setting(False, help="install our glibc even where it sorts below the distribution's "
+                                    "libc6 (when the mirror serves no source for the newest; dpkg downgrades it)")
     tests: list[str] = setting(factory=list, help="glibc tests to run after the build, e.g. string/test-strlen "
                                "(isobuild glibc --tests adds more)")
     marker: str = setting("XSC extensions:", help="text the patched libc.so.6 prints when run as a program; "
@@ -114,7 +127,7 @@ class BootSettings:
     memory: int = setting(512, help="guest memory in MiB", check=at_least(64))
     busybox_suites: dict[str, str] = setting(
         factory=dict, help="per arch, the Debian suite whose busybox-static a foreign arch's initramfs takes "
-        "(default: bookworm; riscv64: trixie, bookworm has none), e.g. {riscv64: trixie}", check=_arch_suites)
+        "(default: bookworm; riscv64: trixie, bookworm has none), e.g. {riscv64: trixie}", check=arch_suites)
     mirror: str | None = setting(None, help="archive URI for those packages; default: the host's apt configuration",
                                  check=matches(r"(https?|file)://\S+", "an http(s):// or file:// URI"))
 
@@ -153,8 +166,7 @@ class ReleaseSettings:
 class Settings:
     work_dir: str = setting("~/.cache/isobuild", help="cache and build trees (env ISOBUILD_WORK_DIR overrides)")
     logs_dir: str = setting("logs", help="per-stage logs and isobuild.jsonl")
-    arch: Literal["x86_64", "arm64", "riscv64"] = setting("x86_64", help="target architecture (--arch overrides "
-                                                          "for the kernel verbs and status)")
+    arch: Literal["x86_64", "arm64", "riscv64"] = setting("x86_64", help="target architecture (--arch overrides)")
     jobs: int = setting(0, help="parallel jobs; 0 means one per CPU", check=at_least(0))
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
     glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
@@ -182,6 +194,13 @@ class Project:
         if self.work_dir.resolve() == self.logs_dir.resolve():
             raise UserError(f"{where}: logs_dir and work_dir are the same directory ({self.work_dir})",
                             hint="give the logs a directory of their own")
+
+    def with_arch(self, arch: str | None) -> Project:
+        """This project for another target arch (``--arch``): the same files and work dir, every
+        stage planned for ``arch``.  ``None`` or the configured arch: this project itself."""
+        if arch is None or arch == self.settings.arch:
+            return self
+        return Project(self.root, self.config_file, replace(self.settings, arch=arch))  # type: ignore[arg-type]
 
     def input_dir(self, value: str, setting: str) -> Path:
         """A project input directory named by a setting (inside the project; see builder.infra.paths)."""

@@ -76,6 +76,9 @@ TOOLS: tuple[Tool, ...] = (
     Tool("mmd", "mtools", "iso (UEFI)"),
     Tool("mcopy", "mtools", "iso (UEFI)"),
     Tool("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf", "smoke (UEFI)"),
+    # the other arches' UEFI (= bootmedia.AAVMF_CODE, bootmedia.UBOOT_RISCV64)
+    Tool("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64", "smoke --arch arm64 (UEFI: AAVMF)"),
+    Tool("/usr/lib/u-boot/qemu-riscv64_smode/uboot.elf", "u-boot-qemu", "smoke --arch riscv64 (UEFI: U-Boot)"),
     Tool("gpg", "gnupg", "release (signing and verifying)"),
     Tool("sgdisk", "gdisk", "tests (GPT check)"),
     Tool("chromium", "chromium", "tests (the build report renders in a browser)"),
@@ -85,7 +88,11 @@ TOOLS: tuple[Tool, ...] = (
         Tool(f"{arch.triplet}-gcc", arch.cross_package, f"kernel --arch {arch.name} (cross compiler)"),
         Tool(arch.qemu, arch.qemu_package, f"boot check --arch {arch.name}"),
         *([Tool(arch.firmware, arch.firmware_package, f"boot check --arch {arch.name} (firmware)")]
-          if arch.firmware and arch.firmware_package else []))),
+          if arch.firmware and arch.firmware_package else []),
+        # a foreign root's maintainer scripts run through binfmt_misc (builder.tools.foreign)
+        Tool(f"{arch.qemu_user}-static", "qemu-user-static", f"debian --arch {arch.name} (the root's programs)"))),
+    Tool("update-binfmts", "binfmt-support", "debian --arch arm64/riscv64 (registers qemu-user-static)"),
+    Tool("arch-test", "arch-test", "debian --arch arm64/riscv64 (mmdebstrap's check of a foreign arch)"),
 )
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
@@ -30,17 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from builder.infra import atomic, keys, log, runner, state
+from builder.infra.arch import ARCHES
 from builder.infra.config import GlibcSettings, Project
 from builder.infra.digests import DigestCache, sha256_file
 from builder.infra.errors import CheckFailed, InfraError, UserError
 from builder.infra.progress import Progress
 from builder.stages.base import PlannedStage, keyed_targets
-from builder.tools import quilt, sources
+from builder.tools import aptrepo, aptsources, buildroot, quilt, sources
+from builder.tools.chroot import Chroot
 from builder.tools.toolchain import gcc_version
 
 STAGE_VERSION = 1
 DEBIAN_GLIBC = Path("/usr/src/glibc")
 OUR_PATCHES = "isobuild"  # our series lives in debian/patches/isobuild/ of the build tree
+CROSS_SRC = "/build/src"  # where a cross build's tree is inside its root (Plan.src)
 _CHANGELOG_HEAD = re.compile(r"^(?P<source>[a-z0-9][a-z0-9.+-]+) \((?P<version>[^)\s]+)\) (?P<rest>.*)$")
 _CHANGELOG_TRAILER = re.compile(r"^ -- (?P<who>.+?)  (?P<date>.+)$")
 # glibc's make echoes each compiler command in full; one per object is a fair step count
@@ -55,13 +59,28 @@ class Layout(state.KeyedLayout):
 
 
 @dataclass(frozen=True)
+class Target:
+    """Which distribution a Debian-family distro's glibc is built for: its suite on its mirror."""
+
+    suite: str
+    mirror: str
+    keyring: Path
+
+
+@dataclass(frozen=True)
 class GlibcSource:
-    tarball: Path
-    debian_dir: Path
+    tarball: Path | None  # None: a source package from the archive (``archive``)
+    debian_dir: Path | None
     identity: dict[str, str]
     label: str
     name: str  # the Debian source package name (glibc)
     version: str  # the distribution's version, from debian/changelog
+    archive: tuple[aptrepo.Release, aptrepo.SourcePackage] | None = None
+
+    @property
+    def upstream(self) -> str:
+        """The upstream version (2.36 of 2.36-9+deb12u14): which of a versioned series applies."""
+        return self.version.split(":", 1)[-1].rsplit("-", 1)[0]
 
 
 @dataclass
@@ -76,10 +95,23 @@ class Plan(state.KeyedPlan):
     toolchain: str
     inputs: dict[str, Any]
     key: str
+    cross: buildroot.CrossRoot | None = None  # a foreign arch: built in this root
+
+    @property
+    def root(self) -> Path:
+        """A cross build's root (the tree is inside it, at /build/src)."""
+        return self.tree / "root"
 
     @property
     def src(self) -> Path:
-        return self.tree / "src"
+        return self.root / "build" / "src" if self.cross else self.tree / "src"
+
+    @property
+    def profiles(self) -> list[str]:
+        """The build profiles; a cross build adds ``cross`` (bookworm's Build-Depends ask for the
+        target's g++ without it)."""
+        extra = ["cross"] if self.cross and "cross" not in self.settings.profiles else []
+        return [*self.settings.profiles, *extra]
 
     @property
     def marker(self) -> Path:
@@ -112,8 +144,14 @@ def check_not_downgrade(ours: str, theirs: str, what: str, hint: str) -> None:
         raise UserError(f"glibc {ours} would downgrade {what} {theirs}", hint=hint)
 
 
-def resolve_source(project: Project, settings: GlibcSettings, digests: DigestCache) -> GlibcSource:
+def resolve_source(project: Project, settings: GlibcSettings, digests: DigestCache,
+                   target: Target | None = None) -> GlibcSource:
+    """The glibc source: the host's glibc-source package when the target suite is the host's own
+    (or none is given), that suite's source package from its mirror otherwise; or the settings'
+    tarball/git source with a debian/ directory."""
     src = settings.source
+    if src.type == "debian" and target is not None and target.suite != aptsources.host_codename():
+        return archive_source(project, target)
     if src.type == "debian":
         base = DEBIAN_GLIBC
         tarballs = sorted(base.glob("glibc-*.tar.*"))
@@ -135,6 +173,32 @@ def resolve_source(project: Project, settings: GlibcSettings, digests: DigestCac
     return GlibcSource(tarball, debian_dir, identity, label, name, version)
 
 
+def archive_source(project: Project, target: Target) -> GlibcSource:
+    """The target suite's glibc source package, like ``apt-get source glibc`` with no source lines in
+    any apt configuration: the newest version the suite's signed Sources index lists whose .dsc the
+    mirror serves (a mirror can lag behind its own index), the .dsc verified and cached by sha256;
+    the rest of its files are fetched the same way when the build needs them."""
+    package = project.settings.glibc.source.package.removesuffix("-source") or "glibc"
+    rel = aptrepo.release(target.mirror, target.suite, target.keyring, f"glibc for {target.suite}")
+    cache = project.work_dir / "cache" / "archive"
+    skipped: list[str] = []
+    for candidate in aptrepo.source_versions(rel, "main", package, cache):
+        try:
+            dsc = aptrepo.fetch_dsc(rel, candidate, cache)
+        except aptrepo.Missing:
+            skipped.append(candidate.version)
+            continue
+        if skipped:
+            log.get().warning("glibc.source-missing", suite=target.suite, missing=skipped, using=candidate.version)
+        identity = {"kind": "archive", "suite": target.suite, "package": package, "version": candidate.version,
+                    "dsc_sha256": sha256_file(dsc)}
+        label = f"{package} {candidate.version} ({target.suite}, from {target.mirror})" + \
+            (f"; the mirror lacks {', '.join(skipped)}" if skipped else "")
+        return GlibcSource(None, None, identity, label, package, candidate.version, (rel, candidate))
+    raise InfraError(f"the mirror {target.mirror} serves none of the {package} sources {target.suite}'s index lists "
+                     f"({', '.join(skipped)})", hint="retry later, or set 'mirror:' in the distro settings")
+
+
 def _debian_dir(project: Project, value: str) -> Path:
     """glibc.source.debian_dir: inside the project, or a Debian source package's under /usr/src."""
     path = project.path(value).resolve()
@@ -149,19 +213,38 @@ def toolchain_version() -> str:
     return f"{gcc_version()}; dpkg-dev {runner.output(['dpkg-query', '-W', '-f=${Version}', 'dpkg-dev']).strip()}"
 
 
-def plan(project: Project) -> Plan:
-    """Resolve every input and the stage key; reads files, changes nothing."""
+def versioned(directory: Path, upstream: str) -> Path:
+    """A series directory, or its ``<upstream version>/`` subdirectory when that has a series of
+    its own: a team's variant of its patches for another glibc is data, not a code path."""
+    return directory / upstream if (directory / upstream / "series").is_file() else directory
+
+
+def plan(project: Project, target: Target | None = None) -> Plan:
+    """Resolve every input and the stage key; reads files (and, for another suite or arch, the
+    suite's signed InRelease and Sources index), builds nothing."""
     gs = project.settings.glibc
+    arch = ARCHES[project.settings.arch]
     digests = project.digests()
-    source = resolve_source(project, gs, digests)
+    source = resolve_source(project, gs, digests, target)
     digests.save()
-    packaging = quilt.read_series(project.input_dir(gs.packaging_patches, "glibc.packaging_patches")) \
-        if gs.packaging_patches else []
-    series = quilt.read_series(project.input_dir(gs.patches, "glibc.patches"))
+    packaging = quilt.read_series(versioned(project.input_dir(gs.packaging_patches, "glibc.packaging_patches"),
+                                            source.upstream)) if gs.packaging_patches else []
+    series = quilt.read_series(versioned(project.input_dir(gs.patches, "glibc.patches"), source.upstream))
     version = source.version + gs.suffix
     check_not_downgrade(version, source.version, "the distribution's", hint="glibc.suffix in isobuild.yaml must "
                         "sort above the distribution's version: start it with '+' (e.g. +isobuild1), not '~'")
-    toolchain = toolchain_version()
+    cross = None
+    if not arch.native():
+        if target is None:
+            raise UserError(f"glibc for {arch.name}: no Debian suite to build it in",
+                            hint=f"build it through a distro configured for {arch.name} (isobuild debian --arch "
+                                 f"{arch.name}), whose suite it is")
+        rel = source.archive[0] if source.archive else \
+            aptrepo.release(target.mirror, target.suite, target.keyring, f"glibc for {target.suite}")
+        cross = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, rel,
+                                    project.work_dir / "cache" / "cross-roots")
+    # a cross build's toolchain is the root's: its key names the suite's state and the packages
+    toolchain = f"{target.suite if target else ''} cross root {cross.key[:16]}" if cross else toolchain_version()
     inputs: dict[str, Any] = {
         "stage": "glibc",
         "stage_version": STAGE_VERSION,
@@ -175,7 +258,7 @@ def plan(project: Project) -> Plan:
         "toolchain": toolchain,
     }
     return Plan(project, gs, Layout(project.work_dir / "glibc"), source, packaging, series, version, toolchain,
-                inputs, keys.compute(inputs))
+                inputs, keys.compute(inputs), cross)
 
 
 def built(p: Plan) -> dict[str, Any] | None:
@@ -188,11 +271,13 @@ class GlibcStage(PlannedStage):
     kind = "glibc"
     work_entries = ("glibc",)
 
-    def __init__(self, project: Project, arch: str | None = None):
-        super().__init__(project, "", arch or project.settings.arch)
+    def __init__(self, project: Project, arch: str | None = None, target: Target | None = None):
+        project = project.with_arch(arch)
+        super().__init__(project, "", project.settings.arch)
+        self.target = target
 
     def make_plan(self) -> Plan:
-        return plan(self.project)
+        return plan(self.project, self.target)
 
     @property
     def legacy_record(self) -> str | None:
@@ -200,6 +285,7 @@ class GlibcStage(PlannedStage):
 
     def check(self) -> None:
         quilt.vet(self.plan.packaging + self.plan.series)
+        check_against_suite(self.plan)
 
     def build(self, log_path: Path) -> dict[str, Any]:
         return build(self.plan, log_path, self.last().get("steps_last_build"))
@@ -210,6 +296,26 @@ class GlibcStage(PlannedStage):
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
         return keyed_targets(work_dir / "glibc", keep)
+
+
+def check_against_suite(p: Plan) -> None:
+    """A cross build's version against the target suite's own libc6 for the arch, before the build:
+    ours must sort above it (installing it never downgrades the distribution) unless the settings
+    allow it -- a mirror can serve a newer libc6 than any glibc source it has."""
+    if p.cross is None:
+        return
+    arch = p.cross.target
+    theirs = aptrepo.package(p.cross.release, "main", arch.deb_arch, "libc6",
+                             p.project.work_dir / "cache" / "archive")["Version"]
+    if version_gt(p.version, theirs):
+        return
+    what = f"glibc {p.version} would downgrade libc6 {theirs} of {p.cross.suite} ({arch.deb_arch})"
+    if p.settings.allow_downgrade:
+        log.get().warning("glibc.downgrade", ours=p.version, theirs=theirs, suite=p.cross.suite, arch=arch.name)
+        return
+    raise UserError(what + f" (built from {p.source.label})",
+                    hint=f"use a mirror that serves the source of glibc {theirs}, or set glibc.allow_downgrade: "
+                         "true in isobuild.yaml to install ours anyway")
 
 
 def packages_summary(artifact: Path, meta: dict[str, Any], kind: str, main: str) -> tuple[int | None, str, str]:
@@ -271,13 +377,15 @@ def pristine_tree(project: Project) -> quilt.Pristine:
     digests = project.digests()
     src = resolve_source(project, project.settings.glibc, digests)
     digests.save()
+    tarball, debian_dir = src.tarball, src.debian_dir
+    assert tarball is not None and debian_dir is not None  # no target suite: the host's own source
     packaging = project.settings.glibc.packaging_patches
     packaging_series = quilt.read_series(project.input_dir(packaging, "glibc.packaging_patches")) \
         if packaging else []
 
     def unpack(dest: Path, log_path: Path) -> None:
-        sources.extract(sources.Source(src.tarball, src.identity, src.label), dest, log_path)
-        shutil.copytree(src.debian_dir, dest / "debian", symlinks=True)
+        sources.extract(sources.Source(tarball, src.identity, src.label), dest, log_path)
+        shutil.copytree(debian_dir, dest / "debian", symlinks=True)
         patch_packaging(dest, packaging_series, log_path)
         theirs = _debian_series(dest / "debian")
         if not debian_series_applied(dest, theirs, log_path):
@@ -321,25 +429,56 @@ def changelog_entry(changelog: Path, version: str, series: list[quilt.Patch]) ->
     changelog.write_text(entry + changelog.read_text(encoding="utf-8"), encoding="utf-8")
 
 
-def prepare_tree(p: Plan, log_path: Path) -> list[str]:
-    """A fresh scratch tree with Debian's and our series applied; returns quilt notes."""
-    quilt.vet(p.packaging + p.series)  # before anything is extracted
+def remove_tree(p: Plan) -> None:
+    """This key's scratch tree, a cross build's root inside it first (refused while mounted)."""
+    buildroot.remove(p.root)
     shutil.rmtree(p.tree, ignore_errors=True)
+
+
+def extract_archive(p: Plan, log_path: Path) -> None:
+    """The archive's source package into ``p.src`` the way ``apt-get source`` does it: every file
+    verified against the signed index, then ``dpkg-source -x`` (which checks them against the .dsc
+    and applies Debian's series, recording it in .pc/ for quilt)."""
+    assert p.source.archive is not None
+    rel, package = p.source.archive
+    files = p.tree / "source-package"
+    dsc = aptrepo.fetch_source(rel, package, p.project.work_dir / "cache" / "archive", files)
+    p.src.parent.mkdir(parents=True, exist_ok=True)
+    with log.stage("glibc.extract", dsc=dsc.name):
+        runner.run(["dpkg-source", "-x", dsc.name, str(p.src)], cwd=files, log_path=log_path)
+    shutil.rmtree(files)
+
+
+def prepare_tree(p: Plan, log_path: Path, before: Callable[[], object] | None = None) -> list[str]:
+    """A fresh scratch tree with Debian's and our series applied; returns quilt notes.  ``before``
+    runs once the tree's directory exists (a cross build unpacks its root there: the source goes
+    inside it)."""
+    quilt.vet(p.packaging + p.series)  # before anything is extracted
+    remove_tree(p)
     p.tree.mkdir(parents=True)
-    with log.stage("glibc.extract", tarball=str(p.source.tarball)):
-        sources.extract(sources.Source(p.source.tarball, p.source.identity, p.source.label), p.src, log_path)
-    shutil.copytree(p.source.debian_dir, p.src / "debian", symlinks=True)
-    patch_packaging(p.src, p.packaging, log_path)
-    debian_patches = p.src / "debian" / "patches"
-    theirs = _debian_series(p.src / "debian")
-    if debian_series_applied(p.src, theirs, log_path):
-        _mark_applied(p.src, [x.name for x in theirs])
+    if before is not None:
+        before()
+    if p.source.archive is not None:
+        extract_archive(p, log_path)
+        patch_packaging(p.src, p.packaging, log_path)
     else:
-        with log.stage("glibc.debian-series", patches=len(theirs)):
-            quilt.push(p.src, debian_patches, log_path, rollback=False, onto="the upstream glibc source")
+        assert p.source.tarball is not None and p.source.debian_dir is not None
+        with log.stage("glibc.extract", tarball=str(p.source.tarball)):
+            sources.extract(sources.Source(p.source.tarball, p.source.identity, p.source.label), p.src, log_path)
+        shutil.copytree(p.source.debian_dir, p.src / "debian", symlinks=True)
+        patch_packaging(p.src, p.packaging, log_path)
+        theirs = _debian_series(p.src / "debian")
+        if debian_series_applied(p.src, theirs, log_path):
+            _mark_applied(p.src, [x.name for x in theirs])
+        else:
+            with log.stage("glibc.debian-series", patches=len(theirs)):
+                quilt.push(p.src, p.src / "debian" / "patches", log_path, rollback=False,
+                           onto="the upstream glibc source")
+    debian_patches = p.src / "debian" / "patches"
     debian_patches.mkdir(parents=True, exist_ok=True)
     append_series(debian_patches, p.series)
-    notes = quilt.push(p.src, debian_patches, log_path, rollback=False, onto="Debian's patched glibc tree")
+    notes = quilt.push(p.src, debian_patches, log_path, rollback=False,
+                       onto=f"Debian's patched glibc {p.source.version}")
     changelog_entry(p.src / "debian" / "changelog", p.version, p.series)
     return notes
 
@@ -394,27 +533,55 @@ def ensure_build_deps(p: Plan, log_path: Path) -> list[str]:
     return unmet
 
 
+def cross_build_deps(p: Plan, cross: buildroot.CrossRoot, log_path: Path) -> list[str]:
+    """A cross build's dependencies, installed in its root (``apt-get build-dep -a``, the target's
+    -dev packages as foreign ones of the root's dpkg); returns what dpkg-checkbuilddeps found missing."""
+    inside = Chroot(p.root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+    arch, profiles = cross.target.deb_arch, ",".join(p.profiles)
+    check = ["dpkg-checkbuilddeps", "-B", "-a", arch, "-P", profiles, f"{CROSS_SRC}/debian/control"]
+    result = inside.run(check, capture=True, check=False)
+    if result.returncode == 0:
+        return []
+    m = re.search(r"Unmet build dependencies: (.+)", result.output)
+    unmet = _DEP.findall(m.group(1)) if m else []
+    try:
+        with log.stage("glibc.build-deps", arch=cross.target.name, missing=len(unmet)):
+            inside.run(["apt-get", "build-dep", "-y", "-q", "-a", arch, "--arch-only", "-P", profiles, f"{CROSS_SRC}/"])
+    except runner.CommandFailed as exc:
+        raise InfraError(f"glibc cross build dependencies for {arch} could not be installed in the "
+                         f"{cross.suite} build root", hint=exc.hint, details=exc.details) from None
+    cross.keep_archives(p.root)
+    inside.run(check)
+    return unmet
+
+
 # --- the build -------------------------------------------------------------------------
 
 
 def build_env(p: Plan) -> dict[str, str]:
     return {
         "DEB_BUILD_OPTIONS": " ".join([*p.settings.options, f"parallel={p.project.jobs}"]),
-        "DEB_BUILD_PROFILES": " ".join(p.settings.profiles),
+        "DEB_BUILD_PROFILES": " ".join(p.profiles),
         "DEBIAN_FRONTEND": "noninteractive",
         "LC_ALL": "C.UTF-8",
     }
 
 
 def build_argv(p: Plan) -> list[str]:
-    return ["dpkg-buildpackage", "-B", "-us", "-uc",
-            *([f"--build-profiles={','.join(p.settings.profiles)}"] if p.settings.profiles else [])]
+    """dpkg-buildpackage's command; a cross build's runs in its root, in /build/src (``env -C``)."""
+    target = ["-a", p.cross.target.deb_arch] if p.cross else []
+    argv = ["dpkg-buildpackage", *target, "-B", "-us", "-uc",
+            *([f"--build-profiles={','.join(p.profiles)}"] if p.profiles else [])]
+    return ["env", f"--chdir={CROSS_SRC}", *argv] if p.cross else argv
 
 
 def compile_packages(p: Plan, log_path: Path, expected: int | None) -> int:
     progress = Progress("glibc.compile", expected, step=_COMPILE_STEP)
     try:
-        runner.run(build_argv(p), cwd=p.src, env=build_env(p), log_path=log_path, on_line=progress.line)
+        if p.cross is None:
+            runner.run(build_argv(p), cwd=p.src, env=build_env(p), log_path=log_path, on_line=progress.line)
+        else:
+            Chroot(p.root, log_path).run(build_argv(p), env=build_env(p), on_line=progress.line)
     except runner.CommandFailed as exc:
         raise UserError(
             "glibc build failed" + (f": {exc.error_lines[0].strip()}" if exc.error_lines else ""),
@@ -429,6 +596,9 @@ def run_tests(p: Plan, tests: list[str], log_path: Path) -> dict[str, str]:
 
     Recorded in the artifact's metadata; a failed test raises CheckFailed (the packages are kept).
     """
+    if p.cross is not None:
+        raise UserError(f"glibc tests run on the arch they were built for: {p.cross.target.name} is cross-built here",
+                        hint="run them in a booted image of that arch")
     marker = state.load(p.marker) or {}
     objdirs = sorted(d for d in (p.src / "build-tree").glob("*-libc") if d.is_dir())
     if marker.get("key") != p.key or not objdirs:
@@ -462,16 +632,23 @@ def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[
     lay = p.layout
     phases = log.Phases("glibc")
     started = state.now()
-    with phases.phase("patch"):
-        notes = prepare_tree(p, log_path)
-    with phases.phase("build-deps"):
-        installed = ensure_build_deps(p, log_path)
+    cross = p.cross
+    if cross is None:
+        with phases.phase("patch"):
+            notes = prepare_tree(p, log_path)
+        with phases.phase("build-deps"):
+            installed = ensure_build_deps(p, log_path)
+    else:
+        with phases.phase("patch"):  # the root first (its bootstrap only when its key is new): the tree goes in it
+            notes = prepare_tree(p, log_path, before=lambda: cross.unpack(p.root, log_path))
+        with phases.phase("build-deps"):
+            installed = cross_build_deps(p, cross, log_path)
     log_offset = log_path.stat().st_size
     with phases.phase("compile"):
         steps = compile_packages(p, log_path, steps_last_build)
     [warnings] = log.count_since(log_path, log_offset, _WARNING)
     with log.stage("glibc.collect"), atomic.new_dir(p.artifact) as out:
-        debs = sorted(d for d in p.tree.glob("*.deb") if not d.name.endswith(".ddeb"))
+        debs = sorted(d for d in p.src.parent.glob("*.deb") if not d.name.endswith(".ddeb"))
         if not any(d.name.startswith("libc6_") for d in debs):
             raise InfraError(f"{p.tree}: dpkg-buildpackage made no libc6 package", hint=f"see {log_path}")
         (out / "debs").mkdir()
@@ -492,9 +669,13 @@ def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[
                            "dpkg-buildpackage": runner.reproducer(build_argv(p), p.src, build_env(p))},
         }
         atomic.write_json(out / "metadata.json", metadata)
-    state.save(p.marker, {"key": p.key})
+    if cross is None:
+        state.save(p.marker, {"key": p.key})  # the tree stays for glibc --tests
+    # a cross build's root stays too, until the next good build or isobuild clean: deleting its 2 GB
+    # took longer here (68 s) than unpacking it again does
     for other in lay.root.glob("trees/*"):  # superseded by this good build
         if other != p.tree:
+            buildroot.remove(other / "root")
             shutil.rmtree(other, ignore_errors=True)
     return metadata
 

@@ -66,7 +66,9 @@ class IsoStage(Stage):
         self.plugin = plugin
         self.layout = plugin.layout()
         name = getattr(plugin.settings, "name", plugin.name)
-        self.out = self.project.iso_dir / plugin.name / f"{name}.iso"
+        # the first arch's ISO keeps the plain name (as before there were others)
+        self.out = self.project.iso_dir / plugin.name / (f"{name}.iso" if self.arch == "x86_64"
+                                                          else f"{name}-{self.arch}.iso")
 
     @property
     def inputs(self) -> dict[str, Any]:
@@ -160,8 +162,10 @@ def build(stage: IsoStage, log_path: Path) -> dict[str, Any]:
             target = tree / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             os.link(rootfs.artifact / src, target)  # same filesystem: no 100 MB copy
+        grub = rootfs.artifact / "grub"  # a foreign arch's GRUB modules, from its root (rootfs.copy_grub_modules)
         spec = iso9660.BootSpec(layout.label, layout.kernel, layout.initrd, layout.cmdline,
-                                f"isobuild {rootfs.instance} live ({meta['kernel_release']})")
+                                f"isobuild {rootfs.instance} live ({meta['kernel_release']})",
+                                arch=stage.arch, grub_dir=grub if grub.is_dir() else None)
         iso_tmp = atomic.temp_path(out, "staged")
         iso9660.master(tree, iso_tmp, spec, work, log_path, int(meta["epoch"]))
         staged.append((iso_tmp, out))

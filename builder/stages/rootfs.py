@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from builder.infra import atomic, keys, log, state
+from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
 from builder.infra.errors import UserError
 from builder.stages.base import PlannedStage, Stage
@@ -34,7 +35,8 @@ LIBC_VERSION_QUERY = {"deb": "dpkg-query -W -f='${Version}' libc6",
                       "rpm": "rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}' glibc"}
 
 
-def smoke_script(marker_file: str, libc_marker: str | None = None, package_format: str = "deb") -> str:
+def smoke_script(marker_file: str, libc_marker: str | None = None, package_format: str = "deb",
+                 console: str = "ttyS0") -> str:
     """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit).
 
     With ``libc_marker`` it also reports the installed glibc version (libc6's
@@ -49,7 +51,7 @@ done
     return f"""#!/bin/sh
 # isobuild boot check, started by isobuild-smoke.service only when QEMU passes
 # -fw_cfg name=opt/isobuild/smoke: it does nothing on real machines.
-say() {{ echo "ISOBUILD-$*" > /dev/ttyS0; }}
+say() {{ echo "ISOBUILD-$*" > /dev/{console}; }}
 state=$(systemctl is-system-running --wait 2>/dev/null)
 say "UNAME $(uname -r)"
 if [ -r {marker_file} ]; then say "MARKER $(cat {marker_file})"; else say "MARKER-MISSING {marker_file}"; fi
@@ -127,8 +129,9 @@ class Plan:
 
 def plan(plugin: DistroPlugin, kernel: KernelPackageStage, glibc: Stage | None = None) -> Plan:
     project = plugin.project
+    arch = ARCHES[kernel.arch]
     script = smoke_script(project.settings.kernel.boot.marker_file,
-                          project.settings.glibc.marker if glibc else None, plugin.glibc_format or "deb")
+                          project.settings.glibc.marker if glibc else None, plugin.glibc_format or "deb", arch.console)
     identity = plugin.identity()  # reads the apt config and hashes the overlay: once per plan
     inputs = {"stage": "rootfs", "stage_version": STAGE_VERSION, "distro": identity,
               "kernel": kernel.key, "glibc": glibc.key if glibc else None, "arch": kernel.arch,
@@ -136,7 +139,8 @@ def plan(plugin: DistroPlugin, kernel: KernelPackageStage, glibc: Stage | None =
     layer_key = None if plugin.kernel_in_bootstrap else \
         keys.compute({"layer": LAYER_VERSION, **{k: v for k, v in inputs.items() if k != "kernel"}})
     layout = DistroLayout(project.work_dir / "distros" / plugin.name)
-    cache = project.work_dir / "cache" / plugin.family / str(identity.get("suite", "default"))
+    # per suite and arch: a cached bootstrap of one arch is never another's (nor its packages)
+    cache = project.work_dir / "cache" / plugin.family / f"{identity.get('suite', 'default')}-{arch.deb_arch}"
     return Plan(plugin, kernel, glibc, layout, cache, script, inputs, keys.compute(inputs), layer_key)
 
 
@@ -210,6 +214,19 @@ def _step(name: str, distro: str, durations: dict[str, float], step: Callable[[]
     durations[name] = round(time.monotonic() - start, 3)
 
 
+def copy_grub_modules(root: rootdir.Root, arch: Arch, dest: Path) -> None:
+    """The root's GRUB EFI modules for ``arch`` (its grub-efi-<arch>-bin): the ISO's loader is made
+    from them by the host's grub-mkimage, so GRUB matches the distribution it boots."""
+    where = f"/usr/lib/grub/{arch.grub_target}"
+    files = [f for f in root.glob(f"{where}/*") if not root.is_symlink(f) and root.resolve(f).is_file()]
+    if not any(f.endswith("/linux.mod") for f in files):
+        raise UserError(f"the {arch.name} root has no {where}/linux.mod: the ISO's EFI loader is made from it",
+                        hint=f"keep {arch.grub_efi_package} in the root's packages")
+    dest.mkdir()
+    for f in files:
+        root.copy_out(f, dest / f.rsplit("/", 1)[-1])
+
+
 def build(p: Plan, log_path: Path) -> dict[str, Any]:
     """The root: its kernel-free part (bootstrap, our glibc, the configuration, the overlay, the boot
     check) from the layer cache when it was made before, else made and kept there; then the kernel's
@@ -274,6 +291,9 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only
             inside.copy_out(kernel, out / "vmlinuz")
             inside.copy_out(initrd, out / "initrd.img")
+            arch = ARCHES[p.kernel.arch]
+            if not arch.native():
+                _step("grub-modules", plugin.name, durations, lambda: copy_grub_modules(inside, arch, out / "grub"))
             plugin.cleanup(root, log_path)
             sq = p.inputs["distro"].get("squashfs") or ["zstd", None]
             # in the namespaces: as an ordinary user the root's files are owned by subordinate ids
@@ -289,7 +309,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                 "marker": plugin.project.settings.glibc.marker, "patches": glibc_meta["patches"]},
             "packages": manifest, "durations": durations, "started": started, "finished": state.now(),
             "log": str(log_path),
-            "sizes": {f.name: f.stat().st_size for f in out.iterdir()},
+            "sizes": {f.name: f.stat().st_size for f in out.iterdir() if f.is_file()},
         }
         atomic.write_json(out / "metadata.json", metadata)
     return metadata

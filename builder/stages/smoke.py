@@ -22,18 +22,35 @@ from pathlib import Path
 from typing import Any
 
 from builder.infra import atomic, log, schema
-from builder.infra.arch import ARCHES
+from builder.infra.arch import ARCHES, Arch
 from builder.infra.errors import UserError
 from builder.stages import iso
 from builder.stages.base import Check
 from builder.tools import bootmedia, console
 
-MODES = tuple(f"{fw}-{media}" for fw, media in bootmedia.MODES)
 FW_CFG = {"opt/isobuild/smoke": "1"}
 
 
-def parse_modes(text: str) -> list[str]:
-    return schema.choices(text, MODES, "boot mode(s)")
+def modes_for(arch: Arch) -> tuple[str, ...]:
+    """The boot modes (firmware-media) an image of ``arch`` boots in (builder.infra.arch)."""
+    return bootmedia.modes(arch)
+
+
+# every arch's, x86_64's first (the order --modes lists them in)
+MODES = tuple(dict.fromkeys(m for a in ARCHES.values() for m in modes_for(a)))
+
+
+def parse_modes(text: str, arch: Arch = ARCHES["x86_64"]) -> list[str]:
+    """--modes for an image of ``arch``: a mode no arch has is unknown; one another arch has is refused
+    naming the modes of this one (builder.tools.bootmedia.check_modes)."""
+    names = schema.choices(text, MODES, "boot mode(s)")
+    bootmedia.check_modes(arch, names)
+    return names
+
+
+def timeout_for(arch: Arch, seconds: float) -> float:
+    """smoke.timeout is measured on x86_64; an emulated arch's boots take tcg_slowdown times longer."""
+    return seconds * arch.tcg_slowdown
 
 
 def expect(marker_pattern: str, release: str, glibc: dict[str, Any] | None = None) -> console.Expect:
@@ -57,7 +74,7 @@ class SmokeCheck(Check):
 
 
 def checks(stage: iso.IsoStage) -> list[SmokeCheck]:
-    return [SmokeCheck(stage, mode) for mode in MODES]
+    return [SmokeCheck(stage, mode) for mode in modes_for(ARCHES[stage.arch])]
 
 
 def boot_plan(boots: int, host_cpus: int, parallel: int = 0, cpus: int = 0) -> tuple[int, int]:
@@ -96,7 +113,8 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
     def one(mode: str) -> console.Verdict:
         firmware, media = mode.split("-")
         verdict = bootmedia.boot_iso(arch, stage.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
-                                     timeout=smoke.timeout, memory=smoke.memory, fw_cfg=FW_CFG, cpus=cpus)
+                                     timeout=timeout_for(arch, smoke.timeout), memory=smoke.memory, fw_cfg=FW_CFG,
+                                     cpus=cpus)
         verdict.extra["mode"] = mode
         SmokeCheck(stage, mode).save(verdict.as_dict())
         return verdict
@@ -115,8 +133,14 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
             for future in futures:
                 future.cancel()
     verdicts = [done[mode] for mode in modes]
-    write_results(project.logs_dir, stage.instance, verdicts)
+    write_results(project.logs_dir, results_name(stage.instance, stage.arch), verdicts)
     return verdicts
+
+
+def results_name(distro: str, arch: str) -> str:
+    """The name of an ISO's smoke results (logs/smoke-<name>.json, .xml, the JUnit suite): the distro,
+    with the arch after it for every arch but the first (x86_64's names are as they were before)."""
+    return distro if arch == "x86_64" else f"{distro}-{arch}"
 
 
 def write_results(logs_dir: Path, distro: str, verdicts: list[console.Verdict]) -> None:

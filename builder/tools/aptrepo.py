@@ -157,6 +157,10 @@ def index(rel: Release, component: str, arch: str, cache: Path) -> list[dict[str
                     hint="check the suite, component and architecture")
 
 
+class Missing(InfraError):
+    """A file the signed index lists that the mirror does not serve (404)."""
+
+
 def fetch(url: str, sha256: str, size: int | None, cache: Path, what: str) -> Path:
     """``url`` in the cache by sha256: downloaded once, refused (and not kept) if its sha256 differs."""
     cached = cache / sha256[:2] / sha256
@@ -165,7 +169,7 @@ def fetch(url: str, sha256: str, size: int | None, cache: Path, what: str) -> Pa
     try:
         data = _get(url)
     except FileNotFoundError:
-        raise InfraError(f"{what}: {url} is listed but missing on the mirror (404)",
+        raise Missing(f"{what}: {url} is listed but missing on the mirror (404)",
                          hint="the mirror is being updated: retry later") from None
     except (OSError, ValueError) as exc:
         raise InfraError(f"{what}: cannot download {url}: {_reason(exc)}", hint="check the network") from None
@@ -207,16 +211,35 @@ class SourcePackage:
     files: dict[str, tuple[str, int]]  # name -> (sha256, size)
 
 
+def source_versions(rel: Release, component: str, name: str, cache: Path) -> list[SourcePackage]:
+    """Every version of source package ``name`` the signed Sources index lists, newest first (an
+    index also lists older ones still in the pool for Built-Using); UserError when there is none."""
+    stanzas = [s for s in index(rel, component, "source", cache / "indexes") if s.get("Package") == name]
+    if not stanzas:
+        raise UserError(f"source package {name} not found in {rel.suite}/{component} on {rel.mirror}",
+                        hint=f"check the name (apt-cache showsrc {name} on a {rel.suite} system)")
+    stanzas.sort(key=lambda s: _version_key(s.get("Version", "")), reverse=True)
+    return [SourcePackage(name, s["Version"], s["Directory"], _checksums(s.get("Checksums-Sha256", "")))
+            for s in stanzas]
+
+
 def source(rel: Release, component: str, name: str, cache: Path, version: str | None = None) -> SourcePackage:
     """Source package ``name`` (its newest, or ``version``) from the signed Sources index."""
-    stanzas = [s for s in index(rel, component, "source", cache / "indexes") if s.get("Package") == name
-               and (version is None or s.get("Version") == version)]
-    if not stanzas:
-        raise UserError(f"source package {name}{f' {version}' if version else ''} not found in "
-                        f"{rel.suite}/{component} on {rel.mirror}",
+    found = [s for s in source_versions(rel, component, name, cache) if version is None or s.version == version]
+    if not found:
+        raise UserError(f"source package {name} {version} not found in {rel.suite}/{component} on {rel.mirror}",
                         hint=f"check the name (apt-cache showsrc {name} on a {rel.suite} system)")
-    best = max(stanzas, key=lambda s: _version_key(s.get("Version", "")))
-    return SourcePackage(name, best["Version"], best["Directory"], _checksums(best.get("Checksums-Sha256", "")))
+    return found[0]
+
+
+def fetch_dsc(rel: Release, src: SourcePackage, cache: Path) -> Path:
+    """The .dsc of ``src``, verified and cached by sha256 (``Missing`` when the mirror lacks it)."""
+    dsc = next((f for f in src.files if f.endswith(".dsc")), None)
+    if dsc is None or "/" in dsc:
+        raise UserError(f"source package {src.name} {src.version}: no .dsc in the index entry")
+    sha, size = src.files[dsc]
+    return fetch(f"{rel.mirror.rstrip('/')}/{src.directory}/{dsc}", sha, size, cache / "pool",
+                 what=f"source {src.name} {src.version}")
 
 
 def fetch_source(rel: Release, src: SourcePackage, cache: Path, dest: Path) -> Path:

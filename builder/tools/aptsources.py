@@ -107,3 +107,13 @@ def archive_mirror(suite: str, apt_dir: Path = APT_DIR) -> str:
     raise UserError(f"the host's apt configuration ({apt_dir}/sources.list*) has no Debian archive source "
                     f"to fetch {suite} packages from",
                     hint="set kernel.boot.mirror (or the distro file's 'mirror:') to a Debian mirror URI")
+
+
+def host_codename(os_release: Path = Path("/etc/os-release")) -> str | None:
+    """This host's release codename (bookworm), from os-release; None when it names none."""
+    try:
+        text = os_release.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    m = re.search(r"^VERSION_CODENAME=\"?([a-z0-9-]+)\"?\s*$", text, re.M)
+    return m.group(1) if m else None

@@ -11,7 +11,7 @@ dies with the command.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from builder.infra import runner, sandbox
@@ -25,10 +25,10 @@ class Chroot:
         self.env = dict(env or {})
 
     def run(self, argv: Sequence[str], env: Mapping[str, str] | None = None, capture: bool = False,
-            check: bool = True) -> runner.Result:
+            check: bool = True, on_line: Callable[[str], bool | None] | None = None) -> runner.Result:
         """Run ``argv`` inside the root (paths in argv are paths inside it)."""
         wrapped = sandbox.chroot_argv(self.root, list(argv), {**self.env, **(env or {})})
-        return runner.run(wrapped, log_path=self.log_path, capture=capture, check=check,
+        return runner.run(wrapped, log_path=self.log_path, capture=capture, check=check, on_line=on_line,
                           display=["chroot", str(self.root), *argv])
 
 

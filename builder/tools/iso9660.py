@@ -2,7 +2,7 @@
 
 Distro-neutral: the distro plugins lay out the tree (kernel, initrd, squashfs,
 ...) and say what to boot in a ``BootSpec``; this module owns everything that
-makes the tree a medium that boots four ways:
+makes the tree a medium that boots four ways on x86_64:
 
 - BIOS from CD: El Torito no-emulation entry with ISOLINUX (boot info table);
 - UEFI from CD: a second El Torito entry, a FAT image holding a GRUB
@@ -11,6 +11,14 @@ makes the tree a medium that boots four ways:
   partition tables rewritten after writing into a protective MBR + a valid GPT
   holding the EFI image as EFI System partition (see
   ``repair_partition_tables``).
+
+An arch without BIOS modes (arm64, riscv64: ``Arch.modes``) gets the UEFI half
+only: no ISOLINUX, one El Torito entry (platform 0xEF) for the FAT image with
+GRUB as ``EFI/BOOT/<Arch.efi_boot_name>``, made by the host's grub-mkimage from
+that arch's modules (``BootSpec.grub_dir``: the target root's), and partition
+tables written from scratch (``write_partition_tables``: pycdlib's isohybrid
+needs ISOLINUX) -- the same protective MBR + GPT with the image as ESP, so the
+file boots as a CD and as a disk.
 
 Names: ISO9660 level 3 names are mangled to ``A-Z 0-9 _`` and de-duplicated;
 Rock Ridge and Joliet carry the real names.
@@ -45,26 +53,57 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from builder.infra import arch as arches
 from builder.infra import atomic, runner
+from builder.infra.arch import Arch
 from builder.infra.errors import InfraError, UserError
 
 ISOLINUX_BIN = Path("/usr/lib/ISOLINUX/isolinux.bin")
 LDLINUX_C32 = Path("/usr/lib/syslinux/modules/bios/ldlinux.c32")
-GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
+HOST_GRUB_LIB = Path("/usr/lib/grub")  # the host's GRUB modules, one dir per platform (x86_64-efi, ...)
+GRUB_EFI_DIR = HOST_GRUB_LIB / "x86_64-efi"  # x86_64's, where its ISOs take GRUB from
 
 # What the UEFI GRUB image needs to find the ISO by label (on a CD or on either
 # partition table of a USB stick), read its grub.cfg and boot Linux on a serial
 # console or a screen.
 GRUB_MODULES = ("part_gpt", "part_msdos", "iso9660", "fat", "search", "search_label", "normal", "linux",
                 "configfile", "echo", "all_video", "efi_gop", "efi_uga", "serial", "terminal", "test")
+# The same on arm64-efi and riscv64-efi, less efi_uga (an x86 graphics protocol: riscv64-efi has no
+# such module and grub-mkimage fails) and serial/terminal (their grub.cfg leaves the console to the
+# firmware), plus gzio: a kernel may be a gzip-compressed Image (bindeb-pkg's vmlinuz on riscv64).
+GRUB_EFI_ONLY_MODULES = ("part_gpt", "part_msdos", "iso9660", "fat", "search", "search_label", "normal", "linux",
+                         "configfile", "echo", "all_video", "efi_gop", "test", "gzio")
+
+
+@dataclass(frozen=True)
+class GrubPlatform:
+    """What the GRUB of one ``grub-mkimage -O`` target gets: its modules and how its grub.cfg starts."""
+
+    modules: tuple[str, ...]
+    serial: bool  # grub.cfg drives the serial port itself (else the firmware's console carries GRUB's)
+    timeout: int  # seconds the menu waits
+
+
+GRUB_PLATFORMS = {
+    # OVMF's console reaches the serial port too, but GRUB's own serial terminal is what the
+    # ISOLINUX half of the same ISO matches (SERIAL 0 115200)
+    "x86_64-efi": GrubPlatform(GRUB_MODULES, serial=True, timeout=1),
+    # U-Boot has no EFI serial protocol: on riscv64-efi `serial --unit=0` fails ("serial port 'com0'
+    # isn't found"), while its ConOut already is the UART (AAVMF's likewise).  GRUB's clock on
+    # riscv64 under TCG is calibrated with one 1 ms Stall() and runs slow on a loaded host:
+    # `timeout=1` was seen to take 19 s, so the menu does not wait.
+    "arm64-efi": GrubPlatform(GRUB_EFI_ONLY_MODULES, serial=False, timeout=0),
+    "riscv64-efi": GrubPlatform(GRUB_EFI_ONLY_MODULES, serial=False, timeout=0),
+}
 
 # Where the generated boot files live inside the ISO (relative to its root).
 ISOLINUX_DIR = "isolinux"
 GRUB_DIR = "boot/grub"
 EFI_IMAGE = f"{GRUB_DIR}/efiboot.img"
 BOOT_CATALOG = f"{ISOLINUX_DIR}/boot.cat"
+EFI_ONLY_BOOT_CATALOG = f"{GRUB_DIR}/boot.cat"  # where there is no ISOLINUX
 
 # Fixed so the MBR is reproducible ("ISOB"); it only has to be unlikely to clash
 # with the disks of the machine the stick is plugged into.
@@ -106,6 +145,28 @@ class BootSpec:
     initrd: str  # e.g. "live/initrd.img"
     cmdline: str  # kernel command line
     title: str  # boot menu entry
+    arch: str = "x86_64"  # an ARCHES name: which loaders, which El Torito entries and tables
+    # GRUB's EFI modules for the arch (<target root>/usr/lib/grub/<grub_target>, from the root's
+    # grub-efi-<arch>-bin); None: the host's /usr/lib/grub/<grub_target>
+    grub_dir: Path | None = None
+
+
+def boot_arch(spec: BootSpec) -> Arch:
+    """The spec's arch (a UserError naming the known ones if there is no such arch)."""
+    return arches.get(spec.arch, "ISO boot spec")
+
+
+def has_bios(arch: Arch) -> bool:
+    """Whether images of ``arch`` boot from BIOS too (ISOLINUX + isohybrid MBR) or from UEFI only."""
+    return any(firmware == "bios" for firmware, _ in arch.modes)
+
+
+def grub_platform(arch: Arch) -> GrubPlatform:
+    try:
+        return GRUB_PLATFORMS[arch.grub_target]
+    except KeyError:
+        raise InfraError(f"no GRUB module list for {arch.grub_target} ({arch.name})",
+                         hint="add it to GRUB_PLATFORMS in builder/tools/iso9660.py") from None
 
 
 def validate_label(label: str) -> None:
@@ -120,6 +181,7 @@ def validate_boot_path(what: str, rel: str) -> None:
 
 
 def _validate_spec(tree: Path, spec: BootSpec) -> None:
+    boot_arch(spec)
     validate_label(spec.label)
     for what, rel in (("kernel", spec.kernel), ("initrd", spec.initrd)):
         validate_boot_path(what, rel)
@@ -152,9 +214,10 @@ def grub_cfg(spec: BootSpec) -> str:
     # The kernel gets GRUB's words joined by single spaces, so quoting each
     # word on its own hands it exactly the command line we were given.
     args = " ".join(_grub_word(w) for w in spec.cmdline.split())
-    return ("serial --unit=0 --speed=115200\n"
-            "terminal_input serial console\nterminal_output serial console\n"
-            "set default=0\nset timeout=1\n\n"
+    platform = grub_platform(boot_arch(spec))
+    serial = ("serial --unit=0 --speed=115200\n"
+              "terminal_input serial console\nterminal_output serial console\n") if platform.serial else ""
+    return (f"{serial}set default=0\nset timeout={platform.timeout}\n\n"
             f"menuentry {_grub_word(spec.title)} {{\n"
             f"\tlinux /{spec.kernel} {args}\n"
             f"\tinitrd /{spec.initrd}\n"
@@ -162,7 +225,7 @@ def grub_cfg(spec: BootSpec) -> str:
 
 
 def grub_early_cfg(label: str) -> str:
-    # Embedded in BOOTX64.EFI: the FAT image it runs from holds nothing else, so
+    # Embedded in BOOTX64.EFI (BOOTAA64.EFI, ...): the FAT image it runs from holds nothing else, so
     # it finds the ISO9660 volume by label.  The FAT image has no label (its
     # volume name reads "NO NAME"), which no valid ISO label can match.
     return (f"search --no-floppy --set=root --label {label}\n"
@@ -181,25 +244,55 @@ def _write(path: Path, data: bytes, epoch: int) -> None:
     os.utime(path, (epoch, epoch))
 
 
-def make_boot_files(boot: Path, spec: BootSpec, epoch: int, log_path: Path) -> None:
-    """Fill the empty dir ``boot`` with the loaders and their configs, laid out as in the ISO."""
-    _require(ISOLINUX_BIN, "isolinux")
-    _require(LDLINUX_C32, "syslinux-common")
-    _require(GRUB_EFI_DIR / "linux.mod", "grub-efi-amd64-bin")
-    _write(boot / ISOLINUX_DIR / "isolinux.bin", ISOLINUX_BIN.read_bytes(), epoch)
-    _write(boot / ISOLINUX_DIR / "ldlinux.c32", LDLINUX_C32.read_bytes(), epoch)
-    _write(boot / ISOLINUX_DIR / "isolinux.cfg", isolinux_cfg(spec).encode(), epoch)
-    _write(boot / GRUB_DIR / "grub.cfg", grub_cfg(spec).encode(), epoch)
+def grub_dir(spec: BootSpec, arch: Arch) -> Path:
+    """The directory of GRUB's EFI modules for ``arch``; an error naming it and the package if
+    it has no ``linux.mod``: the spec's (from the target root) is the distro's to fix, the host's
+    (``grub_dir`` None) the host's."""
+    if spec.grub_dir is not None:
+        if not (spec.grub_dir / "linux.mod").is_file():
+            raise UserError(f"{spec.grub_dir} holds no GRUB {arch.grub_target} modules (no linux.mod): the "
+                            f"{arch.name} ISO's EFI loader is made from them",
+                            hint=f"they come from {arch.grub_efi_package} in the target root: keep it in the "
+                                 "root's packages")
+        return spec.grub_dir
+    directory = HOST_GRUB_LIB / arch.grub_target
+    if not (directory / "linux.mod").exists() and not arch.native():
+        raise UserError(f"{directory}/linux.mod not found: the {arch.name} ISO needs GRUB's {arch.grub_target} "
+                        "modules and the spec names none",
+                        hint=f"pass the target root's /usr/lib/grub/{arch.grub_target} (from its "
+                             f"{arch.grub_efi_package}) as BootSpec.grub_dir")
+    _require(directory / "linux.mod", arch.grub_efi_package)
+    return directory
 
+
+def make_boot_files(boot: Path, spec: BootSpec, epoch: int, log_path: Path) -> None:
+    """Fill the empty dir ``boot`` with the loaders and their configs, laid out as in the ISO:
+    ISOLINUX where the arch boots from BIOS, GRUB's grub.cfg and the EFI image everywhere."""
+    arch = boot_arch(spec)
+    bios = has_bios(arch)
+    if bios:
+        _require(ISOLINUX_BIN, "isolinux")
+        _require(LDLINUX_C32, "syslinux-common")
+    modules = grub_dir(spec, arch)
+    if bios:
+        _write(boot / ISOLINUX_DIR / "isolinux.bin", ISOLINUX_BIN.read_bytes(), epoch)
+        _write(boot / ISOLINUX_DIR / "ldlinux.c32", LDLINUX_C32.read_bytes(), epoch)
+        _write(boot / ISOLINUX_DIR / "isolinux.cfg", isolinux_cfg(spec).encode(), epoch)
+    _write(boot / GRUB_DIR / "grub.cfg", grub_cfg(spec).encode(), epoch)
+    _make_efi_image(boot, spec, arch, modules, epoch, log_path)
+
+
+def _make_efi_image(boot: Path, spec: BootSpec, arch: Arch, modules: Path, epoch: int, log_path: Path) -> None:
+    """``EFI_IMAGE`` under ``boot``: a FAT image holding GRUB as ``EFI/BOOT/<arch.efi_boot_name>``."""
     scratch = boot.parent / f"{boot.name}.efi"
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
         early = scratch / "early.cfg"
         early.write_text(grub_early_cfg(spec.label))
-        efi = scratch / "BOOTX64.EFI"
-        runner.run(["grub-mkimage", "-O", "x86_64-efi", "-d", GRUB_EFI_DIR, "-p", "/boot/grub", "-c", early,
-                    "-o", efi, *GRUB_MODULES], log_path=log_path)
+        efi = scratch / arch.efi_boot_name
+        runner.run(["grub-mkimage", "-O", arch.grub_target, "-d", modules, "-p", "/boot/grub", "-c", early,
+                    "-o", efi, *grub_platform(arch).modules], log_path=log_path)
         os.utime(efi, (epoch, epoch))  # mcopy -m keeps it
         # FAT overhead for a file this size is a few KiB; the slack keeps room
         # for the FAT tables and directories at any cluster size mkfs picks;
@@ -212,7 +305,8 @@ def make_boot_files(boot: Path, spec: BootSpec, epoch: int, log_path: Path) -> N
         env = {"SOURCE_DATE_EPOCH": str(epoch), "TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"}
         runner.run(["mkfs.vfat", "--invariant", "-i", FAT_VOLUME_ID, "-C", image, str(kib)], log_path=log_path)
         runner.run(["mmd", "-i", image, "::/EFI", "::/EFI/BOOT"], log_path=log_path, env=env)
-        runner.run(["mcopy", "-m", "-i", image, efi, "::/EFI/BOOT/BOOTX64.EFI"], log_path=log_path, env=env)
+        runner.run(["mcopy", "-m", "-i", image, efi, f"::/EFI/BOOT/{arch.efi_boot_name}"], log_path=log_path,
+                   env=env)
         os.utime(image, (epoch, epoch))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -348,8 +442,8 @@ def _add_tree(iso: Any, node: _Node, iso_dir: str, joliet_dir: str, rel: str, pa
                          file_mode=child.mode)
 
 
-def _write_iso(roots: list[Path], out: Path, label: str) -> None:
-    """The child process's work; the globals pycdlib reads are pinned by the caller."""
+def _new_iso(roots: list[Path], label: str) -> tuple[Any, dict[str, str]]:
+    """A pycdlib ISO holding the merged ``roots``, and each real path's ISO9660 path."""
     import pycdlib  # heavy: the mastering child and describe() load it, nothing else
 
     tree = _scan(roots)
@@ -358,11 +452,30 @@ def _write_iso(roots: list[Path], out: Path, label: str) -> None:
             rock_ridge="1.09", joliet=3)
     paths: dict[str, str] = {}
     _add_tree(iso, tree, "", "", "", paths)
+    return iso, paths
+
+
+def _write_iso(roots: list[Path], out: Path, label: str) -> None:
+    """The child process's work for a BIOS + UEFI hybrid; the globals pycdlib reads are pinned by the caller."""
+    iso, paths = _new_iso(roots, label)
     catalog = paths[ISOLINUX_DIR] + "/BOOT.CAT;1"
     iso.add_eltorito(paths[f"{ISOLINUX_DIR}/isolinux.bin"], bootcatfile=catalog, rr_bootcatname="boot.cat",
                      joliet_bootcatfile=f"/{BOOT_CATALOG}", boot_load_size=4, boot_info_table=True)
     iso.add_eltorito(paths[EFI_IMAGE], efi=True)
     iso.add_isohybrid(efi=True, mbr_id=MBR_ID)
+    iso.write(str(out), blocksize=1 << 20)
+    iso.close()
+
+
+def _write_efi_iso(roots: list[Path], out: Path, label: str) -> None:
+    """The child process's work for a UEFI-only ISO: one El Torito entry, no partition tables yet.
+
+    pycdlib takes the first entry's platform from ``platform_id`` (its ``efi`` flag only
+    marks later sections), and ``add_isohybrid`` insists on ISOLINUX: the tables are written
+    after writing (``write_partition_tables``)."""
+    iso, paths = _new_iso(roots, label)
+    iso.add_eltorito(paths[EFI_IMAGE], bootcatfile=paths[GRUB_DIR] + "/BOOT.CAT;1", rr_bootcatname="boot.cat",
+                     joliet_bootcatfile=f"/{EFI_ONLY_BOOT_CATALOG}", platform_id=0xEF, efi=True)
     iso.write(str(out), blocksize=1 << 20)
     iso.close()
 
@@ -387,11 +500,12 @@ def cylinders_with_gpt_room(self: Any, iso_size: int) -> tuple[int, int]:
 PYCDLIB_VERSION = "1.22.0"
 
 
-def _write_pinned(roots: list[Path], out: Path, label: str, epoch: int) -> None:
-    """``_write_iso`` with what pycdlib reads pinned: the clock (``time.time``), the local time
-    zone (TZ=UTC: it records local time), the GUIDs (``uuid.uuid4`` and ``random``, seeded from
-    label and epoch) and its isohybrid padding (``cylinders_with_gpt_room``).  Process-wide:
-    only ever called in a process of its own (a forked child, or ``python -m``)."""
+def _write_pinned(roots: list[Path], out: Path, label: str, epoch: int, bios: bool = True) -> None:
+    """``_write_iso`` (``_write_efi_iso`` without ``bios``) with what pycdlib reads pinned: the
+    clock (``time.time``), the local time zone (TZ=UTC: it records local time), the GUIDs
+    (``uuid.uuid4`` and ``random``, seeded from label and epoch) and its isohybrid padding
+    (``cylinders_with_gpt_room``).  Process-wide: only ever called in a process of its own (a
+    forked child, or ``python -m``)."""
     from pycdlib import isohybrid  # heavy: see _write_iso
 
     found = importlib.metadata.version("pycdlib")
@@ -405,7 +519,10 @@ def _write_pinned(roots: list[Path], out: Path, label: str, epoch: int) -> None:
     time.time = lambda: float(epoch)
     uuid.uuid4 = lambda: uuid.UUID(int=rng.getrandbits(128), version=4)
     isohybrid.IsoHybrid._calc_cc = cylinders_with_gpt_room  # type: ignore[method-assign]
-    _write_iso(roots, out, label)
+    if bios:
+        _write_iso(roots, out, label)
+    else:
+        _write_efi_iso(roots, out, label)
 
 
 def _main(argv: list[str]) -> int:
@@ -415,8 +532,10 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--label", required=True)
     parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--efi-only", action="store_true",
+                        help="one UEFI El Torito entry, no ISOLINUX (arches without BIOS); no partition tables")
     args = parser.parse_args(argv)
-    _write_pinned(args.root, args.out, args.label, args.epoch)
+    _write_pinned(args.root, args.out, args.label, args.epoch, bios=not args.efi_only)
     return 0
 
 
@@ -479,27 +598,89 @@ def repair_partition_tables(image: Path) -> None:
         entry = struct.pack("<16s16sQQQ72s", _ESP_TYPE.bytes_le, part_guid, esp_start, esp_start + esp_count - 1, 0,
                             name)
         entries = entry.ljust(_GPT_ENTRIES * _GPT_ENTRY_SIZE, b"\x00")
-        crc = zlib.crc32(entries)
         # Entry 2, active but of type 0 ("unused" to UEFI, Linux and sgdisk),
         # is for BIOSes that boot only disks with an active entry -- and for
         # pycdlib, which opens an isohybrid ISO only if one entry is active.
         # EDK2 takes the GPT only if the 0xEE entry itself is not active.
         mbr[446:510] = _mbr_entry(0x00, 0xEE, 1, min(total - 1, 0xFFFFFFFF), b"\x00\x02\x00", b"\xff\xff\xff") \
             + _mbr_entry(0x80, 0x00, 0, 1, b"\x00\x01\x00", b"\x00\x01\x00") + bytes(32)
-        f.seek(0)
-        f.write(mbr)
-        f.write(_gpt_header(1, backup_lba, first, last, disk_guid, 2, crc))
-        f.write(entries)
-        f.seek((backup_lba - _GPT_ARRAY_SECTORS) * _SECTOR)
-        f.write(entries)
-        f.write(_gpt_header(backup_lba, 1, first, last, disk_guid, backup_lba - _GPT_ARRAY_SECTORS, crc))
-        f.flush()
-        os.fsync(f.fileno())
+        _write_tables(f, bytes(mbr), entries, first, last, backup_lba, disk_guid)
+
+
+def _write_tables(f: BinaryIO, mbr: bytes, entries: bytes, first: int, last: int, backup_lba: int,
+                  disk_guid: bytes) -> None:
+    """The protective MBR, the primary GPT (header + entries) after it and the backup at the end."""
+    crc = zlib.crc32(entries)
+    f.seek(0)
+    f.write(mbr)
+    f.write(_gpt_header(1, backup_lba, first, last, disk_guid, 2, crc))
+    f.write(entries)
+    f.seek((backup_lba - _GPT_ARRAY_SECTORS) * _SECTOR)
+    f.write(entries)
+    f.write(_gpt_header(backup_lba, 1, first, last, disk_guid, backup_lba - _GPT_ARRAY_SECTORS, crc))
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _boot_catalog_sector(f: BinaryIO, image: Path) -> int:
+    """The El Torito catalog's 2048-byte sector: from the Boot Record among the volume
+    descriptors (sector 16 on, up to the set terminator, type 255)."""
+    for sector in range(16, 16 + 32):
+        f.seek(sector * 2048)
+        descriptor = f.read(2048)
+        if descriptor[1:6] != b"CD001" or descriptor[0] == 255:
+            break
+        if descriptor[0] == 0 and descriptor[7:39].rstrip(b"\x00") == b"EL TORITO SPECIFICATION":
+            return int(struct.unpack_from("<I", descriptor, 0x47)[0])
+    raise InfraError(f"{image}: no El Torito boot record", hint="a pycdlib change? see builder/tools/iso9660.py")
+
+
+def efi_boot_image(image: Path) -> tuple[int, int]:
+    """(first 512-byte sector, sector count) of the El Torito catalog's initial entry, read
+    from the ISO's bytes: the initial entry follows the catalog's 32-byte validation entry
+    (El Torito 1.0, section 2)."""
+    with image.open("rb") as f:
+        f.seek(_boot_catalog_sector(f, image) * 2048)
+        catalog = f.read(64)
+    count, rba = struct.unpack_from("<HI", catalog, 32 + 6)
+    if catalog[0] != 1 or catalog[30:32] != b"\x55\xaa" or catalog[32] != 0x88 or count == 0:
+        raise InfraError(f"{image}: the El Torito catalog has no bootable initial entry",
+                         hint="a pycdlib change? see builder/tools/iso9660.py")
+    return rba * 2048 // _SECTOR, count
+
+
+def write_partition_tables(image: Path, label: str, epoch: int) -> None:
+    """Give a UEFI-only ISO (no isohybrid MBR: pycdlib makes one only with ISOLINUX) the
+    tables ``repair_partition_tables`` leaves on a hybrid: a protective MBR (one 0xEE entry,
+    not active, no boot code) and a GPT, primary and backup, with one EFI System partition
+    on the El Torito EFI image.  The file grows to whole MiB with room for the backup GPT
+    after the ISO9660 volume, which stays readable at offset 0.  The GUIDs are drawn from
+    ``label`` and ``epoch``: the same ISO gets the same bytes."""
+    esp_start, esp_count = efi_boot_image(image)
+    rng = random.Random(f"isobuild-gpt:{label}:{epoch}")
+    disk_guid, part_guid = (uuid.UUID(int=rng.getrandbits(128), version=4).bytes_le for _ in range(2))
+    with image.open("r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        total = -(-(size + _GPT_RESERVED * _SECTOR) // (1 << 20)) * (1 << 20) // _SECTOR
+        backup_lba = total - 1
+        first, last = 1 + _GPT_RESERVED, total - 1 - _GPT_RESERVED
+        if not first <= esp_start <= esp_start + esp_count - 1 <= last:
+            raise InfraError(f"{image}: the EFI image (sectors {esp_start}+{esp_count}) is outside the GPT's "
+                             f"usable sectors {first}-{last}", hint="a pycdlib change? see builder/tools/iso9660.py")
+        f.truncate(total * _SECTOR)
+        name = "EFI boot".encode("utf-16-le")
+        entry = struct.pack("<16s16sQQQ72s", _ESP_TYPE.bytes_le, part_guid, esp_start, esp_start + esp_count - 1, 0,
+                            name)
+        entries = entry.ljust(_GPT_ENTRIES * _GPT_ENTRY_SIZE, b"\x00")
+        mbr = bytearray(_SECTOR)
+        mbr[446:462] = _mbr_entry(0x00, 0xEE, 1, min(total - 1, 0xFFFFFFFF), b"\x00\x02\x00", b"\xff\xff\xff")
+        mbr[510:512] = b"\x55\xaa"
+        _write_tables(f, bytes(mbr), entries, first, last, backup_lba, disk_guid)
 
 
 # --- the stage's entry point ------------------------------------------------
 
-def _write_in_child(roots: list[Path], out: Path, label: str, epoch: int, log_path: Path) -> None:
+def _write_in_child(roots: list[Path], out: Path, label: str, epoch: int, log_path: Path, bios: bool = True) -> None:
     """``_write_iso`` with the clock, GUIDs and TZ pinned, in a forked child (runner.in_child)
     so the pinning never leaks into this process.  A fork of this interpreter, pycdlib
     already imported, starts in a millisecond; ``python -m builder.tools.iso9660`` (the same by
@@ -507,16 +688,17 @@ def _write_in_child(roots: list[Path], out: Path, label: str, epoch: int, log_pa
     import pycdlib  # noqa: F401  (heavy; before the fork: the child inherits it)
 
     def write() -> None:
-        _write_pinned(roots, out, label, epoch)
+        _write_pinned(roots, out, label, epoch, bios)
 
     argv = [sys.executable, "-m", "builder.tools.iso9660", *(a for r in roots for a in ("--root", str(r))),
             "--out", str(out),
-            "--label", label, "--epoch", str(epoch)]
+            "--label", label, "--epoch", str(epoch), *([] if bios else ["--efi-only"])]
     runner.in_child(write, argv, log_path)
 
 
 def master(tree: Path, out: Path, spec: BootSpec, work: Path, log_path: Path, epoch: int) -> None:
-    """Master ``tree`` + boot loaders into the hybrid ISO ``out``; see the module docstring.
+    """Master ``tree`` + boot loaders into the hybrid ISO ``out`` (UEFI-only for an arch without
+    BIOS modes); see the module docstring.
 
     ``work`` is scratch space owned by the caller (the boot files are built in
     ``work/iso-boot``); ``epoch`` is every timestamp in the ISO.
@@ -533,9 +715,13 @@ def master(tree: Path, out: Path, spec: BootSpec, work: Path, log_path: Path, ep
     fd, name = tempfile.mkstemp(prefix=atomic.temp_prefix(out), suffix=".tmp", dir=out.parent)
     os.close(fd)
     tmp = Path(name)
+    bios = has_bios(boot_arch(spec))
     try:
-        _write_in_child([tree, boot], tmp, spec.label, epoch, log_path)
-        repair_partition_tables(tmp)
+        _write_in_child([tree, boot], tmp, spec.label, epoch, log_path, bios)
+        if bios:
+            repair_partition_tables(tmp)
+        else:
+            write_partition_tables(tmp, spec.label, epoch)
         os.chmod(tmp, 0o644)  # mkstemp made it 0600
         os.replace(tmp, out)
     except OSError as exc:
@@ -555,7 +741,9 @@ _MEDIA = {0: "noemul", 1: "floppy-1.2M", 2: "floppy-1.44M", 3: "floppy-2.88M", 4
 
 
 def describe(iso: Path) -> dict[str, Any]:
-    """What an ISO says about itself: label, extensions, El Torito entries, hybrid tables.
+    """What an ISO says about itself: label, extensions, El Torito entries, partition tables:
+    ``hybrid_mbr`` (pycdlib's isohybrid MBR, ISOLINUX's boot code: x86_64 only),
+    ``protective_mbr`` (an 0xEE entry: UEFI reads the GPT; hybrid and UEFI-only alike), ``gpt``.
 
     pycdlib has no public API for the boot catalog; its parsed objects are read
     directly (checked against pycdlib 1.22.0).
@@ -583,6 +771,7 @@ def describe(iso: Path) -> dict[str, Any]:
             "joliet": bool(reader.has_joliet()),
             "eltorito": entries,
             "hybrid_mbr": head[510:512] == b"\x55\xaa" and reader.isohybrid_mbr is not None,
+            "protective_mbr": head[510:512] == b"\x55\xaa" and 0xEE in head[446 + 4:510:16],
             "gpt": head[_SECTOR:_SECTOR + 8] == _GPT_SIGNATURE,
             "size": iso.stat().st_size,
         }

@@ -171,7 +171,7 @@ def test_a_patch_that_does_not_apply_on_debians_tree_fails_in_seconds_and_keeps_
     assert glibc_project.run("glibc") == ExitCode.USER
     assert "dpkg-buildpackage" not in events.commands(), "refused before the long build"
     err = first_error_line(capsys.readouterr().err)
-    assert "patch isobuild/0002-against-upstream.patch does not apply at fuzz 0 to Debian's patched glibc tree" \
+    assert "patch isobuild/0002-against-upstream.patch does not apply at fuzz 0 to Debian's patched glibc 1.0-1" \
         in err
     assert "version.c hunk #1" in err
     assert glibc_project.current.resolve() == good

@@ -150,7 +150,7 @@ def test_boot_configs_boot_the_spec_on_the_serial_console() -> None:
                                   "set prefix=($root)/boot/grub", "configfile $prefix/grub.cfg"]
 
 
-def test_padding_always_leaves_room_for_the_backup_gpt() -> None:
+def test_padding_always_leaves_room_for_the_backupgpt() -> None:
     class Geometry:
         geometry_heads, geometry_sectors = 64, 32
 
@@ -181,6 +181,14 @@ def test_el_torito_bios_and_uefi_entries(built: tuple[Path, Path]) -> None:
     paths = {line.split()[-2]: line.split()[-1] for line in lines if line.startswith("El Torito img path :")}
     assert paths == {"1": "/isolinux/isolinux.bin", "2": "/boot/grub/efiboot.img"}
     assert "boot-info-table" in next(line for line in lines if line.startswith("El Torito img opts :   1"))
+
+
+def test_x86_64_is_the_default_and_its_mbr_is_hybrid_and_protective(built: tuple[Path, Path]) -> None:
+    _, image = built
+    assert (SPEC.arch, SPEC.grub_dir) == ("x86_64", None)
+    info = iso9660.describe(image)
+    assert (info["hybrid_mbr"], info["protective_mbr"], info["gpt"]) == (True, True, True)
+    assert iso9660.efi_boot_image(image) == (info["eltorito"][0]["load_rba"] * 4, 4), "the initial entry: ISOLINUX"
 
 
 def test_rock_ridge_and_joliet_carry_the_real_names(built: tuple[Path, Path]) -> None:
@@ -214,7 +222,7 @@ def test_uefi_image_holds_grub_that_finds_the_iso_by_label(built: tuple[Path, Pa
     assert efi.read_bytes()[:2] == b"MZ" and b"--label ISOBUILD_UNIT" in efi.read_bytes()
 
 
-def _gpt(image: Path, lba: int) -> dict[str, Any]:
+def gpt(image: Path, lba: int) -> dict[str, Any]:
     with image.open("rb") as f:
         f.seek(lba * 512)
         head = f.read(92)
@@ -222,7 +230,8 @@ def _gpt(image: Path, lba: int) -> dict[str, Any]:
         f.seek(fields[10] * 512)
         entries = f.read(fields[11] * fields[12])
     crc_ok = zlib.crc32(head[:16] + b"\0\0\0\0" + head[20:]) == fields[3]
-    return {"current": fields[5], "backup": fields[6], "guid": fields[9], "entries": entries,
+    return {"current": fields[5], "backup": fields[6], "first": fields[7], "last": fields[8], "guid": fields[9],
+            "entries": entries,
             "entries_crc_ok": zlib.crc32(entries) == fields[13], "header_crc_ok": crc_ok}
 
 
@@ -237,8 +246,8 @@ def test_usb_partition_tables_are_valid(built: tuple[Path, Path]) -> None:
     assert mbr[1][0] == 0x80 and mbr[1][2] == 0x00 and mbr[2][2] == mbr[3][2] == 0
     result = subprocess.run(["sgdisk", "-v", str(image)], capture_output=True, text=True)
     assert result.returncode == 0 and "No problems found" in result.stdout, result.stdout + result.stderr
-    primary = _gpt(image, 1)
-    backup = _gpt(image, primary["backup"])
+    primary = gpt(image, 1)
+    backup = gpt(image, primary["backup"])
     assert primary["backup"] == len(data) // 512 - 1 and backup["backup"] == 1
     for header in (primary, backup):
         assert header["header_crc_ok"] and header["entries_crc_ok"]

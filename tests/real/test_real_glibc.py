@@ -72,8 +72,8 @@ def test_a_glibc_patch_that_does_not_apply_to_debians_tree_fails_in_seconds(
     assert run(project, "glibc") == ExitCode.USER
     assert "dpkg-buildpackage" not in events.commands(), "reported before the long build"
     err = capsys.readouterr().err
-    assert "patch isobuild/0002-stale.patch does not apply at fuzz 0 to Debian's patched glibc tree: " \
-           "csu/version.c hunk #1" in err
+    assert "patch isobuild/0002-stale.patch does not apply at fuzz 0 to Debian's patched glibc 2.36-" in err
+    assert ": csu/version.c hunk #1" in err
     # the last good packages are untouched and still current
     assert json.loads((current(project, "glibc-x86_64") / "metadata.json").read_text())["patches"][-1]["name"] == \
         "0001-csu-xsc-banner-marker.patch"
