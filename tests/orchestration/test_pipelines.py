@@ -2,11 +2,23 @@
 for GitHub workflows and GitLab CI) and consistent with isobuild itself -- every job they need
 exists, every artifact path is one isobuild writes (taken from the code's layouts, not typed
 twice), a download finds what an upstream job uploaded where it lands, every isobuild command
-line parses with the real CLI, and the JUnit and report paths are where smoke and report write."""
+line parses with the real CLI, and the JUnit and report paths are where smoke and report write.
+
+Both pipelines run the Debian stages as a matrix over the arches distros/debian.yaml lists, so
+each job is checked leg by leg (one leg per matrix combination, its ${{ matrix.x }} / $X put in):
+every --arch is an arch isobuild knows and one its stage builds (the kernel profile has fragments
+for it, a Debian-family distro or the distro itself lists it); every arch each distro lists has
+its kernel, glibc, ISO and boot-check legs and no leg builds an arch none lists; a leg takes its
+upstream pieces from the same arch's legs, the release and the report from every leg; and a
+boot-check leg outlasts isobuild's own boot timeouts, which grow with the arch's TCG slowdown."""
 
 from __future__ import annotations
 
+import argparse
 import fnmatch
+import inspect
+import itertools
+import math
 import os
 import re
 import shlex
@@ -14,25 +26,39 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from builder import cli, distros
+from builder import cli, distros, pipeline
 from builder.commands import clean, report
+from builder.distros.graph import Graph
+from builder.infra.arch import ARCHES
 from builder.infra.config import Project, load_project
+from builder.infra.errors import IsobuildError
 from builder.stages import glibc, kernel, smoke
 from builder.stages.base import records_dir
-from builder.tools import console
+from builder.tools import console, kconfig
 from tests.conftest import records
 
 REPO = Path(__file__).resolve().parents[2]
 GITHUB = REPO / ".github" / "workflows" / "isobuild.yml"
 GITLAB = REPO / ".gitlab-ci.yml"
 STAGES = {"kernel", "glibc", "iso-debian", "iso-el", "smoke-debian", "smoke-el", "release", "report"}
+VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status"}
 INVOCATION = re.compile(r"\.venv/bin/isobuild\s+([^\n|;&>]*)")
+GH_MATRIX = re.compile(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}")  # ${{ matrix.arch }}
+GL_MATRIX = re.compile(r"\$\[\[\s*matrix\.(\w+)\s*\]\]")  # $[[ matrix.ARCH ]] (needs:parallel:matrix)
+# the distros the variable-gated EL jobs build: each must be a real distros/<name>.yaml
+EL_DISTROS = {"alma", "rocky"}
+# the cross glibc build's caches, <work>/cache/<name> (builder.stages.glibc names them inline)
+GLIBC_CACHES = ("cross-roots", "archive")
+RUNNER_ARCH = "x86_64"  # ubuntu-latest and the GitLab runner: arm64 and riscv64 are cross-built there
+REFERENCE_CPUS = 2  # the host the boot times were measured on, and the fewest a hosted runner has
+BOOTSTRAP_MINUTES = 15  # a smoke job's time besides its boots: scripts/bootstrap.sh, the artifacts
 
 
 def check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,67 +81,52 @@ def project() -> Iterator[Project]:
             os.environ["ISOBUILD_WORK_DIR"] = old
 
 
+def rel(project: Project, path: Path) -> str:
+    return path.relative_to(project.root).as_posix()
+
+
 def layout(project: Project) -> set[str]:
     """Every path a job may hand on, relative to the checkout, as the stages' code defines them."""
-    def rel(path: Path) -> str:
-        return path.relative_to(project.root).as_posix()
-
-    k = kernel.Layout(project.work_dir / "kernel", project.settings.kernel.profile)
-    g = glibc.Layout(project.work_dir / "glibc")
-    paths = {rel(records_dir(project).parent), rel(k.artifact("KEY").parent), rel(g.artifact("KEY").parent),
-             rel(project.logs_dir), rel(project.iso_dir), rel(report.default_path(project))}
+    paths = {rel(project, records_dir(project).parent), rel(project, glibc.Layout(project.work_dir / "glibc")
+                                                            .artifact("KEY").parent),
+             rel(project, project.logs_dir), rel(project, project.iso_dir), rel(project, report.default_path(project))}
+    for arch in ARCHES:
+        paths.add(rel(project, kernel.Layout(project.work_dir / "kernel", project.settings.kernel.profile, arch)
+                      .artifact("KEY").parent))
     for name in distros.names(project):
-        paths |= {rel(project.iso_dir / name)}
+        paths |= {rel(project, project.iso_dir / name)}
     return paths
 
 
 def caches(project: Project) -> set[str]:
-    """The source and package caches: work-dir entries that clean keeps and distclean removes."""
+    """The source and package caches: work-dir entries that clean keeps and distclean removes, and
+    the cross glibc build's (its build-root tarballs and verified source packages) inside the latter."""
     assert {"sources", "cache"} <= set(clean.WORK_ENTRIES)
-    return {(project.work_dir / name).relative_to(project.root).as_posix() for name in ("sources", "cache")}
+    code = inspect.getsource(glibc)
+    for name in GLIBC_CACHES:
+        assert f'"cache" / "{name}"' in code, f"builder/stages/glibc.py no longer keeps <work>/cache/{name}"
+    return ({rel(project, project.work_dir / name) for name in ("sources", "cache")}
+            | {rel(project, project.work_dir / "cache" / name) for name in GLIBC_CACHES})
 
 
-def junit_names(tmp_path: Path, distro: str) -> list[str]:
-    """Where smoke writes its JUnit XML, by running its writer."""
+def junit_name(tmp_path: Path, distro: str, arch: str) -> str:
+    """Where smoke writes the JUnit XML of ``distro``'s ``arch`` image, by running its writer."""
+    out = tmp_path / f"{distro}-{arch}"
+    out.mkdir(exist_ok=True)
     verdict = console.Verdict("pass", [], {}, [], [], 1.0, "x.log", {"mode": "bios-cd"})
-    smoke.write_results(tmp_path, distro, [verdict])
-    return [p.name for p in tmp_path.glob("*.xml")]
+    smoke.write_results(out, smoke.results_name(distro, arch), [verdict])
+    [name] = [p.name for p in out.glob("*.xml")]
+    return name
 
 
-def assert_command_parses(line: str, matrix: dict[str, list[str]], where: str) -> list[str]:
-    """``line`` (what follows .venv/bin/isobuild) parses with the real CLI, for every matrix value;
-    returns the verbs it used."""
-    used = []
-    for text in expand(line, matrix):
-        args = shlex.split(text)
-        used.append(args[0])
-        try:
-            cli.parser().parse_args(args)
-        except SystemExit:
-            pytest.fail(f"{where}: 'isobuild {text}' does not parse with isobuild's CLI")
-    return used
-
-
-# the distros the variable-gated EL jobs build: each must be a real distros/<name>.yaml
-EL_DISTROS = {"alma", "rocky"}
-
-
-def _product(lists: list[list[str]]) -> list[tuple[str, ...]]:
-    out: list[tuple[str, ...]] = [()]
-    for options in lists:
-        out = [(*prefix, o) for prefix in out for o in options]
-    return out if lists else []
-
-
-def expand(text: str, matrix: dict[str, list[str]]) -> list[str]:
-    """``text`` with ${{ matrix.x }} / $X put in for every matrix value."""
-    out = []
-    for combo in _product(list(matrix.values())) or [()]:
-        t = text
-        for key, value in zip(matrix, combo, strict=True):
-            t = t.replace("${{ matrix." + key + " }}", value).replace(f"${key}", value)
-        out.append(t)
-    return out
+def boot_minutes(project: Project, arch: str) -> float:
+    """The longest isobuild's boot checks of an ``arch`` image can take before every mode has a
+    verdict -- each boot hung until its timeout (smoke.timeout scaled by the arch's TCG slowdown)
+    -- on a REFERENCE_CPUS-core runner, boots at once as smoke.boot_plan shares them out."""
+    target, settings = ARCHES[arch], project.settings.smoke
+    modes = smoke.modes_for(target)
+    at_once, _ = smoke.boot_plan(len(modes), REFERENCE_CPUS, settings.parallel, settings.cpus)
+    return math.ceil(len(modes) / at_once) * smoke.timeout_for(target, settings.timeout) / 60
 
 
 def lca(paths: list[str]) -> str:
@@ -134,6 +145,173 @@ def lca(paths: list[str]) -> str:
 def known(path: str, allowed: set[str]) -> bool:
     norm = os.path.normpath(path)
     return norm in allowed
+
+
+def under(path: str, dirs: list[str]) -> bool:
+    return any(Path(path).is_relative_to(os.path.normpath(d)) for d in dirs)
+
+
+# --- legs: one matrix combination of a job, its isobuild commands parsed ------------------------
+
+
+Combo = dict[str, str]
+
+
+@dataclass
+class Leg:
+    job: str
+    combo: Combo
+    commands: list[argparse.Namespace]
+    arch: str | None  # the arch its stage commands build or test (None: a job of no one arch)
+
+    def __str__(self) -> str:
+        return f"{self.job} {self.combo}" if self.combo else self.job
+
+    def stages(self) -> set[tuple[str, str]]:
+        return {s for args in self.commands if (s := stage_of(args))}
+
+
+def product(entry: dict[str, Any]) -> list[Combo]:
+    """Every combination of one matrix entry's values (a value that is no list is one value)."""
+    lists = [[str(v) for v in (value if isinstance(value, list) else [value])] for value in entry.values()]
+    return [dict(zip(entry, combo, strict=True)) for combo in itertools.product(*lists)]
+
+
+def gh_combos(job: dict[str, Any]) -> list[Combo]:
+    """A GitHub job's matrix combinations: the product of its dimensions, each include entry added
+    to every combination whose original values it does not change (a new combination otherwise)."""
+    matrix = dict(job.get("strategy", {}).get("matrix", {}))
+    include = matrix.pop("include", [])
+    assert "exclude" not in matrix, "a matrix with exclude: teach gh_combos about it"
+    combos = product(matrix) if matrix else []
+    for extra in include:
+        extra = {k: str(v) for k, v in extra.items()}
+        hits = [c for c in combos if all(c[k] == v for k, v in extra.items() if k in matrix)]
+        for combo in hits:
+            combo.update(extra)
+        if not hits:
+            combos.append(extra)
+    return combos or [{}]
+
+
+def gh_dimensions(job: dict[str, Any]) -> set[str]:
+    return set(job.get("strategy", {}).get("matrix", {})) - {"include", "exclude"}
+
+
+def gl_combos(job: dict[str, Any]) -> list[Combo]:
+    return [c for entry in job.get("parallel", {}).get("matrix", []) for c in product(entry)] or [{}]
+
+
+def subst(text: str, combo: Combo) -> str:
+    """``text`` with the leg's matrix values put in for ${{ matrix.x }} (GitHub) and $X / ${X} (GitLab)."""
+    def value(m: re.Match[str]) -> str:
+        assert m.group(1) in combo, f"{text!r}: matrix.{m.group(1)} is no matrix value of the job"
+        return combo[m.group(1)]
+
+    text = GH_MATRIX.sub(value, text)
+    for key, v in combo.items():
+        text = re.sub(r"\$\{?" + re.escape(key) + r"\}?(?!\w)", v, text)
+    return text
+
+
+def stage_of(args: argparse.Namespace) -> tuple[str, str] | None:
+    """(kind, distro) of the stage an isobuild command builds or boot-checks; None for the others."""
+    if args.verb in ("kernel", "glibc"):
+        return args.verb, ""
+    if args.verb == "test":
+        return ("smoke", args.target) if args.target != "kernel" else ("kernel-boot", "")
+    if args.verb in {"debian", *EL_DISTROS}:
+        return "iso", args.verb
+    return None
+
+
+def parse(lines: list[str], where: str) -> list[argparse.Namespace]:
+    """Each line (what follows .venv/bin/isobuild, the leg's values put in) parsed by the real CLI."""
+    out = []
+    for text in lines:
+        assert "matrix." not in text, f"{where}: 'isobuild {text}' keeps a matrix reference"
+        try:
+            out.append(cli.parser().parse_args(shlex.split(text)))
+        except SystemExit:
+            pytest.fail(f"{where}: 'isobuild {text}' does not parse with isobuild's CLI")
+    return out
+
+
+def leg(project: Project, job: str, combo: Combo, lines: list[str], where: str) -> Leg:
+    commands = parse([subst(line.strip(), combo) for line in lines], where)
+    arches = {args.arch or project.settings.arch for args in commands if stage_of(args)}
+    assert len(arches) <= 1, f"{where}: one leg builds for several arches {sorted(arches)}"
+    return Leg(job, combo, commands, next(iter(arches), None))
+
+
+def check_arch(project: Project, args: argparse.Namespace, where: str) -> None:
+    """The command's --arch is a known arch, and one its stage is configured to build."""
+    given = getattr(args, "arch", None)
+    assert given is None or given in ARCHES, f"{where}: --arch {given} is no arch isobuild knows"
+    stage = stage_of(args)
+    if stage is None:
+        return
+    kind, distro = stage
+    arch = given or project.settings.arch
+    if kind in ("kernel", "kernel-boot"):
+        try:
+            kconfig.load_profile(project.root, args.profile or project.settings.kernel.profile,
+                                 project.settings.kernel.fragments, arch)
+        except IsobuildError as exc:
+            pytest.fail(f"{where}: {exc.message}")
+    elif kind == "glibc":
+        assert Graph(project, None, arch).glibc_distro() is not None, \
+            f"{where}: glibc for {arch}, which no Debian-family distro lists in its 'arches'"
+    else:
+        listed = distros.load(project, distro).arches()
+        assert arch in listed, f"{where}: {distro} for {arch}; distros/{distro}.yaml lists {listed}"
+
+
+def expected_stages(project: Project) -> set[tuple[str, str, str]]:
+    """(kind, distro, arch) of every leg the pipelines must have: for every arch each distro lists,
+    its kernel, the Debian family's glibc, the ISO and its boot checks."""
+    out: set[tuple[str, str, str]] = set()
+    for name in distros.names(project):
+        plugin = distros.load(project, name)
+        for arch in plugin.arches():
+            out |= {("kernel", "", arch), ("iso", name, arch), ("smoke", name, arch)}
+            if plugin.glibc_format == "deb":
+                out.add(("glibc", "", arch))
+    return out
+
+
+def check_legs(project: Project, legs: list[Leg], where: str) -> None:
+    """Every verb is one of the expected, every --arch fits, every distro arch has its legs and
+    nothing more; a job's legs are one kind of stage, each leg one stage, and a leg with an arch
+    dimension builds the arch it names."""
+    used = {args.verb for lg in legs for args in lg.commands}
+    assert used == VERBS, where
+    built: set[tuple[str, str, str]] = set()
+    for lg in legs:
+        for args in lg.commands:
+            check_arch(project, args, f"{where} job {lg}")
+        stages = lg.stages()
+        assert len(stages) <= 1, f"{where} job {lg} runs several stages {stages}"
+        for kind, distro in stages:
+            assert lg.job.split("-")[0] == kind, f"{where} job {lg} runs a {kind} stage"
+            assert lg.arch is not None
+            built.add((kind, distro, lg.arch))
+        for key in ("arch", "ARCH"):
+            if key in lg.combo:
+                assert lg.arch == lg.combo[key], f"{where} job {lg} builds for {lg.arch}"
+    missing, extra = expected_stages(project) - built, built - expected_stages(project)
+    assert not missing, f"{where}: no job for {sorted(missing)} (kind, distro, arch)"
+    assert not extra, f"{where}: jobs for {sorted(extra)}, which no distro lists"
+
+
+def check_iso_outputs(project: Project, legs: list[Leg], kept: dict[str, list[str]], where: str) -> None:
+    """An ISO leg hands on its arch's ISO, its .sha256 and its manifest (builder.stages.iso's names)."""
+    for lg in legs:
+        for kind, distro in lg.stages():
+            if kind == "iso":
+                stage = pipeline.iso_stage(project, distro, None, lg.arch)
+                for path in (stage.out, stage.sha_path, stage.manifest_path):
+                    assert under(rel(project, path), kept[str(lg)]), f"{where} job {lg} does not keep {path}"
 
 
 # --- validity for the platforms ----------------------------------------------------------------
@@ -166,6 +344,18 @@ def test_the_schemas_do_catch_mistakes(tmp_path: Path) -> None:
                             str(tmp_path / "gh.yml")).returncode != 0
 
 
+def test_the_arch_checks_do_catch_mistakes(project: Project) -> None:
+    """The --arch checks are live: an arch isobuild does not know does not parse, and one a stage
+    is not configured for is refused."""
+    with pytest.raises(pytest.fail.Exception):
+        parse(["kernel --arch sparc64"], "test")
+    alma = next(a for a in ARCHES if a not in distros.load(project, "alma").arches())
+    with pytest.raises(AssertionError):
+        check_arch(project, cli.parser().parse_args(["alma", "--arch", alma]), "test")
+    with pytest.raises(AssertionError, match="no job for"):
+        check_legs(project, [lg for lg in gh_legs(project) if lg.arch != "riscv64"], "test")
+
+
 # --- GitHub Actions: structure ------------------------------------------------------------------
 
 
@@ -176,10 +366,6 @@ def gh_jobs() -> dict[str, dict[str, Any]]:
 def gh_needs(job: dict[str, Any]) -> list[str]:
     needs = job.get("needs", [])
     return [needs] if isinstance(needs, str) else list(needs)
-
-
-def gh_matrix(job: dict[str, Any]) -> dict[str, list[str]]:
-    return dict(job.get("strategy", {}).get("matrix", {}))
 
 
 def upstream(jobs: dict[str, dict[str, Any]], name: str) -> set[str]:
@@ -193,20 +379,40 @@ def upstream(jobs: dict[str, dict[str, Any]], name: str) -> set[str]:
     return seen
 
 
-def gh_uploads(jobs: dict[str, dict[str, Any]]) -> dict[str, tuple[str, list[str]]]:
-    """artifact name -> (job, paths), matrix expanded."""
-    out: dict[str, tuple[str, list[str]]] = {}
-    for name, job in jobs.items():
-        for step in job["steps"]:
-            if str(step.get("uses", "")).startswith("actions/upload-artifact@"):
-                with_ = step["with"]
-                paths = [p for p in str(with_["path"]).splitlines() if p.strip()]
-                for combo in _product(list(gh_matrix(job).values())) or [()]:
-                    env = dict(zip(gh_matrix(job), combo, strict=True))
-                    artifact = expand(str(with_["name"]), {k: [v] for k, v in env.items()})[0]
-                    assert artifact not in out, f"artifact {artifact} uploaded twice"
-                    out[artifact] = (name, [expand(p, {k: [v] for k, v in env.items()})[0] for p in paths])
+def gh_legs(project: Project) -> list[Leg]:
+    out = []
+    for name, job in gh_jobs().items():
+        runs = [str(s.get("run", "")) for s in job["steps"]]
+        lines = [line for run in runs for line in INVOCATION.findall(run)]
+        out += [leg(project, name, combo, lines, f"{GITHUB.name} job {name} {combo}") for combo in gh_combos(job)]
     return out
+
+
+def gh_steps(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
+    return [s for s in job["steps"] if str(s.get("uses", "")).startswith(action + "@")]
+
+
+@dataclass
+class Upload:
+    leg: Leg
+    paths: list[str]
+
+
+def gh_uploads(project: Project) -> dict[str, Upload]:
+    """artifact name -> the leg that uploads it and its paths, the leg's values put in."""
+    jobs = gh_jobs()
+    out: dict[str, Upload] = {}
+    for lg in gh_legs(project):
+        for step in gh_steps(jobs[lg.job], "actions/upload-artifact"):
+            artifact = subst(str(step["with"]["name"]), lg.combo)
+            assert artifact not in out, f"artifact {artifact} uploaded twice"
+            paths = [p for p in str(step["with"]["path"]).splitlines() if p.strip()]
+            out[artifact] = Upload(lg, [subst(p, lg.combo) for p in paths])
+    return out
+
+
+def gh_minutes(job: dict[str, Any], combo: Combo) -> int:
+    return int(subst(str(job["timeout-minutes"]), combo))
 
 
 def test_github_jobs_are_the_stages_and_need_only_existing_jobs() -> None:
@@ -221,63 +427,109 @@ def test_github_jobs_are_the_stages_and_need_only_existing_jobs() -> None:
 
 
 def test_github_every_isobuild_job_bootstraps_first_and_its_commands_parse() -> None:
-    used: set[str] = set()
     for name, job in gh_jobs().items():
         runs = [str(s.get("run", "")) for s in job["steps"]]
         first = next(i for i, r in enumerate(runs) if ".venv/bin/isobuild" in r)
         assert "./scripts/bootstrap.sh" in runs[:first], f"{name} runs isobuild before scripts/bootstrap.sh"
-        for run in runs:
-            for line in INVOCATION.findall(run):
-                used.update(assert_command_parses(line.strip(), gh_matrix(job), f"{GITHUB.name} job {name}"))
-    assert used == {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status"}
+
+
+def test_github_legs_cover_every_distro_arch_with_known_arches(project: Project) -> None:
+    legs = gh_legs(project)
+    check_legs(project, legs, GITHUB.name)
+    uploads = gh_uploads(project)
+    for artifact, up in uploads.items():
+        if "arch" in up.leg.combo:  # one artifact per job and arch: kernel-arm64
+            assert artifact == f"{up.leg.job}-{up.leg.arch}", artifact
+    kept: dict[str, list[str]] = {str(lg): [] for lg in legs} | {str(up.leg): up.paths for up in uploads.values()}
+    check_iso_outputs(project, legs, kept, GITHUB.name)
 
 
 def test_github_artifacts_are_isobuild_paths_and_downloads_find_them(project: Project) -> None:
     jobs = gh_jobs()
-    uploads = gh_uploads(jobs)
+    uploads = gh_uploads(project)
     allowed = layout(project)
-    for artifact, (uploader, paths) in uploads.items():
-        for path in paths:
-            assert known(path, allowed), f"{uploader} uploads {path} as {artifact}: not a path isobuild writes"
-    for name, job in jobs.items():
-        for step in job["steps"]:
-            if not str(step.get("uses", "")).startswith("actions/download-artifact@"):
-                continue
+    for artifact, up in uploads.items():
+        for path in up.paths:
+            assert known(path, allowed), f"{up.leg} uploads {path} as {artifact}: not a path isobuild writes"
+    fetched: dict[str, set[str]] = {}
+    for lg in gh_legs(project):
+        for step in gh_steps(jobs[lg.job], "actions/download-artifact"):
             with_ = step["with"]
-            for want in expand(str(with_.get("name") or with_["pattern"]), gh_matrix(job)):
-                found = [a for a in uploads if fnmatch.fnmatchcase(a, want)]
-                assert found, f"{name} downloads {want}, which no job uploads"
-                for artifact in found:
-                    origin, paths = uploads[artifact]
-                    if "name" in with_:
-                        assert origin in upstream(jobs, name), f"{name} downloads {artifact} without needing {origin}"
-                    # upload-artifact roots an artifact at its paths' common ancestor: it lands right only there
-                    assert os.path.normpath(str(with_["path"])) == lca(paths), (name, artifact)
-                    if "pattern" in with_:
-                        assert with_.get("merge-multiple") is True, f"{name}: a pattern download must merge"
+            want = subst(str(with_.get("name") or with_["pattern"]), lg.combo)
+            found = [a for a in uploads if fnmatch.fnmatchcase(a, want)]
+            assert found, f"{lg} downloads {want}, which no job uploads"
+            fetched.setdefault(lg.job, set()).update(found)
+            for artifact in found:
+                up = uploads[artifact]
+                assert up.leg.job in upstream(jobs, lg.job), f"{lg} downloads {artifact} without needing {up.leg.job}"
+                # upload-artifact roots an artifact at its paths' common ancestor: it lands right only there
+                assert os.path.normpath(str(with_["path"])) == lca(up.paths), (str(lg), artifact)
+                if "name" in with_ and lg.arch is not None:
+                    assert up.leg.arch == lg.arch, f"{lg} ({lg.arch}) downloads {artifact}, {up.leg.arch}'s"
+                if "pattern" in with_:
+                    assert with_.get("merge-multiple") is True, f"{lg}: a pattern download must merge"
+    # the release signs every leg's ISO, the report shows every leg's pieces
+    assert fetched["release"] == {a for a, up in uploads.items() if up.leg.job.startswith("iso-")}
+    assert fetched["report"] == {a for a, up in uploads.items() if up.leg.job not in ("release", "report")}
 
 
 def test_github_caches_junit_and_report_paths(project: Project, tmp_path: Path) -> None:
     jobs = gh_jobs()
     assert yaml.safe_load(GITHUB.read_text())["env"]["ISOBUILD_WORK_DIR"] == ".work"
-    cached = [(n, s["with"]["path"]) for n, j in jobs.items() for s in j["steps"]
-              if str(s.get("uses", "")).startswith("actions/cache@")]
-    assert {p for _, p in cached} == caches(project)
-    assert {n for n, _ in cached} == {"kernel", "iso-debian", "iso-el"}
-    junit = [(n, s["with"]["report_paths"]) for n, j in jobs.items() for s in j["steps"]
-             if "junit" in str(s.get("uses", ""))]
-    assert junit == [("smoke-debian", "logs/" + junit_names(tmp_path, "debian")[0]),
-                     ("smoke-el", "logs/smoke-${{ matrix.distro }}.xml")]
+    cached: set[str] = set()
+    for name, job in jobs.items():
+        for step in gh_steps(job, "actions/cache"):
+            paths = [p for p in str(step["with"]["path"]).splitlines() if p.strip()]
+            cached.add(name)
+            assert {os.path.normpath(p) for p in paths} <= caches(project), name
+            if paths != [rel(project, project.work_dir / "sources")]:  # the sources are every arch's
+                for dim in gh_dimensions(job):  # else one entry per leg: legs do not overwrite each other's
+                    assert f"matrix.{dim}" in step["with"]["key"], f"{name}: its cache key lacks matrix.{dim}"
+            skipped = re.findall(r"matrix\.arch != '([\w-]+)'", str(step.get("if", "")))
+            assert skipped in ([], [RUNNER_ARCH]), f"{name}: a cache only a native build would skip"
+    assert {p for j in jobs.values() for s in gh_steps(j, "actions/cache")
+            for p in str(s["with"]["path"]).splitlines() if p.strip()} == caches(project)
+    assert cached == {"kernel", "glibc", "iso-debian", "iso-el"}
+    junit_jobs: set[str] = set()
+    for lg in gh_legs(project):
+        for step in gh_steps(jobs[lg.job], "mikepenz/action-junit-report"):
+            junit_jobs.add(lg.job)
+            [(kind, distro)] = lg.stages()
+            assert kind == "smoke" and lg.arch is not None
+            assert subst(step["with"]["report_paths"], lg.combo) == "logs/" + junit_name(tmp_path, distro, lg.arch)
+    assert junit_jobs == {"smoke-debian", "smoke-el"}
     out = report.default_path(project).relative_to(project.root).as_posix()
     assert any(f"isobuild report --out {out}" in str(s.get("run", "")) for s in jobs["report"]["steps"])
-    assert gh_uploads(jobs)["report"] == ("report", [out])
+    report_upload = gh_uploads(project)["report"]
+    assert (report_upload.leg.job, report_upload.paths) == ("report", [out])
+
+
+def test_github_timeouts_fit_each_arch(project: Project) -> None:
+    """A boot-check leg outlasts isobuild's own boot timeouts (a hung boot ends as a verdict, not
+    a killed job), and a leg that runs its arch's programs emulated gets no less time than one of
+    an arch that runs faster."""
+    jobs = gh_jobs()
+    by_job: dict[str, list[Leg]] = {}
+    for lg in gh_legs(project):
+        minutes = gh_minutes(jobs[lg.job], lg.combo)
+        assert minutes > 0, str(lg)
+        by_job.setdefault(lg.job, []).append(lg)
+        if any(kind == "smoke" for kind, _ in lg.stages()):
+            assert lg.arch is not None
+            need = boot_minutes(project, lg.arch) + BOOTSTRAP_MINUTES
+            assert minutes >= need, f"{lg}: {minutes} minutes, its boots may take {need:.0f}"
+    for name, legs in by_job.items():
+        if any(kind in ("iso", "smoke") for lg in legs for kind, _ in lg.stages()):
+            ordered = sorted(legs, key=lambda lg: ARCHES[lg.arch or RUNNER_ARCH].tcg_slowdown)
+            times = [gh_minutes(jobs[name], lg.combo) for lg in ordered]
+            assert times == sorted(times), f"{name}: a slower arch gets less time ({times})"
 
 
 def test_github_el_jobs_are_gated_and_name_real_distros(project: Project) -> None:
     jobs = gh_jobs()
     for name in ("iso-el", "smoke-el"):
         assert jobs[name]["if"] == "${{ vars.ISOBUILD_EL == 'true' }}"
-        assert set(gh_matrix(jobs[name])["distro"]) == EL_DISTROS <= set(distros.names(project))
+        assert {c["distro"] for c in gh_combos(jobs[name])} == EL_DISTROS <= set(distros.names(project))
     assert "needs.smoke-el.result == 'skipped'" in jobs["release"]["if"], "a skipped EL job does not block a release"
 
 
@@ -295,11 +547,34 @@ def gl_needs(job: dict[str, Any]) -> list[dict[str, Any]]:
     return [{"job": n} if isinstance(n, str) else dict(n) for n in job.get("needs", [])]
 
 
-def gl_matrix(job: dict[str, Any]) -> dict[str, list[str]]:
-    matrix: dict[str, list[str]] = {}
-    for entry in job.get("parallel", {}).get("matrix", []):
-        matrix.update(entry)
-    return matrix
+def gl_legs(project: Project) -> list[Leg]:
+    out = []
+    for name, job in gl_jobs().items():
+        lines = [args for line in job["script"] for args in INVOCATION.findall(line)]
+        out += [leg(project, name, combo, lines, f"{GITLAB.name} job {name} {combo}") for combo in gl_combos(job)]
+    return out
+
+
+def gl_picked(legs: list[Leg], need: dict[str, Any], lg: Leg) -> list[Leg]:
+    """The legs of the needed job that ``need`` picks for leg ``lg``: those its needs:parallel:matrix
+    names (matrix expressions, $[[ matrix.X ]], take lg's values), every leg without one."""
+    if "parallel" not in need:
+        return legs
+    wanted: list[Combo] = []
+    for entry in need["parallel"]["matrix"]:
+        for combo in product(entry):
+            for key, value in combo.items():
+                for ref in GL_MATRIX.findall(value):
+                    assert ref in lg.combo, f"{lg}: $[[ matrix.{ref} ]] is no matrix value of the job"
+                combo[key] = GL_MATRIX.sub(lambda m: lg.combo[m.group(1)], value)
+            wanted.append(combo)
+    return [up for up in legs if any(all(up.combo.get(k) == v for k, v in w.items()) for w in wanted)]
+
+
+def gl_minutes(text: str) -> int:
+    parts = re.findall(r"(\d+)\s*([hm])", text)
+    assert parts and "".join(f"{n}{u}" for n, u in parts) == text.replace(" ", ""), f"timeout {text!r}"
+    return sum(int(n) * (60 if u == "h" else 1) for n, u in parts)
 
 
 def test_gitlab_jobs_are_the_stages_and_need_only_existing_earlier_jobs() -> None:
@@ -322,29 +597,95 @@ def test_gitlab_jobs_are_the_stages_and_need_only_existing_earlier_jobs() -> Non
     assert jobs["report"]["when"] == "always" and jobs["release"]["rules"]
 
 
+def test_gitlab_legs_cover_every_distro_arch_and_need_their_own_arch(project: Project) -> None:
+    jobs = gl_jobs()
+    legs = gl_legs(project)
+    check_legs(project, legs, GITLAB.name)
+    kept = {str(lg): [subst(p, lg.combo) for p in jobs[lg.job].get("artifacts", {}).get("paths", [])] for lg in legs}
+    check_iso_outputs(project, legs, kept, GITLAB.name)
+    by_job: dict[str, list[Leg]] = {}
+    for lg in legs:
+        by_job.setdefault(lg.job, []).append(lg)
+    for lg in legs:
+        for need in gl_needs(jobs[lg.job]):
+            picked = gl_picked(by_job[need["job"]], need, lg)
+            assert picked, f"{lg} needs {need}, which picks no leg of {need['job']}"
+            if lg.arch is not None:
+                for up in picked:
+                    assert up.arch == lg.arch, f"{lg} ({lg.arch}) needs {up}, {up.arch}'s"
+    for name in ("release", "report"):  # every leg's ISOs to sign, every leg's pieces to show
+        assert all("parallel" not in need for need in gl_needs(jobs[name])), name
+
+
 def test_gitlab_commands_parse_and_artifacts_caches_junit_are_isobuild_paths(project: Project,
                                                                               tmp_path: Path) -> None:
     jobs = gl_jobs()
     allowed = layout(project)
-    used: set[str] = set()
-    for name, job in jobs.items():
-        for line in job["script"]:
-            for args in INVOCATION.findall(line):
-                used.update(assert_command_parses(args.strip(), gl_matrix(job), f"{GITLAB.name} job {name}"))
+    for lg in gl_legs(project):
+        job = jobs[lg.job]
         for path in job.get("artifacts", {}).get("paths", []):
-            for concrete in expand(path, gl_matrix(job)):
-                assert known(concrete, allowed), f"{name} keeps {concrete}: not a path isobuild writes"
+            concrete = subst(path, lg.combo)
+            assert known(concrete, allowed), f"{lg} keeps {concrete}: not a path isobuild writes"
         for cache in job.get("cache", []):
-            assert {os.path.normpath(p) for p in cache["paths"]} <= caches(project), name
-    assert used == {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status"}
-    assert jobs["smoke-debian"]["artifacts"]["reports"]["junit"] == "logs/" + junit_names(tmp_path, "debian")[0]
-    assert jobs["smoke-el"]["artifacts"]["reports"]["junit"] == "logs/smoke-$DISTRO.xml"
+            paths = [os.path.normpath(p) for p in cache["paths"]]
+            assert set(paths) <= caches(project), lg.job
+            key = cache["key"]["prefix"] if isinstance(cache["key"], dict) else cache["key"]
+            if paths != [rel(project, project.work_dir / "sources")]:  # the sources are every arch's
+                for dim in lg.combo:
+                    assert f"${dim}" in key, f"{lg.job}: its cache key lacks ${dim}"
+        junit = job.get("artifacts", {}).get("reports", {}).get("junit")
+        if junit is not None:
+            [(kind, distro)] = lg.stages()
+            assert kind == "smoke" and lg.arch is not None
+            assert fnmatch.fnmatchcase("logs/" + junit_name(tmp_path, distro, lg.arch), subst(junit, lg.combo)), \
+                f"{lg}: {junit} misses its results"
+    cached = {os.path.normpath(p) for j in jobs.values() for c in j.get("cache", []) for p in c["paths"]}
+    assert cached == caches(project)
+    assert {n for n, j in jobs.items() if "junit" in j.get("artifacts", {}).get("reports", {})} == \
+        {"smoke-debian", "smoke-el"}
     out = report.default_path(project).relative_to(project.root).as_posix()
     assert f".venv/bin/isobuild report --out {out}" in jobs["report"]["script"]
     assert jobs["report"]["artifacts"]["paths"] == [out]
     for name in ("iso-el", "smoke-el"):
         assert jobs[name]["rules"] == [{"if": '$ISOBUILD_EL == "true"'}]
-        assert set(gl_matrix(jobs[name])["DISTRO"]) == EL_DISTROS <= set(distros.names(project))
+        assert {c["DISTRO"] for c in gl_combos(jobs[name])} == EL_DISTROS <= set(distros.names(project))
+
+
+def test_gitlab_junit_globs_find_their_own_legs_results_alone(project: Project) -> None:
+    """A JUnit glob (smoke-debian*.xml) is exact only because nothing a smoke leg downloads ran a
+    boot check: upstream of it, no smoke command and no ISO built without --no-smoke."""
+    jobs = gl_jobs()
+    legs = gl_legs(project)
+    for job in jobs.values():
+        junit = str(job.get("artifacts", {}).get("reports", {}).get("junit", ""))
+        if not any(c in junit for c in "*?["):
+            continue
+        todo, seen = [n["job"] for n in gl_needs(job) if n.get("artifacts", True)], set()
+        while todo:
+            up = todo.pop()
+            if up not in seen:
+                seen.add(up)
+                todo += [n["job"] for n in gl_needs(jobs[up]) if n.get("artifacts", True)]
+        for lg in legs:
+            if lg.job in seen:
+                for args in lg.commands:
+                    kind = (stage_of(args) or ("", ""))[0]
+                    assert kind != "smoke", f"{lg} boot-checks upstream of a JUnit glob"
+                    assert kind != "iso" or args.no_smoke, f"{lg} boot-checks upstream of a JUnit glob"
+
+
+def test_gitlab_timeouts_are_the_slowest_legs(project: Project) -> None:
+    """GitLab's timeout takes no variable: a matrix job's is the most any of its GitHub legs gets,
+    and a boot-check job outlasts isobuild's own boot timeouts on every arch."""
+    gh = gh_jobs()
+    for name, job in gl_jobs().items():
+        minutes = gl_minutes(str(job["timeout"]))
+        assert minutes == max(gh_minutes(gh[name], c) for c in gh_combos(gh[name])), name
+    for lg in gl_legs(project):
+        if any(kind == "smoke" for kind, _ in lg.stages()):
+            assert lg.arch is not None
+            need = boot_minutes(project, lg.arch) + BOOTSTRAP_MINUTES
+            assert gl_minutes(str(gl_jobs()[lg.job]["timeout"])) >= need, str(lg)
 
 
 def test_kernel_artifacts_alone_let_the_next_job_reuse_the_kernel(fake_project: Any,
