@@ -20,10 +20,11 @@ BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
 ENABLE = "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable {entry}"
 
 
-def binfmt_state(arch: Arch, binfmt_dir: Path = BINFMT_DIR) -> str | None:
+def binfmt_state(arch: Arch, binfmt_dir: Path | None = None) -> str | None:
     """None when ``arch``'s programs run here; otherwise what is missing, as a sentence."""
     if arch.native():
         return None
+    binfmt_dir = binfmt_dir or BINFMT_DIR
     if shutil.which(f"{arch.qemu_user}-static") is None:
         return f"{arch.qemu_user}-static not found (package qemu-user-static)"
     if not (binfmt_dir / "status").exists():
@@ -40,7 +41,7 @@ def binfmt_state(arch: Arch, binfmt_dir: Path = BINFMT_DIR) -> str | None:
     return None
 
 
-def require(arch: Arch, bootstrap: str = "mmdebstrap", binfmt_dir: Path = BINFMT_DIR) -> None:
+def require(arch: Arch, bootstrap: str = "mmdebstrap", binfmt_dir: Path | None = None) -> None:
     """InfraError, with the commands that fix it, unless ``arch``'s programs run on this host (and
     mmdebstrap, when it bootstraps, has arch-test to find that out for itself)."""
     missing = binfmt_state(arch, binfmt_dir)
@@ -53,14 +54,15 @@ def require(arch: Arch, bootstrap: str = "mmdebstrap", binfmt_dir: Path = BINFMT
                          hint="apt-get install arch-test  (or isobuild doctor --install)")
 
 
-def states(binfmt_dir: Path = BINFMT_DIR) -> dict[str, str | None]:
+def states(binfmt_dir: Path | None = None) -> dict[str, str | None]:
     """Every other arch's binfmt state (``binfmt_state``), by arch name: what ``isobuild doctor`` shows."""
     return {a.name: binfmt_state(a, binfmt_dir) for a in ARCHES.values() if not a.native()}
 
 
-def enable(log_path: Path, binfmt_dir: Path = BINFMT_DIR) -> None:
+def enable(log_path: Path, binfmt_dir: Path | None = None) -> None:
     """``isobuild doctor --install``, as root: mount binfmt_misc if it is not, and enable Debian's
     qemu-user-static entries of the other arches (update-binfmts, binfmt-support's tool)."""
+    binfmt_dir = binfmt_dir or BINFMT_DIR
     if not (binfmt_dir / "status").exists():
         runner.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(binfmt_dir)], log_path=log_path)
     for arch in ARCHES.values():

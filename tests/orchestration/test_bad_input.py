@@ -26,6 +26,7 @@ import yaml
 
 from builder import cli
 from builder.infra import lock
+from builder.tools import foreign
 from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, records, sha256
 from tests.fakemirror import Mirror
 
@@ -38,6 +39,7 @@ ALMA_REPO = "alma-repo"
 @dataclass
 class Case:
     base: Path
+    monkeypatch: pytest.MonkeyPatch
 
     @property
     def project(self) -> Path:
@@ -102,6 +104,12 @@ def _snapshot(base: Path) -> dict[str, tuple[str, int]]:
     return out
 
 
+def _no_binfmt(case: Case) -> None:
+    """A host where binfmt_misc is not mounted (restored by the test's monkeypatch)."""
+    case.distro("debian", arches=["x86_64", "arm64"])
+    case.monkeypatch.setattr(foreign, "BINFMT_DIR", case.base / "no-binfmt")
+
+
 def _last_good(case: Case) -> tuple[str, str]:
     current = records(case.project, case.work) / "current" / "kernel-ci-x86_64"
     return os.readlink(current), sha256(current / "metadata.json")
@@ -164,7 +172,7 @@ def case(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cas
     os.rename(records(template / "project", base / "work"), records(base / "project", base / "work"))
     monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)
     monkeypatch.chdir(base / "project")
-    return Case(base)
+    return Case(base, monkeypatch)
 
 
 def _free_port() -> int:
@@ -351,6 +359,14 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
      ["debian", "--no-smoke"], 3, r"the Debian mirror http://127.0.0.1:\d+/debian is unreachable"),
     ("mirror-signature", _bad_signature, ["debian", "--no-smoke"], 2, r"InRelease: the signature does not verify"),
     ("mirror-arch", _no_arch, ["debian", "--no-smoke"], 2, r"suite bookworm on .* has no amd64 packages"),
+    ("arch-not-configured", lambda c: c.distro("debian", arches=["x86_64"]),
+     ["debian", "--arch", "riscv64", "--no-smoke"], 2, r"debian is not configured for riscv64 \(arches: x86_64\)"),
+    ("arch-suite-lacks-it", lambda c: c.distro("debian", arches=["x86_64", "riscv64"], suites={"riscv64": "bookworm"}),
+     ["debian", "--arch", "riscv64", "--no-smoke"], 2, r"suite bookworm on file://.* has no riscv64 packages"),
+    ("arch-bios-mode", lambda c: None, ["debian", "--arch", "arm64", "--modes", "bios-cd"], 2,
+     r"boot mode bios-cd: arm64 images boot in uefi-cd, uefi-usb; BIOS modes exist on x86_64 only"),
+    ("arch-no-binfmt", _no_binfmt, ["debian", "--arch", "arm64", "--no-smoke"], 3,
+     r"arm64 programs cannot run on this host: binfmt_misc is not mounted"),
     ("timezone-path", lambda c: c.distro("debian", timezone="/etc/shadow"), ["debian", "--no-smoke"], 2,
      r"timezone: must be a zoneinfo name"),
     ("keyring-outside", lambda c: c.distro("debian", keyring="/etc/passwd"), ["debian", "--no-smoke"], 2,
