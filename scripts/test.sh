@@ -4,8 +4,9 @@
 # kernel tree (seconds), real (the real 6.1 source with the `ci` profile and
 # the example series, built and booted in QEMU for x86_64, and cross-built and
 # booted for arm64 and riscv64; the Debian live ISO built from the host's
-# mirror and booted BIOS-CD and UEFI-USB: ~40 min cold, minutes warm).
-# ISOBUILD_FULL=1 boots the ISO in all four modes.
+# mirror and booted BIOS-CD and UEFI-USB; the arm64 Debian image with its
+# cross-built glibc booted UEFI-CD: about an hour cold, minutes warm).
+# ISOBUILD_FULL=1 boots the x86_64 ISO in all four modes and adds the riscv64 image.
 # Pass pytest arguments to narrow it, e.g. scripts/test.sh -m "not real".
 set -euo pipefail
 cd "$(dirname "$0")/.."

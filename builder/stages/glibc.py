@@ -497,10 +497,17 @@ def unmet_build_deps(control: Path, profiles: list[str], log_path: Path | None =
     result = runner.run(argv, log_path=log_path, check=False, capture=True)
     if result.returncode == 0:
         return []
-    m = re.search(r"Unmet build dependencies: (.+)", result.output)
-    if not m:
+    unmet = parse_unmet(result.output)
+    if unmet is None:
         raise InfraError(f"dpkg-checkbuilddeps failed on {control}: {result.output.strip()[:200]}")
-    return _DEP.findall(m.group(1))
+    return unmet
+
+
+def parse_unmet(output: str) -> list[str] | None:
+    """dpkg-checkbuilddeps' list of unmet build dependencies (None: it said something else).  dpkg
+    1.21 (bookworm) writes "Unmet build dependencies", 1.22 (trixie) "unmet build dependencies"."""
+    m = re.search(r"unmet build dependencies: (.+)", output, re.I)
+    return _DEP.findall(m.group(1)) if m else None
 
 
 def install_build_deps(src: Path, profiles: list[str], log_path: Path) -> None:
@@ -542,8 +549,7 @@ def cross_build_deps(p: Plan, cross: buildroot.CrossRoot, log_path: Path) -> lis
     result = inside.run(check, capture=True, check=False)
     if result.returncode == 0:
         return []
-    m = re.search(r"Unmet build dependencies: (.+)", result.output)
-    unmet = _DEP.findall(m.group(1)) if m else []
+    unmet = parse_unmet(result.output) or []
     try:
         with log.stage("glibc.build-deps", arch=cross.target.name, missing=len(unmet)):
             inside.run(["apt-get", "build-dep", "-y", "-q", "-a", arch, "--arch-only", "-P", profiles, f"{CROSS_SRC}/"])

@@ -201,3 +201,11 @@ def test_isos_refuses_one_modes_list_for_several_arches(tmp_path: Path, monkeypa
 def test_each_arch_names_its_own_qemu_user_binfmt_entry() -> None:
     for arch in ARCHES.values():  # Debian's qemu-user-static names them after the machine (uname -m)
         assert arch.qemu_user == f"qemu-{arch.rpm_arch}", arch.name
+
+
+def test_unmet_build_dependencies_in_both_dpkg_spellings() -> None:
+    bookworm = "dpkg-checkbuilddeps: error: Unmet build dependencies: gawk debhelper-compat (= 13) g++-12 | clang\n"
+    trixie = "dpkg-checkbuilddeps: error: unmet build dependencies: gawk binutils-for-host (>= 2.38)\n"
+    assert glibc.parse_unmet(bookworm) == ["gawk", "debhelper-compat (= 13)", "g++-12 | clang"]
+    assert glibc.parse_unmet(trixie) == ["gawk", "binutils-for-host (>= 2.38)"]
+    assert glibc.parse_unmet("dpkg-checkbuilddeps: error: cannot read debian/control\n") is None
