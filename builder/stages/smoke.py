@@ -102,7 +102,8 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
         name = stage.instance
         changed = stage.changes()
         why = f"stale: {'; '.join(changed)}" if changed else "missing or stale"
-        raise UserError(f"the {name} ISO is {why} ({stage.out})", hint=f"run: isobuild {name}")
+        flag = "" if ARCHES[stage.arch].native() else f" --arch {stage.arch}"
+        raise UserError(f"the {name} ISO is {why} ({stage.out})", hint=f"run: isobuild {name}{flag}")
     project = stage.project
     smoke = project.settings.smoke
     want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
