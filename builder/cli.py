@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,12 +18,12 @@ from typing import Any
 
 from builder import __version__, distros, pipeline
 from builder.commands import clean, doctor, patches, release, report, status
-from builder.distros.graph import Graph
+from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
 from builder.infra.errors import ExitCode, IsobuildError, UserError
-from builder.stages import glibc, iso, kernelboot, smoke
+from builder.stages import glibc, guesttests, kernelboot, smoke
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import Kind, parse_kinds
 from builder.tools.console import Verdict, raise_for
@@ -85,20 +86,44 @@ def _boot(check: kernelboot.KernelBootCheck) -> Verdict:
         return check.run(pipeline.stage_log(stage.project, f"boot-{stage.label}"))
 
 
-def _boots(stage: iso.IsoStage, modes: list[str], as_json: bool) -> list[Verdict]:
-    """The ISO's boot checks; each verdict printed as soon as it exists (unless the output is JSON)."""
+def _wanted_tests(args: argparse.Namespace, stages: DistroStages) -> list[str] | None:
+    """--tests NAME,... (checked against the tests on disk now, before any build); None: all of them."""
+    text = getattr(args, "tests", None)
+    if not text:
+        return None
+    if getattr(args, "no_guest_tests", False) or stages.guest_tests is None:
+        raise UserError("--tests: no guest tests run here" + (" (--no-guest-tests)" if args.no_guest_tests else
+                        f" ({project_tests(stages)})"), hint="drop --tests, or add tests under tests/guest/")
+    wanted = [t.strip() for t in text.split(",") if t.strip()]
+    guesttests.choose(stages.guest_tests.plan.tests, wanted)
+    return wanted
+
+
+def project_tests(stages: DistroStages) -> str:
+    where = stages.rootfs.project.settings.smoke.guest_tests
+    return f"{where} does not exist" if where else "smoke.guest_tests is null"
+
+
+def _boots(stages: DistroStages, modes: list[str], args: argparse.Namespace) -> list[Verdict]:
+    """The ISO's boot checks, with the guest tests' drive unless --no-guest-tests; each verdict
+    printed as soon as it exists (unless the output is JSON)."""
+    stage = stages.iso
     project = stage.project
 
     def heard(verdict: Verdict) -> None:
         print(smoke.line(verdict), flush=True)
 
-    with pipeline.locked(project):
+    wanted = _wanted_tests(args, stages)
+    with pipeline.locked(project), tempfile.TemporaryDirectory(prefix="isobuild-tests-") as scratch:
+        tests = None if getattr(args, "no_guest_tests", False) or stages.guest_tests is None else \
+            guesttests.drive(stages.guest_tests, wanted, Path(scratch))
         return smoke.run(stage, modes, lambda mode: pipeline.stage_log(project, f"smoke-{stage.label}-{mode}"),
-                         None if as_json else heard)
+                         None if args.json else heard, tests)
 
 
-def _smoke(stage: iso.IsoStage, chosen: list[str], as_json: bool, built: dict[str, object]) -> int:
-    verdicts = _boots(stage, chosen, as_json)
+def _smoke(stages: DistroStages, chosen: list[str], args: argparse.Namespace, built: dict[str, object]) -> int:
+    as_json = args.json
+    verdicts = _boots(stages, chosen, args)
     if as_json:
         print(json.dumps({**built, "smoke": [v.as_dict() for v in verdicts]}, indent=2, default=str))
     smoke.raise_for(verdicts)
@@ -140,7 +165,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         return 0
     arch = args.arch or project.settings.arch
     modes = _modes(args.modes, arch)
-    return _smoke(pipeline.iso_stage(project, args.target, args.profile, arch), modes, args.json, {})
+    return _smoke(pipeline.distro_stages(project, args.target, args.profile, arch), modes, args, {})
 
 
 def cmd_distro(args: argparse.Namespace) -> int:
@@ -149,6 +174,7 @@ def cmd_distro(args: argparse.Namespace) -> int:
     modes = _modes(args.modes, arch)  # a typo must not wait for the build
     checked = pipeline.preflight(project, [args.distro], args.profile, arch=arch)  # every input, before any build
     stages = checked.stages[args.distro]
+    _wanted_tests(args, stages)  # an unknown --tests name must not wait for the build
     done = pipeline.ensure_distro(stages, force_glibc=getattr(args, "force_glibc", False))
     record = done.meta
     if not args.json:
@@ -158,7 +184,7 @@ def cmd_distro(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"iso": record}, indent=2, default=str))
         return 0
-    return _smoke(stages.iso, modes, args.json, {"iso": record})
+    return _smoke(stages, modes, args, {"iso": record})
 
 
 def cmd_glibc(args: argparse.Namespace) -> int:
@@ -206,7 +232,7 @@ def _steps(project: Project, names: list[str], args: argparse.Namespace, arch: s
             return f"{checked.stages[name].iso.out} ({int(record.get('size', 0)) // 2**20} MiB)"
 
         def check(name: str = name) -> str:
-            verdicts = _boots(checked.stages[name].iso, modes, args.json)
+            verdicts = _boots(checked.stages[name], modes, args)
             smoke.raise_for(verdicts)
             return ", ".join(f"{v.extra.get('mode')} {v.status} {v.seconds:.0f} s" for v in verdicts)
 
@@ -438,6 +464,9 @@ STATUS_PROFILE = arg("--profile", type=_profile,
 MODES = arg("--modes", help="boot modes, comma-separated (default: every mode of the arch: x86_64 bios-cd,bios-usb,"
             "uefi-cd,uefi-usb; arm64 uefi-cd,uefi-usb; riscv64 uefi-disk)")
 NO_SMOKE = arg("--no-smoke", action="store_true", help="build the ISO only")
+GUEST_TESTS = arg("--tests", metavar="T1,T2", help="run only these guest tests (tests/guest/<name>.c|.sh) in the "
+                  "booted image (default: all)")
+NO_GUEST_TESTS = arg("--no-guest-tests", action="store_true", help="boot without the guest tests' drive")
 JSON = arg("--json", action="store_true", help="machine-readable output")
 DRY_RUN = arg("--dry-run", action="store_true", help="only list what would be removed")
 KEEP_GOING = arg("--keep-going", action="store_true", help="after a failure, still run the stages that do not "
@@ -453,7 +482,8 @@ def _el_verb(name: str, title: str) -> Verb:
         "(checked with pykickstart first): with mock + livemedia-creator on an EL host, else with dnf --installroot "
         "from the configured repositories (isobuild doctor says which); dracut's dmsquash-live boots it "
         "(root=live:CDLABEL=<label>). Then boot it in QEMU like the Debian ISO.",
-        cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE, arg("--json", action="store_true", help="print the ISO record and "
+        cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE, GUEST_TESTS, NO_GUEST_TESTS,
+                     arg("--json", action="store_true", help="print the ISO record and "
                      "smoke verdicts as JSON"),
                      arg("--force-glibc", action="store_true", help="download the repositories' newest glibc source "
                          "RPM again and rebuild the glibc RPM")), {"distro": name})
@@ -479,7 +509,7 @@ VERBS: tuple[Verb, ...] = (
          "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS and "
          "UEFI and check the running kernel and glibc are the patched ones and systemd has no failed units. Every "
          "input of every stage is checked first.",
-         cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE,
+         cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE, GUEST_TESTS, NO_GUEST_TESTS,
                       arg("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")),
          {"distro": "debian"}),
     _el_verb("alma", "AlmaLinux"),
@@ -497,18 +527,18 @@ VERBS: tuple[Verb, ...] = (
     Verb("all", "kernel + glibc + the Debian ISO + its boot checks",
          "The product's default job: build what changed of the kernel, the glibc packages and the Debian live ISO, "
          "then boot-test the ISO in every mode. Stages run in dependency order, each only if its key changed.",
-         cmd_all, (PROFILE, ARCH, MODES,
+         cmd_all, (PROFILE, ARCH, MODES, GUEST_TESTS, NO_GUEST_TESTS,
                    arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
                    arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("isos", "kernel + glibc + every enabled distro's ISO + boot checks",
          "Like 'all' for every distro in distros/*.yaml that is enabled.",
          cmd_isos, (PROFILE, arg("--arch", type=_arch, help="only this arch (default: every arch an enabled distro "
-                                 "lists in its 'arches')"), MODES,
+                                 "lists in its 'arches')"), MODES, GUEST_TESTS, NO_GUEST_TESTS,
                     arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
                     arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("test", "re-run a boot check on what was built", "Boot the built artifact again and check it.",
          cmd_test, (arg("target", choices=["kernel", "debian", "alma", "rocky"], help="what to test"), PROFILE,
-                    ARCH, MODES,
+                    ARCH, MODES, GUEST_TESTS, NO_GUEST_TESTS,
                     arg("--json", action="store_true", help="print the verdict as JSON"))),
     Verb("status", "show every stage: built / stale (what changed) / missing / failed",
          "Recompute each stage key from the inputs on disk and compare with what this project built. Builds "

@@ -54,6 +54,8 @@ def preflight(project: Project, names: list[str], profile: str | None, keep_goin
                 if wired.glibc is not None and wired.glibc.kind != "glibc":
                     wired.glibc.check()  # an EL distro's own glibc stage (the shared one is below)
                 wired.iso.check()
+                if wired.guest_tests is not None:
+                    wired.guest_tests.check()
                 stages[name] = wired
             except IsobuildError as exc:
                 if not keep_going:
@@ -108,14 +110,22 @@ def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured[is
         ensure_glibc_rpm(stages.glibc, force_glibc)
     elif stages.glibc is not None:
         ensure(stages.glibc)
+    if stages.guest_tests is not None:
+        ensure(stages.guest_tests.libc_dev)  # the kernel's uapi headers the tests compile against
+        ensure(stages.guest_tests)  # a test that does not compile stops here, before the image boots
     ensure(stages.rootfs)
     return ensure(stages.iso)
 
 
 def iso_stage(project: Project, distro: str, profile: str | None, arch: str | None = None) -> iso.IsoStage:
     """The distro's ISO stage for ``arch`` as the inputs on disk say (builds nothing)."""
+    return distro_stages(project, distro, profile, arch).iso
+
+
+def distro_stages(project: Project, distro: str, profile: str | None, arch: str | None = None) -> DistroStages:
+    """The distro's stages for ``arch``, wired (builds nothing)."""
     graph = Graph(project, profile, arch)
-    return graph.distro(graph.load(distro)).iso
+    return graph.distro(graph.load(distro))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from builder.infra.errors import IsobuildError
 from builder.stages.base import Row, Stage
 from builder.stages.glibc import GlibcStage
 from builder.stages.glibcrpm import GlibcRpmStage
+from builder.stages.guesttests import GuestTestsStage
 from builder.stages.iso import IsoStage
 from builder.stages.kernel import KernelStage
 from builder.stages.kernelboot import KernelBootCheck
@@ -46,6 +47,7 @@ class DistroStages:
     glibc: Stage | None
     rootfs: RootfsStage
     iso: IsoStage
+    guest_tests: GuestTestsStage | None = None  # the project's tests, built for this image
 
     def smoke(self) -> list[SmokeCheck]:
         return checks(self.iso)
@@ -115,7 +117,17 @@ class Graph:
         package = self.kernel_package(plugin.kernel_package)
         glibc = self.glibc_for(plugin)
         rootfs = RootfsStage(plugin, package, glibc)
-        return DistroStages(plugin, kernel, package, glibc, rootfs, IsoStage(rootfs, plugin))
+        return DistroStages(plugin, kernel, package, glibc, rootfs, IsoStage(rootfs, plugin),
+                            self.guest_tests(plugin, glibc))
+
+    def guest_tests(self, plugin: Plugin, glibc: Stage | None) -> GuestTestsStage | None:
+        """The project's guest tests for this distro's image: a Debian-family distro's (built in a root
+        of its suite against the kernel's linux-libc-dev and our glibc), when smoke.guest_tests names a
+        directory that exists."""
+        where = self.project.settings.smoke.guest_tests
+        if not where or plugin.glibc_format != "deb" or not (self.project.root / where).is_dir():
+            return None
+        return GuestTestsStage(plugin, self.kernel_package("deb-libc-dev"), glibc)
 
 
 def _blocked(kind: str, name: str, exc: IsobuildError, arch: str) -> Row:
@@ -188,5 +200,7 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str], ar
             out.append(_row(stages.glibc, stages.glibc.kind, name, graph.arch))
         out.append(_row(stages.rootfs, "rootfs", name, graph.arch))
         out.append(_row(stages.iso, "iso", name, graph.arch))
+        if stages.guest_tests is not None:
+            out.append(_row(stages.guest_tests, "guest-tests", name, graph.arch))
         out += [_row(check, "smoke", check.name, graph.arch) for check in stages.smoke()]
     return out

@@ -152,6 +152,9 @@ class SmokeSettings:
     parallel: int = setting(0, help="boots at once; 0: chosen from the host's CPUs (builder.stages.smoke.boot_plan)",
                             check=at_least(0))
     cpus: int = setting(0, help="virtual CPUs per guest; 0: chosen with parallel", check=at_least(0))
+    guest_tests: str | None = setting("tests/guest", help="the project's guest tests (NAME.c, NAME.sh), run in every "
+                                      "booted image from a second drive; null: none")
+    test_timeout: int = setting(60, help="seconds a guest test may run before it counts as hung", check=at_least(1))
 
 
 @dataclass

@@ -6,12 +6,14 @@ from __future__ import annotations
 from builder.stages.base import Stage
 from builder.stages.glibc import GlibcStage
 from builder.stages.glibcrpm import GlibcRpmStage
+from builder.stages.guesttests import GuestTestsStage
 from builder.stages.iso import IsoStage
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import KernelPackageStage
 from builder.stages.rootfs import RootfsStage
 
-STAGES: tuple[type[Stage], ...] = (KernelStage, KernelPackageStage, GlibcStage, GlibcRpmStage, RootfsStage, IsoStage)
+STAGES: tuple[type[Stage], ...] = (KernelStage, KernelPackageStage, GlibcStage, GlibcRpmStage, GuestTestsStage,
+                                   RootfsStage, IsoStage)
 
 
 def work_entries() -> set[str]:

@@ -35,6 +35,32 @@ LIBC_VERSION_QUERY = {"deb": "dpkg-query -W -f='${Version}' libc6",
                       "rpm": "rpm -q --qf '%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}' glibc"}
 
 
+# The guest tests (builder.stages.guesttests), when the smoke test attaches their drive: each copied
+# out of the read-only squashfs, run with its timeout, reported as "TEST name status exit seconds" and the
+# last lines of its output (a test that hangs is killed and the next one still runs).
+GUEST_TESTS = """tests=/dev/disk/by-id/virtio-isobuild-tests
+if [ -e "$tests" ]; then
+  dir=/var/tmp/isobuild-tests  # not /run: it is mounted noexec
+  mkdir -p "$dir/mnt"
+  if mount -t squashfs -o ro "$tests" "$dir/mnt"; then
+    while read -r name kind limit; do
+      cp "$dir/mnt/tests/$name" "$dir/$name" && chmod 755 "$dir/$name"
+      start=$(date +%s)
+      if [ "$kind" = sh ]; then (cd "$dir" && timeout -k 5 "$limit" sh "./$name") > "$dir/$name.out" 2>&1
+      else (cd "$dir" && timeout -k 5 "$limit" "./$name") > "$dir/$name.out" 2>&1; fi
+      rc=$?
+      case $rc in 0) status=pass ;; 124|137) status=timeout ;; *) status=fail ;; esac
+      say "TEST $name $status $rc $(( $(date +%s) - start ))"
+      tail -n 5 "$dir/$name.out" | while IFS= read -r line; do say "TESTOUT $name $line"; done
+    done < "$dir/mnt/manifest"
+    umount "$dir/mnt"
+  else
+    say "TEST - error 1 0 the tests drive does not mount"
+  fi
+fi
+"""
+
+
 def smoke_script(marker_file: str, libc_marker: str | None = None, package_format: str = "deb",
                  console: str = "ttyS0") -> str:
     """The in-guest check: inert unless QEMU passed -fw_cfg name=opt/isobuild/smoke (see the unit).
@@ -48,7 +74,7 @@ for lib in /lib/*-linux-gnu/libc.so.6 /lib64/libc.so.6; do
   if [ -x "$lib" ]; then say "LIBC $("$lib" | grep -m1 -F -- '{libc_marker}')"; break; fi
 done
 """
-    return f"""#!/bin/sh
+    script = f"""#!/bin/sh
 # isobuild boot check, started by isobuild-smoke.service only when QEMU passes
 # -fw_cfg name=opt/isobuild/smoke: it does nothing on real machines.
 say() {{ echo "ISOBUILD-$*" > /dev/{console}; }}
@@ -61,8 +87,9 @@ for unit in $(systemctl list-units --state=failed --plain --no-legend --no-pager
   failed="$failed$unit,"
 done
 say "FAILED ${{failed:-none}}"
-say DONE
+{{GUEST_TESTS}}say DONE
 """
+    return script.replace("{GUEST_TESTS}", GUEST_TESTS)
 
 
 class DistroPlugin(Protocol):

@@ -24,8 +24,8 @@ from typing import Any
 from builder.infra import atomic, log, schema
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.errors import UserError
-from builder.stages import iso
-from builder.stages.base import Check
+from builder.stages import guesttests, iso
+from builder.stages.base import Check, Row
 from builder.tools import bootmedia, console
 
 FW_CFG = {"opt/isobuild/smoke": "1"}
@@ -72,6 +72,17 @@ class SmokeCheck(Check):
     def legacy_record(self) -> str | None:
         return f"distros/{self.of.instance}/state/smoke-{self.mode}.json" if self.of.arch == "x86_64" else None
 
+    def row(self) -> Row:
+        """The check's row; its detail leads with the guest tests' tally when the boot ran them."""
+        row = super().row()
+        tests = (self.last() or {}).get("tests") or []
+        if tests and row.state in ("pass", "fail"):
+            passed = sum(t.get("status") == "pass" for t in tests)
+            failing = [f"{t.get('name')} {t.get('status')}" for t in tests if t.get("status") != "pass"]
+            row.detail = f"guest tests {passed}/{len(tests)} pass" + (f" ({', '.join(failing)})" if failing else "") + \
+                "; " + row.detail
+        return row
+
 
 def checks(stage: iso.IsoStage) -> list[SmokeCheck]:
     return [SmokeCheck(stage, mode) for mode in modes_for(ARCHES[stage.arch])]
@@ -93,10 +104,12 @@ def boot_plan(boots: int, host_cpus: int, parallel: int = 0, cpus: int = 0) -> t
 
 
 def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
-        on_verdict: Callable[[console.Verdict], None] | None = None) -> list[console.Verdict]:
+        on_verdict: Callable[[console.Verdict], None] | None = None,
+        tests: guesttests.Drive | None = None) -> list[console.Verdict]:
     """Boot the ISO in each mode -- as many at once as the host's CPUs allow (``boot_plan``) -- and
     return the verdicts in ``modes`` order.  ``on_verdict`` hears each as soon as it exists: the first
-    mode's result, or a failure, is not held back until the slowest boot is done."""
+    mode's result, or a failure, is not held back until the slowest boot is done.  ``tests``: the
+    guest tests' drive, attached to every boot; each of its tests must report and pass."""
     record = stage.built()
     if record is None:
         name = stage.instance
@@ -108,14 +121,18 @@ def run(stage: iso.IsoStage, modes: list[str], log_for: Callable[[str], Path],
     smoke = project.settings.smoke
     want = expect(project.settings.kernel.boot.marker_pattern, str(record["kernel_release"]), record.get("glibc"))
     arch = ARCHES[stage.arch]
+    limit = timeout_for(arch, smoke.timeout)
+    if tests is not None:
+        want.tests = list(tests.names)
+        limit += len(tests.names) * (smoke.test_timeout + 5)  # each test's own limit, and its kill grace
     workers, cpus = boot_plan(len(modes), os.cpu_count() or 1, smoke.parallel, smoke.cpus)
     log.get().info("smoke.plan", modes=modes, at_once=workers, guest_cpus=cpus)
 
     def one(mode: str) -> console.Verdict:
         firmware, media = mode.split("-")
         verdict = bootmedia.boot_iso(arch, stage.out, firmware, media, want, log_for(mode),  # type: ignore[arg-type]
-                                     timeout=timeout_for(arch, smoke.timeout), memory=smoke.memory, fw_cfg=FW_CFG,
-                                     cpus=cpus)
+                                     timeout=limit, memory=smoke.memory, fw_cfg=FW_CFG, cpus=cpus,
+                                     tests=tests.image if tests is not None else None)
         verdict.extra["mode"] = mode
         SmokeCheck(stage, mode).save(verdict.as_dict())
         return verdict
@@ -163,6 +180,15 @@ def junit(distro: str, verdicts: list[console.Verdict]) -> str:
             node.text = "\n".join(v.tail)
         out = ET.SubElement(case, "system-out")
         out.text = json.dumps({"markers": v.markers, "findings": v.findings, "log": v.log}, sort_keys=True)
+        for t in v.tests:  # one testcase per guest test and mode
+            test = ET.SubElement(suite, "testcase", classname=f"guest.{distro}.{v.extra.get('mode')}",
+                                 name=str(t["name"]), time=str(t.get("seconds", 0)))
+            if t.get("status") != "pass":
+                node = ET.SubElement(test, "failure", message=f"{t.get('status')} (exit {t.get('exit')})")
+                node.text = "\n".join(t.get("output", []))
+            ET.SubElement(test, "system-out").text = "\n".join(t.get("output", []))
+    suite.set("tests", str(len(suite.findall("testcase"))))
+    suite.set("failures", str(len(suite.findall("testcase/failure"))))
     return ET.tostring(suite, encoding="unicode") + "\n"
 
 

@@ -65,6 +65,7 @@ VIRT_FLASH_SIZE = 64 << 20
 UBOOT_RISCV64 = Path("/usr/lib/u-boot/qemu-riscv64_smode/uboot.elf")
 
 SMOKE_DRIVE_SERIAL = "isobuild-smoke"
+TESTS_DRIVE_SERIAL = "isobuild-tests"
 SMOKE_DRIVE_SIZE = 4096  # bytes of zeros: the guest only looks for the device
 
 
@@ -209,9 +210,11 @@ def iso_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media
 
 @contextlib.contextmanager
 def boot_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media, memory: int = 512,
-              fw_cfg: Mapping[str, str] | None = None, cpus: int = 2) -> Iterator[list[str]]:
+              fw_cfg: Mapping[str, str] | None = None, cpus: int = 2,
+              tests: Path | None = None) -> Iterator[list[str]]:
     """``iso_argv`` with the files one boot writes -- the copy of the UEFI variable store, the
-    smoke drive -- made fresh in a temp dir that lives as long as the context."""
+    smoke drive -- made fresh in a temp dir that lives as long as the context; ``tests`` (the guest
+    tests' drive image, builder.stages.guesttests) attached read-only after the medium."""
     check_modes(arch, [f"{firmware}-{media}"])
     with tempfile.TemporaryDirectory(prefix="isobuild-boot-") as scratch:
         vars_copy = smoke_drive = None
@@ -222,12 +225,20 @@ def boot_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Medi
         if fw_cfg and arch.smoke_channel == "drive":
             smoke_drive = Path(scratch) / "smoke.img"
             smoke_drive.write_bytes(bytes(SMOKE_DRIVE_SIZE))
-        yield iso_argv(arch, accel, iso, firmware, media, memory, vars_copy, fw_cfg, cpus, smoke_drive)
+        yield iso_argv(arch, accel, iso, firmware, media, memory, vars_copy, fw_cfg, cpus, smoke_drive) + \
+            (tests_argv(tests) if tests is not None else [])
+
+
+def tests_argv(image: Path) -> list[str]:
+    """The guest tests' drive: read-only, no boot index (the medium boots first), named by its serial
+    (the guest sees /dev/disk/by-id/virtio-isobuild-tests; builder.stages.rootfs.GUEST_TESTS)."""
+    return ["-drive", f"file={_opt(image)},format=raw,if=none,id=tests,readonly=on",
+            "-device", f"virtio-blk-pci,drive=tests,serial={TESTS_DRIVE_SERIAL}"]
 
 
 def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: console.Expect, log_path: Path,
              timeout: float = 120.0, memory: int = 512, fw_cfg: Mapping[str, str] | None = None,
-             cpus: int = 2) -> console.Verdict:
+             cpus: int = 2, tests: Path | None = None) -> console.Verdict:
     """Boot ``iso`` once, watch its serial console, return the verdict.
 
     QEMU is ended as soon as the verdict is known (the guest finished its
@@ -237,7 +248,7 @@ def boot_iso(arch: Arch, iso: Path, firmware: Firmware, media: Media, expect: co
     if not iso.is_file():
         raise UserError(f"ISO {iso} not found")
     accel = qemu.accelerator(arch)
-    with boot_argv(arch, accel, iso, firmware, media, memory, fw_cfg, cpus) as argv, \
+    with boot_argv(arch, accel, iso, firmware, media, memory, fw_cfg, cpus, tests) as argv, \
             log.stage("iso.boot", iso=str(iso), firmware=firmware, media=media, accel=accel, log=str(log_path)):
         verdict = qemu.watch(argv, expect, log_path, timeout)
     verdict.extra = {"accel": accel, "firmware": firmware, "media": media, "iso": str(iso), "cpus": cpus}

@@ -1,4 +1,5 @@
-"""A cross build root: a Debian suite's buildd root for this host's arch with a target arch added.
+"""Build roots: a Debian suite's buildd root for this host's arch with a target arch added (a cross
+build), or one of the target arch itself (its programs run through qemu-user-static).
 
 Cross-building a Debian package for another arch needs that arch in *a* dpkg's architecture list
 and its cross toolchain and -dev packages installed -- never in the host's own dpkg.  So the build
@@ -34,15 +35,17 @@ class CrossRoot:
     target: Arch
     release: aptrepo.Release  # the suite's signed InRelease (its sha256 is in the key)
     cache: Path  # <work>/cache/cross-roots
+    cross: bool = True  # False: a root of the target arch itself, its own compiler (no crossbuild-essential)
 
     @property
     def host_deb_arch(self) -> str:
         return get_arch(host_arch()).deb_arch
 
     def argv(self, out: Path) -> list[str]:
+        arches = f"{self.host_deb_arch},{self.target.deb_arch}" if self.cross else self.target.deb_arch
+        include = [f"--include=crossbuild-essential-{self.target.deb_arch}"] if self.cross else []
         return ["mmdebstrap", f"--mode={'unshare' if sandbox.rootless() else 'root'}", "--variant=buildd",
-                f"--architectures={self.host_deb_arch},{self.target.deb_arch}",
-                f"--include=crossbuild-essential-{self.target.deb_arch}", f"--keyring={self.keyring}",
+                f"--architectures={arches}", *include, f"--keyring={self.keyring}",
                 '--aptopt=Acquire::Retries "3"', "--skip=cleanup/apt/lists",
                 self.suite, str(out), self.mirror]
 
@@ -52,13 +55,17 @@ class CrossRoot:
         return keys.compute({"argv": generic, "mirror_release": self.release.sha256})
 
     @property
+    def name(self) -> str:
+        return f"{self.suite}-{self.target.deb_arch}" + ("" if self.cross else "-native")
+
+    @property
     def tarball(self) -> Path:
-        return self.cache / f"{self.suite}-{self.target.deb_arch}-{self.key[:16]}.tar.zst"
+        return self.cache / f"{self.name}-{self.key[:16]}.tar.zst"
 
     @property
     def archives(self) -> Path:
         """The .debs build dependencies were downloaded as, kept for the next build."""
-        return self.cache / f"{self.suite}-{self.target.deb_arch}.archives"
+        return self.cache / f"{self.name}.archives"
 
     def ensure(self, log_path: Path) -> Path:
         """The root's tarball, bootstrapped when this key has none; older ones of the suite and arch go."""
@@ -72,8 +79,8 @@ class CrossRoot:
             os.replace(tmp, self.tarball)
         finally:
             tmp.unlink(missing_ok=True)
-        for old in self.cache.glob(f"{self.suite}-{self.target.deb_arch}-*.tar.zst"):
-            if old != self.tarball:
+        for old in self.cache.glob(f"{self.name}-*.tar.zst"):
+            if old != self.tarball and len(old.name) == len(self.tarball.name):  # this kind's, not the other's
                 old.unlink()
         return self.tarball
 

@@ -31,11 +31,12 @@ class Verdict:
     seconds: float = 0.0
     log: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    tests: list[dict[str, Any]] = field(default_factory=list)  # guest tests: name, status, exit, seconds, output
 
     def as_dict(self) -> dict[str, Any]:
         return {"status": self.status, "reasons": self.reasons, "markers": self.markers,
                 "findings": self.findings, "console_tail": self.tail, "seconds": round(self.seconds, 1),
-                "log": self.log, **self.extra}
+                "log": self.log, "tests": self.tests, **self.extra}
 
 
 @dataclass
@@ -44,6 +45,7 @@ class Expect:
 
     markers: dict[str, str]
     done: str = "DONE"
+    tests: list[str] = field(default_factory=list)  # guest tests that must report (and pass)
 
 
 class Watch:
@@ -54,6 +56,7 @@ class Watch:
         self.panic: list[str] = []
         self.tail: collections.deque[str] = collections.deque(maxlen=25)
         self.done = False
+        self.tests: dict[str, dict[str, Any]] = {}
 
     def feed(self, line: str) -> bool:
         """Take one console line; True once the verdict is known (stop the guest)."""
@@ -74,8 +77,31 @@ class Watch:
             if name == self.expect.done:
                 self.done = True
                 return True
-            self.markers[name] = value
+            if name in ("TEST", "TESTOUT"):
+                self._test_line(name, value)
+            else:
+                self.markers[name] = value
         return False
+
+    def _test_line(self, name: str, value: str) -> None:
+        """``TEST name status exit seconds`` and ``TESTOUT name line`` (the guest's runner, rootfs.GUEST_TESTS)."""
+        if name == "TESTOUT":
+            test, _, text = value.partition(" ")
+            self.tests.setdefault(test, {"name": test, "output": []}).setdefault("output", []).append(text)
+            return
+        parts = value.split(" ", 4)
+        if len(parts) < 4 or not parts[2].lstrip("-").isdigit() or not parts[3].isdigit():
+            return
+        entry = self.tests.setdefault(parts[0], {"name": parts[0], "output": []})
+        entry.update(status=parts[1], exit=int(parts[2]), seconds=int(parts[3]))
+        if len(parts) == 5:
+            entry["output"].append(parts[4])
+
+    def test_results(self) -> list[dict[str, Any]]:
+        """Every test the guest reported, the expected ones first (a missing one as 'not-run')."""
+        out = [self.tests.get(n, {"name": n, "status": "not-run", "exit": None, "seconds": 0, "output": []})
+               for n in self.expect.tests]
+        return out + [t for n, t in self.tests.items() if n not in self.expect.tests]
 
     def verdict(self, timed_out: bool, exited: int | None) -> Verdict:
         reasons: list[str] = []
@@ -89,13 +115,18 @@ class Watch:
                 reasons.append(f"marker {name} not reported" + (f" ({missing} absent in the guest)" if missing else ""))
             elif not re.fullmatch(pattern, got):
                 reasons.append(f"marker {name}: expected {pattern!r}, got {got!r}")
+        for test in self.test_results():
+            if test.get("status") != "pass":
+                last = (test.get("output") or [""])[-1]
+                how = f" (exit {test['exit']}, {test['seconds']} s)" if test.get("exit") is not None else ""
+                reasons.append(f"guest test {test['name']}: {test.get('status')}{how}" + (f": {last}" if last else ""))
         if not self.done and not self.panic:
             if timed_out:  # the cause, so the headline: what is missing follows from it
                 reasons.insert(0, "timed out before the guest finished its checks")
             else:
                 reasons.append(f"guest stopped (QEMU exit {exited}) before finishing its checks")
         return Verdict("fail" if reasons else "pass", reasons, dict(self.markers), list(self.findings),
-                       list(self.tail))
+                       list(self.tail), tests=self.test_results())
 
 
 def raise_for(verdicts: list[Verdict], kept: str) -> None:

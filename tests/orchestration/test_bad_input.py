@@ -391,6 +391,8 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("cli-profile-path", lambda c: None, ["kernel", "--profile", "../../etc/x"], 2,
      r"argument --profile: .*'../../etc/x' is not a profile name"),
     ("cli-modes", lambda c: None, ["debian", "--modes", "bios-floppy"], 2, r"boot mode\(s\) bios-floppy unknown"),
+    ("cli-tests-none", lambda c: None, ["debian", "--tests", "xsc_version", "--no-smoke"], 2,
+     r"--tests: no guest tests run here \(tests/guest does not exist\)"),
     ("cli-config-dir", lambda c: None, ["-c", "patches", "status"], 2, r"patches: is a directory, not a settings file"),
     ("cli-config-missing", lambda c: None, ["-c", "nope.yaml", "status"], 2, r"nope.yaml: settings file not found"),
     ("cli-unknown-distro", lambda c: None, ["test", "slackware"], 2, r"invalid choice: 'slackware'"),
