@@ -675,12 +675,13 @@ def build(p: Plan, log_path: Path, steps_last_build: int | None = None) -> dict[
                            "dpkg-buildpackage": runner.reproducer(build_argv(p), p.src, build_env(p))},
         }
         atomic.write_json(out / "metadata.json", metadata)
-    if cross is None:
-        state.save(p.marker, {"key": p.key})  # the tree stays for glibc --tests
-    # a cross build's root stays too, until the next good build or isobuild clean: deleting its 2 GB
-    # took longer here (68 s) than unpacking it again does
-    for other in lay.root.glob("trees/*"):  # superseded by this good build
-        if other != p.tree:
+    # the tree stays (glibc --tests runs in a native one); a cross build's root too, until the next
+    # good build of its arch or isobuild clean: deleting its 2 GB took longer here (68 s) than
+    # unpacking it again does
+    state.save(p.marker, {"key": p.key, "arch": p.project.settings.arch})
+    for other in lay.root.glob("trees/*"):  # superseded by this good build: the same arch's only
+        theirs = (state.load(other / "tree.json") or {}).get("arch", "x86_64")
+        if other != p.tree and theirs == p.project.settings.arch:
             buildroot.remove(other / "root")
             shutil.rmtree(other, ignore_errors=True)
     return metadata
