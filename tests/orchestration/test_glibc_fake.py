@@ -304,3 +304,16 @@ def test_clean_drops_the_build_tree_and_superseded_packages_keeps_current(
     assert second.is_dir() and glibc_project.current.resolve() == second
     assert glibc_project.run("glibc") == 0
     assert "is up to date" in capsys.readouterr().out, "the current packages survived"
+
+
+def test_a_good_build_supersedes_only_its_own_arch_trees(glibc_project: GlibcProject) -> None:
+    trees = glibc_project.work / "glibc" / "trees"
+    other_arch, same_arch = trees / "0123456789abcdef", trees / "fedcba9876543210"
+    for tree, arch in ((other_arch, "arm64"), (same_arch, "x86_64")):
+        tree.mkdir(parents=True)
+        (tree / "tree.json").write_text(json.dumps({"key": "k", "arch": arch}))
+    assert glibc_project.run("glibc") == 0
+    kept = glibc_project.work / "glibc" / "trees" / glibc_project.metadata()["key"][:16]
+    assert json.loads((kept / "tree.json").read_text())["arch"] == "x86_64"
+    assert other_arch.exists(), "another arch's last good tree (its root, its tests) stays"
+    assert not same_arch.exists(), "this arch's older tree is superseded"
