@@ -198,9 +198,9 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str], ar
             out.append(_row(stages.kernel_package, "kernel-package", stages.kernel_package.instance, graph.arch))
         if stages.glibc is not None and stages.glibc.kind != "glibc":
             out.append(_row(stages.glibc, stages.glibc.kind, name, graph.arch))
+        if stages.guest_tests is not None:  # built before the root: a test that does not compile stops there
+            out.append(_row(stages.guest_tests, "guest-tests", name, graph.arch))
         out.append(_row(stages.rootfs, "rootfs", name, graph.arch))
         out.append(_row(stages.iso, "iso", name, graph.arch))
-        if stages.guest_tests is not None:
-            out.append(_row(stages.guest_tests, "guest-tests", name, graph.arch))
         out += [_row(check, "smoke", check.name, graph.arch) for check in stages.smoke()]
     return out
