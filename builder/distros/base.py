@@ -29,7 +29,7 @@ from builder.tools import rootdir
 from builder.tools.chroot import Chroot
 
 # Value checks every distro's settings share (see builder.infra.schema.setting).
-LABEL = matches(r"[A-Z0-9_]{1,32}", "1 to 32 of A-Z 0-9 _ (an ISO9660 volume label)")
+LABEL = matches(r"[A-Z0-9_]{1,16}", "1 to 16 of A-Z 0-9 _ (an ISO volume label; Joliet holds 16)")
 HOSTNAME = matches(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", "a hostname label")
 LOCALE = matches(r"[A-Za-z0-9_.@-]+", "a locale name")
 ZONEINFO = matches(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*", "a zoneinfo name such as Europe/Berlin")

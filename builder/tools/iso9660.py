@@ -122,7 +122,7 @@ _GPT_ARRAY_SECTORS = _GPT_ENTRIES * _GPT_ENTRY_SIZE // _SECTOR
 _GPT_RESERVED = 1 + _GPT_ARRAY_SECTORS  # sectors at each end: header + entry array
 _PVD_OFFSET = 16 * 2048
 
-_LABEL = re.compile(r"[A-Z0-9_]{1,32}")
+_LABEL = re.compile(r"[A-Z0-9_]{1,16}")  # the Joliet volume name holds 16 (UCS-2) characters
 # isolinux.cfg cannot quote file names; keep boot file names to what both
 # loaders read without escaping.
 _BOOT_PATH = re.compile(r"[A-Za-z0-9._+-]+(/[A-Za-z0-9._+-]+)*")
@@ -171,7 +171,8 @@ def grub_platform(arch: Arch) -> GrubPlatform:
 
 def validate_label(label: str) -> None:
     if not _LABEL.fullmatch(label):
-        raise UserError(f"ISO label {label!r} is not allowed: use 1 to 32 characters of A-Z, 0-9 and _")
+        raise UserError(f"ISO label {label!r} is not allowed: use 1 to 16 characters of A-Z, 0-9 and _ "
+                        "(the Joliet volume name holds 16)")
 
 
 def validate_boot_path(what: str, rel: str) -> None:

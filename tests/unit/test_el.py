@@ -199,7 +199,7 @@ def test_checked_kickstart_is_remembered_but_a_build_checks_afresh(tmp_path: Pat
      "repositories: names must differ (got a, a)"),
     ({"cmdline": "root=/dev/sda1 quiet"}, "cmdline: leave out root= and rd.live.image"),
     ({"build": "lorax"}, "alma.yaml: build: expected one of 'auto', 'mock', 'dnf'"),
-    ({"label": "alma"}, "alma.yaml: label: must be 1 to 32 of A-Z 0-9 _"),
+    ({"label": "alma"}, "alma.yaml: label: must be 1 to 16 of A-Z 0-9 _"),
     ({"root_size": 100}, "alma.yaml: root_size: must be >= 1024"),
     ({"mirror": "x"}, "alma.yaml: mirror: unknown key"),
 ])
