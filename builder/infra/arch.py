@@ -41,6 +41,7 @@ class Arch:
     smoke_channel: str  # how QEMU tells the boot check it runs under the smoke test: fw_cfg or drive
     live_cmdline: str  # added to a live system's kernel command line on this arch
     qemu_user: str  # the binfmt entry (and qemu-user-static binary) that runs this arch's programs elsewhere
+    uefi: str  # the UEFI firmware an image boots with: ovmf, aavmf (pflash) or u-boot (builder.tools.bootmedia)
 
     def cross_compile(self) -> str:
         """CROSS_COMPILE= for this arch on this host: empty when the host is this arch."""
@@ -57,7 +58,7 @@ ARCHES: dict[str, Arch] = {
                    "ttyS0", None, None, "bookworm", 1.0,
                    "x86_64-efi", "grub-efi-amd64-bin", "BOOTX64.EFI",
                    (("bios", "cd"), ("bios", "usb"), ("uefi", "cd"), ("uefi", "usb")), "fw_cfg", "",
-                   "qemu-x86_64"),
+                   "qemu-x86_64", "ovmf"),
     # cortex-a57: the Debian arm64 live ISO reached systemd in 41-81 s against 122-139 s on "max"
     # (pointer authentication emulated in software); a busybox boot is 1.2-2.6 s on either
     "arm64": Arch("arm64", "arm64", "arm64", "arch/arm64/boot/Image", "arm64", "aarch64", "aarch64-linux-gnu",
@@ -65,7 +66,8 @@ ARCHES: dict[str, Arch] = {
                   "ttyAMA0", None, None, "bookworm", 2.0,
                   "arm64-efi", "grub-efi-arm64-bin", "BOOTAA64.EFI", (("uefi", "cd"), ("uefi", "usb")), "fw_cfg",
                   # a device unit waits 90 s by default: under TCG udev can be later than that
-                  "systemd.default_device_timeout_sec=600", "qemu-aarch64"),
+                  "systemd.default_device_timeout_sec=600", "qemu-aarch64",
+                  "aavmf"),
     # OpenSBI's fw_jump from Debian's opensbi; bookworm has no riscv64, trixie does.  A full
     # live system boots 3-6 times slower than x86_64 here (systemd's first exec from squashfs).
     "riscv64": Arch("riscv64", "riscv", "riscv", "arch/riscv/boot/Image", "riscv64", "riscv64", "riscv64-linux-gnu",
@@ -74,7 +76,8 @@ ARCHES: dict[str, Arch] = {
                     # U-Boot (qemu-riscv64_smode) boots from virtio-blk only: the "disk" is the ISO on it;
                     # Linux 6.1 cannot have FW_CFG_SYSFS on riscv, so the smoke test adds a drive instead
                     "riscv64-efi", "grub-efi-riscv64-bin", "BOOTRISCV64.EFI", (("uefi", "disk"),), "drive",
-                    "systemd.default_device_timeout_sec=600", "qemu-riscv64"),
+                    "systemd.default_device_timeout_sec=600", "qemu-riscv64",
+                    "u-boot"),
 }
 
 _MACHINE = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64", "riscv64": "riscv64"}

@@ -108,9 +108,9 @@ def _require(path: Path, package: str, what: str) -> None:
         raise InfraError(f"{path} not found: {what}", hint=f"apt-get install {package}  (or run: isobuild doctor)")
 
 
-# The pflash firmware of each arch that has one (its variable store is copied per boot);
-# an arch without one here boots UEFI another way (riscv64: U-Boot, see uefi_argv).
-_PFLASH = {"x86_64": ovmf, "arm64": aavmf}
+# The pflash firmwares (Arch.uefi names one per arch; its variable store is copied per boot); any
+# other boots UEFI another way (u-boot: started by OpenSBI, see uefi_argv).
+_PFLASH = {"ovmf": ovmf, "aavmf": aavmf}
 
 
 def modes(arch: Arch) -> tuple[str, ...]:
@@ -138,7 +138,7 @@ def check_modes(arch: Arch, wanted: list[str]) -> None:
 
 def uefi_vars(arch: Arch) -> Path | None:
     """The variable store template a UEFI boot of ``arch`` copies, None where there is none (U-Boot)."""
-    firmware = _PFLASH.get(arch.name)
+    firmware = _PFLASH.get(arch.uefi)
     return firmware().vars if firmware else None
 
 
@@ -150,7 +150,7 @@ def _opt(value: str | Path) -> str:
 def uefi_argv(arch: Arch, vars_copy: Path | None) -> list[str]:
     """The firmware options of a UEFI boot: the pflash pair (code read-only, ``vars_copy``
     writable), or on riscv64 OpenSBI as ``-bios`` with U-Boot as its payload (``-kernel``)."""
-    firmware = _PFLASH.get(arch.name)
+    firmware = _PFLASH.get(arch.uefi)
     if firmware is None:
         return [*qemu.firmware(arch), "-kernel", str(uboot_riscv64())]
     if vars_copy is None:
