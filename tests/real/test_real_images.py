@@ -41,11 +41,12 @@ def _arches() -> list[object]:
 def test_foreign_debian_image_boots_the_patched_kernel_and_glibc(project: Path, arch: str,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     mode, suite, deb_arch, triplet = ARCHES[arch]
-    # this host's mirror serves trixie's newest libc6 but not its source (a mirror lagging its own
-    # index): the newest source it has gives an older version, installed over the distribution's
-    settings = yaml.safe_load((project / "isobuild.yaml").read_text())
-    settings["glibc"]["allow_downgrade"] = True
-    (project / "isobuild.yaml").write_text(yaml.safe_dump(settings))
+    if suite != "bookworm":
+        # this host's mirror serves trixie's newest libc6 but not its source (a mirror lagging its
+        # own index): the newest source it has gives an older version, installed over the suite's
+        settings = yaml.safe_load((project / "isobuild.yaml").read_text())
+        settings["glibc"]["allow_downgrade"] = True
+        (project / "isobuild.yaml").write_text(yaml.safe_dump(settings))
     assert run(project, "debian", "--arch", arch, "--profile", "ci", "--modes", mode) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert f"smoke {mode}: pass" in out
