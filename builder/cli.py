@@ -294,11 +294,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def foreign_hint() -> str:
-    return "; ".join(doctor.ENABLE_BINFMT.format(entry=a.qemu_user) for a in arch_mod.ARCHES.values()
-                     if not a.native())
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         project: Project | None = _project(args)
@@ -347,7 +342,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("\nforeign roots (another arch's programs through qemu-user-static): " + ", ".join(
         f"{name} {'ok' if why is None else 'NOT POSSIBLE (' + why + ')'}" for name, why in binfmt.items()))
     if any(binfmt.values()):
-        print(f"  enable them, as root: {foreign_hint()}  (or isobuild doctor --install)")
+        print(f"  enable them, as root: {doctor.binfmt_hint()}  (or isobuild doctor --install)")
     if missing:
         print(f"\nto install what is missing, as root:\n  {doctor.apt_line(missing)}")
     else:

@@ -11,14 +11,13 @@ from pathlib import Path
 
 from builder.distros.el import resolve_build
 from builder.infra import runner, sandbox
+from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.infra.hosttools import TOOLS, Tool, apt_line, install_hint
 from builder.stages import glibc
 from builder.tools import foreign
 
-ENABLE_BINFMT = foreign.ENABLE
-
-__all__ = ["ENABLE_BINFMT", "TOOLS", "Tool", "apt_line", "binfmt", "el_build", "enable_binfmt", "glibc_build_deps",
+__all__ = ["TOOLS", "Tool", "apt_line", "binfmt", "binfmt_hint", "el_build", "enable_binfmt", "glibc_build_deps",
            "install", "install_hint", "missing", "namespaces", "tools"]
 
 _KERNEL_SOURCE = "/usr/src/linux-source-6.1.tar.xz"  # the table's entry for the default kernel.source
@@ -68,6 +67,11 @@ def el_build() -> tuple[str, str]:
 def namespaces() -> tuple[bool, str]:
     """Whether this host lets isobuild run a root's commands in namespaces (as this user): (ok, why)."""
     return sandbox.probe()
+
+
+def binfmt_hint() -> str:
+    """The commands that enable every other arch's programs here."""
+    return foreign.enable_hint([a for a in ARCHES.values() if not a.native()])
 
 
 def binfmt() -> dict[str, str | None]:

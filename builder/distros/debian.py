@@ -123,7 +123,7 @@ class DebianPlugin(Plugin):
         return aptrepo.release(self.mirror(), self.suite, self.keyring(), self.where)
 
     def glibc_target(self) -> glibc.Target:
-        return glibc.Target(self.suite, self.mirror(), self.keyring())
+        return glibc.Target(self.suite, self.mirror(), self.keyring(), lambda: self.release)
 
     def check(self) -> None:
         """The overlay, the bootstrap tool (debootstrap needs root), and the mirror: reachable, its

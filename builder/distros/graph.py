@@ -15,7 +15,6 @@ from typing import Any
 
 from builder import distros
 from builder.distros.base import Plugin
-from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.infra.errors import IsobuildError
 from builder.stages.base import Row, Stage
@@ -28,9 +27,6 @@ from builder.stages.kernelboot import KernelBootCheck
 from builder.stages.kpackage import KernelPackageStage, Kind
 from builder.stages.rootfs import RootfsStage
 from builder.stages.smoke import SmokeCheck, checks
-
-# the arches the distro images (rootfs, ISO, smoke) can be built for (a distro's settings say which it is)
-IMAGE_ARCHES = tuple(ARCHES)
 
 
 def wants_glibc(project: Project, plugin: Plugin) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
@@ -60,11 +60,13 @@ class Layout(state.KeyedLayout):
 
 @dataclass(frozen=True)
 class Target:
-    """Which distribution a Debian-family distro's glibc is built for: its suite on its mirror."""
+    """Which distribution a Debian-family distro's glibc is built for: its suite on its mirror, and
+    that suite's signed InRelease (the distro's own, fetched and verified once per run)."""
 
     suite: str
     mirror: str
     keyring: Path
+    release: Callable[[], aptrepo.Release] = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def archive_source(project: Project, target: Target) -> GlibcSource:
     mirror serves (a mirror can lag behind its own index), the .dsc verified and cached by sha256;
     the rest of its files are fetched the same way when the build needs them."""
     package = project.settings.glibc.source.package.removesuffix("-source") or "glibc"
-    rel = aptrepo.release(target.mirror, target.suite, target.keyring, f"glibc for {target.suite}")
+    rel = target.release()
     cache = project.work_dir / "cache" / "archive"
     skipped: list[str] = []
     for candidate in aptrepo.source_versions(rel, "main", package, cache):
@@ -239,12 +241,10 @@ def plan(project: Project, target: Target | None = None) -> Plan:
             raise UserError(f"glibc for {arch.name}: no Debian suite to build it in",
                             hint=f"build it through a distro configured for {arch.name} (isobuild debian --arch "
                                  f"{arch.name}), whose suite it is")
-        rel = source.archive[0] if source.archive else \
-            aptrepo.release(target.mirror, target.suite, target.keyring, f"glibc for {target.suite}")
-        cross = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, rel,
+        cross = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, target.release(),
                                     project.work_dir / "cache" / "cross-roots")
     # a cross build's toolchain is the root's: its key names the suite's state and the packages
-    toolchain = f"{target.suite if target else ''} cross root {cross.key[:16]}" if cross else toolchain_version()
+    toolchain = f"{cross.suite} cross root {cross.key[:16]}" if cross else toolchain_version()
     inputs: dict[str, Any] = {
         "stage": "glibc",
         "stage_version": STAGE_VERSION,
@@ -492,15 +492,30 @@ _DEP = re.compile(r"[^\s|()]+(?:\s*\([^)]*\))?(?:\s*\|\s*[^\s|()]+(?:\s*\([^)]*\
 def unmet_build_deps(control: Path, profiles: list[str], log_path: Path | None = None) -> list[str]:
     """What dpkg-checkbuilddeps says ``control`` (a debian/control file) lacks for an
     arch-only build with these profiles; each entry as written there (``a (>= 1) | b``)."""
-    argv = ["dpkg-checkbuilddeps", "-B", *(["-P", ",".join(profiles)] if profiles else []),
-            str(control)]
-    result = runner.run(argv, log_path=log_path, check=False, capture=True)
+    result = runner.run(checkbuilddeps_argv(str(control), profiles), log_path=log_path, check=False, capture=True)
+    return unmet_in(result, str(control))
+
+
+def checkbuilddeps_argv(control: str, profiles: list[str], arch: str | None = None) -> list[str]:
+    """dpkg-checkbuilddeps for an arch-only build with these profiles (``arch``: a cross build's host)."""
+    return ["dpkg-checkbuilddeps", "-B", *(["-a", arch] if arch else []),
+            *(["-P", ",".join(profiles)] if profiles else []), control]
+
+
+def builddep_argv(src: str, profiles: list[str], arch: str | None = None) -> list[str]:
+    """apt-get build-dep on a source dir (what ``debian/control`` there asks for), the same profiles."""
+    return ["apt-get", "build-dep", "-y", "-q", *(["-a", arch] if arch else []), "--arch-only",
+            *([f"--build-profiles={','.join(profiles)}"] if profiles else []), f"{src}/"]
+
+
+def unmet_in(result: runner.Result, control: str) -> list[str]:
+    """What a dpkg-checkbuilddeps run says is missing; an InfraError when it failed otherwise."""
     if result.returncode == 0:
         return []
-    unmet = parse_unmet(result.output)
-    if unmet is None:
+    found = parse_unmet(result.output)
+    if found is None:
         raise InfraError(f"dpkg-checkbuilddeps failed on {control}: {result.output.strip()[:200]}")
-    return unmet
+    return found
 
 
 def parse_unmet(output: str) -> list[str] | None:
@@ -512,9 +527,8 @@ def parse_unmet(output: str) -> list[str] | None:
 
 def install_build_deps(src: Path, profiles: list[str], log_path: Path) -> None:
     """apt-get build-dep on a source dir (what ``debian/control`` there asks for)."""
-    runner.run(["apt-get", "build-dep", "-y", "-q", "--arch-only",
-                *([f"--build-profiles={','.join(profiles)}"] if profiles else []), f"{src}/"],
-               cwd=src, log_path=log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+    runner.run(builddep_argv(str(src), profiles), cwd=src, log_path=log_path,
+               env={"DEBIAN_FRONTEND": "noninteractive"})
 
 
 def ensure_build_deps(p: Plan, log_path: Path) -> list[str]:
@@ -544,21 +558,20 @@ def cross_build_deps(p: Plan, cross: buildroot.CrossRoot, log_path: Path) -> lis
     """A cross build's dependencies, installed in its root (``apt-get build-dep -a``, the target's
     -dev packages as foreign ones of the root's dpkg); returns what dpkg-checkbuilddeps found missing."""
     inside = Chroot(p.root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
-    arch, profiles = cross.target.deb_arch, ",".join(p.profiles)
-    check = ["dpkg-checkbuilddeps", "-B", "-a", arch, "-P", profiles, f"{CROSS_SRC}/debian/control"]
-    result = inside.run(check, capture=True, check=False)
-    if result.returncode == 0:
+    arch, control = cross.target.deb_arch, f"{CROSS_SRC}/debian/control"
+    check = checkbuilddeps_argv(control, p.profiles, arch)
+    missing = unmet_in(inside.run(check, capture=True, check=False), control)
+    if not missing:
         return []
-    unmet = parse_unmet(result.output) or []
     try:
-        with log.stage("glibc.build-deps", arch=cross.target.name, missing=len(unmet)):
-            inside.run(["apt-get", "build-dep", "-y", "-q", "-a", arch, "--arch-only", "-P", profiles, f"{CROSS_SRC}/"])
+        with log.stage("glibc.build-deps", arch=cross.target.name, missing=len(missing)):
+            inside.run(builddep_argv(CROSS_SRC, p.profiles, arch))
     except runner.CommandFailed as exc:
         raise InfraError(f"glibc cross build dependencies for {arch} could not be installed in the "
                          f"{cross.suite} build root", hint=exc.hint, details=exc.details) from None
     cross.keep_archives(p.root)
     inside.run(check)
-    return unmet
+    return missing
 
 
 # --- the build -------------------------------------------------------------------------

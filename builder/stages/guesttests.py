@@ -30,7 +30,7 @@ from builder.infra.errors import InfraError, UserError
 from builder.stages.base import PlannedStage, Stage, keyed_targets
 from builder.stages.glibc import Target, debs_for
 from builder.stages.kpackage import KernelPackageStage
-from builder.tools import aptrepo, buildroot
+from builder.tools import buildroot
 from builder.tools.rootdir import Root
 
 STAGE_VERSION = 1
@@ -118,8 +118,7 @@ class GuestTestsStage(PlannedStage):
         tests = discover(self.project.input_dir(self.where, "smoke.guest_tests"), self.where)
         target: Target = self.plugin.glibc_target()
         arch = ARCHES[self.arch]
-        release = aptrepo.release(target.mirror, target.suite, target.keyring, f"guest tests for {target.suite}")
-        root = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, release,
+        root = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, target.release(),
                                    self.project.work_dir / "cache" / "cross-roots", cross=False)
         inputs = {"stage": "guest-tests", "stage_version": STAGE_VERSION, "arch": self.arch,
                   "tests": [{"name": t.name, "kind": t.kind, "sha256": t.sha256} for t in tests],

@@ -17,7 +17,12 @@ from builder.infra.arch import ARCHES, Arch
 from builder.infra.errors import InfraError
 
 BINFMT_DIR = Path("/proc/sys/fs/binfmt_misc")
-ENABLE = "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; update-binfmts --enable {entry}"
+
+
+def enable_hint(arches: list[Arch]) -> str:
+    """The commands that make ``arches``' programs run here (what ``enable`` runs)."""
+    return "mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; " + \
+        "; ".join(f"update-binfmts --enable {a.qemu_user}" for a in arches)
 
 
 def binfmt_state(arch: Arch, binfmt_dir: Path | None = None) -> str | None:
@@ -47,8 +52,8 @@ def require(arch: Arch, bootstrap: str = "mmdebstrap", binfmt_dir: Path | None =
     missing = binfmt_state(arch, binfmt_dir)
     if missing is not None:
         raise InfraError(f"{arch.name} programs cannot run on this host: {missing}",
-                         hint="apt-get install qemu-user-static binfmt-support; " + ENABLE.format(entry=arch.qemu_user)
-                              + "  (isobuild doctor --install does both)")
+                         hint=f"apt-get install qemu-user-static binfmt-support; {enable_hint([arch])}  "
+                              "(isobuild doctor --install does both)")
     if bootstrap == "mmdebstrap" and shutil.which("arch-test") is None:
         raise InfraError(f"arch-test not found: mmdebstrap needs it for a foreign --arch ({arch.name})",
                          hint="apt-get install arch-test  (or isobuild doctor --install)")
