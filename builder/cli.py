@@ -502,8 +502,10 @@ VERBS: tuple[Verb, ...] = (
     Verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",
          "Build what changed of kernel + glibc packages -> Debian root filesystem -> hybrid BIOS/UEFI ISO "
          "(iso/debian/<name>.iso, .sha256, .manifest.json), then boot it in QEMU from CD and USB under BIOS and "
-         "UEFI and check the running kernel and glibc are the patched ones and systemd has no failed units. Every "
-         "input of every stage is checked first.",
+         "UEFI and check the running kernel and glibc are the patched ones, systemd has no failed units and the "
+         "project's guest tests (tests/guest/) pass. --arch arm64 or riscv64: the same image for that arch (glibc "
+         "cross-built, the root through qemu-user, a UEFI-only ISO booted on QEMU's virt board: arm64 from CD and "
+         "USB, riscv64 through OpenSBI + U-Boot from a disk). Every input of every stage is checked first.",
          cmd_distro, (PROFILE, ARCH, MODES, NO_SMOKE, GUEST_TESTS, NO_GUEST_TESTS,
                       arg("--json", action="store_true", help="print the ISO record and smoke verdicts as JSON")),
          {"distro": "debian"}),
@@ -526,7 +528,7 @@ VERBS: tuple[Verb, ...] = (
                    arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
                    arg("--json", action="store_true", help="print each stage's outcome as JSON"))),
     Verb("isos", "kernel + glibc + every enabled distro's ISO + boot checks",
-         "Like 'all' for every distro in distros/*.yaml that is enabled.",
+         "Like 'all' for every distro in distros/*.yaml that is enabled, for each arch its 'arches' lists.",
          cmd_isos, (PROFILE, arg("--arch", type=_arch, help="only this arch (default: every arch an enabled distro "
                                  "lists in its 'arches')"), MODES, GUEST_TESTS, NO_GUEST_TESTS,
                     arg("--no-smoke", action="store_true", help="build only, no boot checks"), KEEP_GOING,
@@ -636,8 +638,9 @@ def parser() -> argparse.ArgumentParser:
         prog="isobuild", formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         description="Build a kernel from a quilt patch series (verifying every requested config option) and "
                     "the distribution's glibc packages with another, Debian, AlmaLinux and Rocky Linux live ISOs "
-                    "that carry them, and boot-test them in QEMU (BIOS/UEFI x CD/USB), proving the patched kernel "
-                    "and glibc run. The default job: isobuild all.",
+                    "that carry them for x86_64, arm64 and riscv64, and boot-test them in QEMU (BIOS/UEFI x CD/USB; "
+                    "UEFI on the other arches), proving the patched kernel and glibc run and the project's guest "
+                    "tests pass inside. The default job: isobuild all.",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
