@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -17,15 +18,18 @@ from types import FrameType
 from typing import Any
 
 from builder import __version__, distros, pipeline
-from builder.commands import clean, doctor, patches, release, report, status
+from builder.commands import clean, doctor, patches, release, report, status, vm
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
 from builder.infra.errors import ExitCode, IsobuildError, UserError
 from builder.stages import glibc, guesttests, kernelboot, smoke
+from builder.stages.image import key_dir
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import Kind, parse_kinds
+from builder.tools import ssh
+from builder.tools import vm as vmtool
 from builder.tools.console import Verdict, raise_for
 
 EXIT_CODES = """exit codes:
@@ -55,6 +59,14 @@ def _arch(value: str) -> str:
         return arch_mod.get(value, "--arch").name
     except IsobuildError as exc:
         raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+def _vm_name(value: str) -> str:
+    """A VM's NAME: checked before anything uses it (a log's or directory's name)."""
+    try:
+        return vmtool.check_name(value)
+    except IsobuildError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def _kinds(value: str) -> list[Kind]:
@@ -204,6 +216,68 @@ def cmd_glibc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    project = _project(args)
+    arch = args.arch or project.settings.arch
+    ssh.ensure_key(key_dir(project), f"isobuild-vm@{project.root.name}")  # first use: the image lets it in
+    stages, image = pipeline.preflight_image(project, args.distro, args.profile, arch)
+    done = pipeline.ensure_image(stages, image)
+    meta = done.meta
+    if args.json:
+        print(json.dumps({"image": meta}, indent=2, default=str))
+    else:
+        verb = "built" if done.built_now else "is up to date"
+        print(f"{args.distro} image ({arch}) {verb}: {image.disk} ({meta.get('bytes', 0) / 2**20:.0f} MiB of "
+              f"{meta.get('virtual_size', 0) / 2**30:.0f} GiB, kernel {meta.get('kernel_release')}); "
+              f"start a VM: isobuild vm start NAME --image {args.distro}" +
+              (f" --arch {arch}" if arch != project.settings.arch else ""))
+    return 0
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    project = _project(args)
+    action = args.vm_action
+    if action == "list":
+        rows = vm.rows(project)
+        print(json.dumps(rows, indent=2) if args.json else vm.render(rows))
+        return 0
+    if action == "start":
+        arch = args.arch or project.settings.arch
+        with log.stage("vm.start", vm=args.name, arch=arch):
+            record = vm.start(project, args.name, args.image, arch, args.snapshot, args.port, args.firmware,
+                              pipeline.stage_log(project, f"vm-{args.name}"))
+        if args.json:
+            print(json.dumps(vm.rows(project)[[r["name"] for r in vm.rows(project)].index(args.name)], indent=2))
+        else:
+            print(f"vm {record.name} running ({record.arch}, {record.firmware}): ssh on 127.0.0.1:{record.port}, "
+                  f"kernel {record.kernel}, SSH after {record.extra.get('ssh_seconds')} s; "
+                  f"isobuild vm connect {record.name}")
+        return 0
+    if action == "connect":
+        return vm.connect(project, args.name)
+    if action == "run":
+        command = list(args.command)
+        if command[:1] == ["--"]:
+            command = command[1:]
+        return vm.run(project, args.name, command)
+    if action in ("copy-in", "copy-out"):
+        vm.copy(project, args.name, args.src, args.dest, action == "copy-in",
+                pipeline.stage_log(project, f"vm-{args.name}"))
+        return 0
+    if action == "console":
+        with contextlib.suppress(KeyboardInterrupt):  # --follow ends with Ctrl-C: not an interruption
+            vm.console(project, args.name, args.follow)
+        return 0
+    if action == "stop":
+        print(f"vm {args.name}: {vm.stop(project, args.name, pipeline.stage_log(project, f'vm-{args.name}'))}")
+        return 0
+    if action == "clean":
+        gone = vm.clean(project, args.name, args.all)
+        print(f"removed: {', '.join(gone)}" if gone else "no VMs to remove")
+        return 0
+    raise UserError(f"vm: unknown action {action!r}")
+
+
 def _steps(project: Project, names: list[str], args: argparse.Namespace, arch: str,
            prefix: str = "") -> list[pipeline.Step]:
     """kernel, glibc (if any distro takes it), then per distro its ISO and boot checks, for ``arch``;
@@ -289,7 +363,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     else:
         print(status.table(rows))
-    if args.check and any(r.state != "built" and r.state != "pass" for r in rows):
+    if args.check and any(r.state not in ("built", "pass") for r in rows if r.stage != "vm"):  # VMs are not stages
         return ExitCode.CHECK_FAILED
     return 0
 
@@ -464,6 +538,7 @@ GUEST_TESTS = arg("--tests", metavar="T1,T2", help="run only these guest tests (
 NO_GUEST_TESTS = arg("--no-guest-tests", action="store_true", help="boot without the guest tests' drive")
 JSON = arg("--json", action="store_true", help="machine-readable output")
 DRY_RUN = arg("--dry-run", action="store_true", help="only list what would be removed")
+VM_NAME_ARG = arg("name", metavar="NAME", type=_vm_name, help="the VM's name (A-Z a-z 0-9 _ . -)")
 KEEP_GOING = arg("--keep-going", action="store_true", help="after a failure, still run the stages that do not "
                  "depend on the failed one; exit with the first failure's code")
 
@@ -511,6 +586,49 @@ VERBS: tuple[Verb, ...] = (
          {"distro": "debian"}),
     _el_verb("alma", "AlmaLinux"),
     _el_verb("rocky", "Rocky Linux"),
+    Verb("image", "build a distro's disk image for build VMs (qcow2: our kernel and glibc, SSH, build tools)",
+         "Build what changed of kernel + glibc packages -> the distro's root with vm.packages added (SSH server, "
+         "build-essential, devscripts, fakeroot, equivs) and the project's SSH key for root (an ed25519 pair made on "
+         "first use in the work dir, 0600; no password logins; host keys made at the VM's first boot) -> a GPT "
+         "disk (qcow2, vm.image_size): ext4 root made by mkfs.ext4 -d (no loop mounts), an EFI system partition "
+         "with GRUB, and on x86_64 GRUB for BIOS too. Boots with SeaBIOS or OVMF on x86_64 (vm.firmware; default "
+         "BIOS), AAVMF on arm64, OpenSBI + U-Boot on riscv64. Then: isobuild vm start NAME.",
+         cmd_image, (PROFILE, ARCH, arg("--json", action="store_true", help="print the image's metadata as JSON"),
+                     arg("distro", nargs="?", default="debian", help="the distro (default: debian)"))),
+    Verb("vm", "build VMs from disk images: start, run commands, copy files, stop",
+         "Each VM is its own QEMU over a qcow2 overlay of the distro's image (the image is never written), "
+         "user-mode networking with the guest's SSH forwarded to a free localhost port (vm.base_port up), its "
+         "serial console in a log, QMP for a clean ACPI poweroff. VMs outlive the command that started them until "
+         "vm stop. Resources: vm.cpus, vm.memory, vm.disk, vm.base_port (env ISOBUILD_VM_CPUS, _MEMORY, _DISK, "
+         "_BASE_PORT).",
+         cmd_vm, actions=(
+             Verb("list", "every VM of this project: state (running, stopped, dead), port, pid, memory", "", None,
+                  (JSON,)),
+             Verb("start", "create a VM (an overlay of the image) and boot it; returns once SSH answers", "", None,
+                  (VM_NAME_ARG,
+                   arg("--image", default="debian", help="a distro whose image isobuild image built (default: "
+                       "debian), or a .qcow2 file"), ARCH,
+                   arg("--snapshot", action="store_true", help="discard every write to the disk when QEMU exits"),
+                   arg("--port", type=int, help="localhost port for its SSH (default: the first free from "
+                       "vm.base_port)"),
+                   arg("--firmware", choices=["bios", "uefi"], help="x86_64: bios or uefi (default: vm.firmware)"),
+                   JSON)),
+             Verb("connect", "log in (interactive ssh as root)", "", None, (VM_NAME_ARG,)),
+             Verb("run", "run a command in the VM; its stdout/stderr stream here and its exit code is isobuild's",
+                  "", None, (VM_NAME_ARG, arg("command", nargs=argparse.REMAINDER, metavar="-- CMD",
+                                             help="the command and its arguments (each one word in the guest)"))),
+             Verb("copy-in", "copy a host file or directory into the VM", "", None,
+                  (VM_NAME_ARG, arg("src", help="host path"), arg("dest", help="guest path"))),
+             Verb("copy-out", "copy a file or directory out of the VM", "", None,
+                  (VM_NAME_ARG, arg("src", help="guest path"), arg("dest", help="host path"))),
+             Verb("console", "print the VM's serial console log", "", None,
+                  (VM_NAME_ARG, arg("--follow", "-f", action="store_true", help="keep printing until the VM "
+                                    "stops (or Ctrl-C)"))),
+             Verb("stop", "ACPI poweroff through QMP; QEMU killed after vm.stop_timeout", "", None, (VM_NAME_ARG,)),
+             Verb("clean", "remove a VM (or every VM): QEMU stopped, overlay and logs deleted", "", None,
+                  (arg("name", nargs="?", metavar="NAME", type=_vm_name, help="the VM"),
+                   arg("--all", action="store_true", help="every VM of this project")))),
+         action_dest="vm_action", actions_required=True),
     Verb("glibc", "build the patched glibc packages (if their inputs changed)",
          "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
          "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "

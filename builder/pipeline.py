@@ -19,11 +19,13 @@ from builder.infra.errors import IsobuildError
 from builder.stages import glibc, iso
 from builder.stages.base import Ensured, ensure, locked, stage_log
 from builder.stages.glibcrpm import GlibcRpmStage
+from builder.stages.image import ImageStage
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import KernelPackageStage, Kind
 
 __all__ = ["Ensured", "Outcome", "Preflight", "Step", "ensure", "ensure_distro", "ensure_glibc", "ensure_glibc_rpm",
-           "ensure_kernel", "locked", "preflight", "run_stages", "stage_log", "wants_glibc"]
+           "ensure_image", "ensure_kernel", "locked", "preflight", "preflight_image", "run_stages", "stage_log",
+           "wants_glibc"]
 
 
 @dataclass
@@ -115,6 +117,30 @@ def ensure_distro(stages: DistroStages, force_glibc: bool = False) -> Ensured[is
         ensure(stages.guest_tests)  # a test that does not compile stops here, before the image boots
     ensure(stages.rootfs)
     return ensure(stages.iso)
+
+
+def preflight_image(project: Project, name: str, profile: str | None,
+                    arch: str | None = None) -> tuple[DistroStages, ImageStage]:
+    """Every input of a distro's disk image and the stages under it, checked before any build."""
+    graph = Graph(project, profile, arch)
+    with log.stage("preflight", image=name, arch=graph.arch):
+        stages, image = graph.image(graph.load(name))
+        stages.plugin.check()
+        graph.kernel().check()
+        if stages.glibc is not None:
+            stages.glibc.check()
+        image.check()
+    return stages, image
+
+
+def ensure_image(stages: DistroStages, image: ImageStage) -> Ensured[ImageStage]:
+    """Build what changed up to a distro's build-VM disk image (its own root: the VM variant)."""
+    ensure(stages.kernel)
+    ensure(stages.kernel_package)
+    if stages.glibc is not None:
+        ensure(stages.glibc)
+    ensure(stages.rootfs)
+    return ensure(image)
 
 
 def iso_stage(project: Project, distro: str, profile: str | None, arch: str | None = None) -> iso.IsoStage:

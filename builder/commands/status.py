@@ -9,12 +9,13 @@ blocked (an input cannot even be read).  The rows come from the stage graph
 
 from __future__ import annotations
 
+from builder.commands import vm
 from builder.distros import graph
 from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.stages.base import Row, records_dir
 
-__all__ = ["Row", "recorded_kernels", "rows", "table"]
+__all__ = ["Row", "recorded_kernels", "rows", "table", "vm_rows"]
 
 
 def recorded_kernels(project: Project) -> list[tuple[str, str]]:
@@ -41,7 +42,15 @@ def rows(project: Project, profile: str | None = None, arch: str | None = None) 
     out: list[Row] = []
     for one in arches:
         out += graph.rows(project, profile, [p for p, a in recorded if a == one], one)
-    return out
+    return out + vm_rows(project, arch)
+
+
+def vm_rows(project: Project, arch: str | None = None) -> list[Row]:
+    """The project's build VMs (builder.commands.vm): running, stopped or dead, as QEMU's process says."""
+    return [Row("vm", str(r["name"]), str(r["state"]), arch=str(r["arch"]), when=str(r["started"]),
+                detail=f"ssh 127.0.0.1:{r['port']}, pid {r['pid'] or '-'}, {r['distro']} image {r['image_key']}"
+                       + (", snapshot" if r["snapshot"] else ""))
+            for r in vm.rows(project) if arch is None or r["arch"] == arch]
 
 
 def human(size: int | None) -> str:

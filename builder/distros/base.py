@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 from builder.infra import paths
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
-from builder.infra.errors import InfraError
+from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import at_least, matches, setting
 from builder.stages.iso import LiveLayout
 from builder.stages.kpackage import Kind
@@ -114,10 +114,20 @@ class Plugin(ABC):
     # distribution's own glibc stays (the glibc stage is not run for it)
     glibc_format: ClassVar[str | None] = None
 
-    def __init__(self, name: str, settings: Any, project: Project):
+    def __init__(self, name: str, settings: Any, project: Project, origin: str | None = None):
         self.name = name
         self.settings = settings
         self.project = project
+        self.origin = origin or name  # the distros/<origin>.yaml this plugin was loaded from
+
+    def for_vm(self, packages: list[str], ssh_key: str | None) -> Plugin:
+        """This distro's root as a build VM's (builder.stages.image): ``packages`` added, ``ssh_key``
+        let in as root, planned under its own name (``<name>.vm``) so its root, layer and records
+        never replace the live ISO's.  Families that cannot make one say why."""
+        raise UserError(f"{self.where}: disk images are made for Debian-family distros only "
+                        f"({self.name} is {self.family})",
+                        hint="EL images need an EL build host's dnf repositories for the VM packages; "
+                             "use a Debian-family distro")
 
     def arches(self) -> list[str]:
         """The architectures this distro is built for (its settings' ``arches``)."""
@@ -133,7 +143,7 @@ class Plugin(ABC):
 
     @property
     def where(self) -> str:
-        return f"distros/{self.name}.yaml"
+        return f"distros/{self.origin}.yaml"
 
     def overlay(self) -> rootdir.Vetted | None:
         """The settings' ``overlay:`` directory, inside the project and vetted entry by entry

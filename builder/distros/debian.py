@@ -7,6 +7,7 @@ Debian system would.  The package cache persists across builds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
@@ -104,6 +105,12 @@ class DebianPlugin(Plugin):
     def suite(self) -> str:
         """The suite of this build's arch (``suites``, else ``suite``)."""
         return self.settings.suites.get(self.arch.name, self.settings.suite)
+
+    def for_vm(self, packages: list[str], ssh_key: str | None) -> DebianPlugin:
+        settings = dataclasses.replace(self.settings, ssh_authorized_key=ssh_key,
+                                       packages=[*self.settings.packages,
+                                                 *(p for p in packages if p not in self.settings.packages)])
+        return DebianPlugin(f"{self.name}.vm", settings, self.project, origin=self.origin)
 
     def mirror(self) -> str:
         if self.settings.mirror:
@@ -211,8 +218,11 @@ class DebianPlugin(Plugin):
         roots = cache.with_name(cache.name + ".roots")
         roots.mkdir(parents=True, exist_ok=True)
         probe = roots / "<out>"
-        key = self.bootstrap_key(self.bootstrap_argv(probe, cache), probe, cache)
-        cached = roots / f"{key}.tar"
+        argv = self.bootstrap_argv(probe, cache)
+        key = self.bootstrap_key(argv, probe, cache)
+        # one per command (the live ISO's root and a build VM's differ in packages) and mirror state
+        command = keys.compute({"argv": [a for a in argv if not a.startswith("--mode=")]})[:16]
+        cached = roots / f"{command}.{key}.tar"
         if not cached.exists():
             tmp = roots / f".{key[:16]}.{os.getpid()}.tmp.tar"
             try:
@@ -223,8 +233,8 @@ class DebianPlugin(Plugin):
                 os.replace(tmp, cached)
             finally:
                 tmp.unlink(missing_ok=True)
-            for old in roots.glob("*.tar"):  # one per suite: an older mirror state is never used again
-                if old != cached:
+            for old in roots.glob("*.tar"):  # an older mirror state of this command is never used again
+                if old != cached and (old.name.startswith(f"{command}.") or "." not in old.stem):
                     old.unlink()
         root.mkdir(parents=True)
         with log.stage("rootfs.unpack", tar=str(cached)):
@@ -346,9 +356,15 @@ class DebianPlugin(Plugin):
             r.mkdir("/root/.ssh", 0o700)
             r.chmod("/root/.ssh", 0o700)
             r.write_text("/root/.ssh/authorized_keys", s.ssh_authorized_key.strip() + "\n", 0o600)
-            # host keys are removed by cleanup (they must differ per machine): make them at boot
+            # host keys are removed by cleanup (they must differ per machine): made at the first boot,
+            # before the unit's own `sshd -t` (a drop-in's ExecStartPre= would run after it: the list
+            # is emptied and written again); only keys log in
             r.write_text("/etc/systemd/system/ssh.service.d/isobuild-hostkeys.conf",
-                         "[Service]\nExecStartPre=/usr/bin/ssh-keygen -A\n")
+                         "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\n"
+                         "ExecStartPre=/usr/sbin/sshd -t\n")
+            r.write_text("/etc/ssh/sshd_config.d/isobuild.conf",
+                         "# isobuild: keys only, no passwords\nPasswordAuthentication no\n"
+                         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
         self.apply_overlay(r)
         self.install_smoke_check(r, smoke_script)
 

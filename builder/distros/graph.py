@@ -21,12 +21,14 @@ from builder.stages.base import Row, Stage
 from builder.stages.glibc import GlibcStage
 from builder.stages.glibcrpm import GlibcRpmStage
 from builder.stages.guesttests import GuestTestsStage
+from builder.stages.image import ImageStage, key_dir
 from builder.stages.iso import IsoStage
 from builder.stages.kernel import KernelStage
 from builder.stages.kernelboot import KernelBootCheck
 from builder.stages.kpackage import KernelPackageStage, Kind
 from builder.stages.rootfs import RootfsStage
 from builder.stages.smoke import SmokeCheck, checks
+from builder.tools import ssh
 
 
 def wants_glibc(project: Project, plugin: Plugin) -> bool:
@@ -116,6 +118,15 @@ class Graph:
         return DistroStages(plugin, kernel, package, glibc, rootfs, IsoStage(rootfs, plugin),
                             self.guest_tests(plugin, glibc))
 
+    def image(self, plugin: Plugin) -> tuple[DistroStages, ImageStage]:
+        """A distro's build-VM disk image and the stages under it: the distro's VM variant
+        (``Plugin.for_vm``: vm.packages added, the project's SSH key let in) over the same kernel
+        package and glibc as its ISO.  Before the key exists (``isobuild image`` makes it) the
+        variant lets nobody in, and the image's check says so."""
+        vm = plugin.for_vm(self.project.settings.vm.packages, ssh.public_key(key_dir(self.project)))
+        stages = self.distro(vm)
+        return stages, ImageStage(stages.rootfs, plugin.name)
+
     def guest_tests(self, plugin: Plugin, glibc: Stage | None) -> GuestTestsStage | None:
         """The project's guest tests for this distro's image: a Debian-family distro's (built in a root
         of its suite against the kernel's linux-libc-dev and our glibc), when smoke.guest_tests names a
@@ -199,4 +210,18 @@ def rows(project: Project, profile: str | None, recorded_profiles: list[str], ar
         out.append(_row(stages.rootfs, "rootfs", name, graph.arch))
         out.append(_row(stages.iso, "iso", name, graph.arch))
         out += [_row(check, "smoke", check.name, graph.arch) for check in stages.smoke()]
+        out += image_rows(graph, plugin)
     return out
+
+
+def image_rows(graph: Graph, plugin: Plugin) -> list[Row]:
+    """The build-VM image's rows (its root, then the disk), once this project has built one for
+    the distro and arch: a project that never asked for VMs sees no such rows."""
+    try:
+        stages, image = graph.image(plugin)
+    except IsobuildError:
+        return []
+    if not image.record_path.exists():
+        return []
+    return [_row(stages.rootfs, "rootfs", stages.plugin.name, graph.arch),
+            _row(image, "image", plugin.name, graph.arch)]

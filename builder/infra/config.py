@@ -157,6 +157,47 @@ class SmokeSettings:
     test_timeout: int = setting(60, help="seconds a guest test may run before it counts as hung", check=at_least(1))
 
 
+SIZE = matches(r"[1-9][0-9]{0,5}[MG]", "a size such as 8G or 4096M")
+
+
+def size_bytes(text: str) -> int:
+    """``8G``/``4096M`` (vm.image_size, vm.disk) in bytes."""
+    return int(text[:-1]) << (30 if text.endswith("G") else 20)
+
+
+@dataclass
+class VmSettings:
+    """Build VMs: the disk image (``isobuild image``) and the machines made from it (``isobuild vm``).
+    The per-VM resources have environment overrides (ISOBUILD_VM_CPUS, _MEMORY, _DISK, _BASE_PORT)."""
+
+    image_size: str = setting("8G", help="virtual size of the disk image (qcow2: only what is written takes "
+                              "space)", check=SIZE)
+    packages: list[str] = setting(factory=lambda: ["openssh-server", "build-essential", "devscripts", "fakeroot",
+                                                   "equivs", "fdisk", "dbus"],
+                                  help="added to the distro's packages in the image's root (SSH and what a "
+                                  "package build needs; fdisk grows the root into a larger VM disk; dbus lets "
+                                  "systemd-logind run, which powers off on the ACPI button vm stop presses)")
+    cpus: int = setting(2, help="virtual CPUs per VM (env ISOBUILD_VM_CPUS)", check=at_least(1))
+    memory: int = setting(1536, help="MiB per VM (env ISOBUILD_VM_MEMORY)", check=at_least(256))
+    disk: str | None = setting(None, help="virtual disk size per VM, at least image_size; the root grows into it "
+                               "at boot (env ISOBUILD_VM_DISK; default: image_size)", check=SIZE)
+    base_port: int = setting(10022, help="first localhost port tried for a VM's forwarded SSH (env "
+                             "ISOBUILD_VM_BASE_PORT)", check=at_least(1024))
+    firmware: Literal["bios", "uefi"] = setting("bios", help="x86_64 VMs: SeaBIOS or OVMF (the image boots with "
+                                                "either; arm64 and riscv64 always boot UEFI)")
+    ssh_timeout: int = setting(300, help="seconds vm start waits for SSH on x86_64 (scaled by the arch's "
+                               "emulation slowdown)", check=at_least(10))
+    stop_timeout: int = setting(60, help="seconds vm stop waits for the guest's ACPI poweroff before killing QEMU",
+                                check=at_least(1))
+
+    def validate(self) -> str | None:
+        if self.base_port > 65000:
+            return f"base_port {self.base_port}: at most 65000 (VMs take the ports above it)"
+        if self.disk is not None and size_bytes(self.disk) < size_bytes(self.image_size):
+            return f"disk {self.disk} is smaller than image_size {self.image_size}"
+        return None
+
+
 @dataclass
 class ReleaseSettings:
     key: str | None = setting(None, help="GnuPG key that signs releases: a fingerprint (best), key id or user id; "
@@ -174,6 +215,7 @@ class Settings:
     kernel: KernelSettings = setting(factory=KernelSettings, help="the kernel stage")
     glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
     smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
+    vm: VmSettings = setting(factory=VmSettings, help="build VMs: isobuild image, isobuild vm")
     release: ReleaseSettings = setting(factory=ReleaseSettings, help="signing: isobuild release")
 
 

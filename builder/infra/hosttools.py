@@ -79,6 +79,13 @@ TOOLS: tuple[Tool, ...] = (
     # the other arches' UEFI (= bootmedia.AAVMF_CODE, bootmedia.UBOOT_RISCV64)
     Tool("/usr/share/AAVMF/AAVMF_CODE.fd", "qemu-efi-aarch64", "smoke --arch arm64 (UEFI: AAVMF)"),
     Tool("/usr/lib/u-boot/qemu-riscv64_smode/uboot.elf", "u-boot-qemu", "smoke --arch riscv64 (UEFI: U-Boot)"),
+    Tool("sfdisk", "fdisk", "image (GPT)"),
+    Tool("unsquashfs", "squashfs-tools", "image (the root)"),
+    Tool("mkfs.ext4", "e2fsprogs", "image (the root file system)"),
+    Tool("/usr/lib/grub/i386-pc/boot.img", "grub-pc-bin", "image (x86_64 BIOS boot)"),  # = diskimage.I386_PC
+    Tool("qemu-img", "qemu-utils", "image, vm (qcow2 images and overlays)"),
+    Tool("ssh", "openssh-client", "vm (connect, run, copy)"),
+    Tool("ssh-keygen", "openssh-client", "vm (the project's key)"),
     Tool("gpg", "gnupg", "release (signing and verifying)"),
     Tool("sgdisk", "gdisk", "tests (GPT check)"),
     Tool("chromium", "chromium", "tests (the build report renders in a browser)"),

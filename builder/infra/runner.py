@@ -135,8 +135,14 @@ def run(
     on_line: Callable[[str], bool | None] | None = None,
     stdin: int | None = subprocess.DEVNULL,
     display: Sequence[str] | None = None,
+    daemon: bool = False,
 ) -> Result:
     """Run ``argv``; see the module docstring.  ``env`` holds overrides only.
+
+    ``daemon``: the command daemonizes itself (QEMU ``-daemonize`` for a build VM) and its
+    daemon must outlive isobuild -- the one kind of process isobuild leaves running on purpose:
+    it starts outside the PID namespace and without the parent-death signal, and the call
+    returns when the foreground process exits (once the daemon is set up).
 
     ``on_line`` sees each output line; returning True ends the command there
     (its process group is killed) -- how a boot check stops QEMU once it has
@@ -172,8 +178,8 @@ def run(
             if shutil.which(args[0], path=full_env.get("PATH")) is None:
                 raise FileNotFoundError(args[0])
             proc = subprocess.Popen(
-                contained(args), cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+                args if daemon else contained(args), cwd=cwd, env=full_env, stdin=stdin, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=None if daemon else _die_with_parent,
             )
         except FileNotFoundError:
             if cwd is not None and not cwd.is_dir():
@@ -244,6 +250,29 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def attached(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None) -> int:
+    """Run a command on this terminal -- stdin, stdout and stderr inherited, not logged (an SSH
+    session into a VM, its output streamed as it comes) -- and return its exit code.  It dies
+    with isobuild (parent-death signal); Ctrl-C reaches it as on any terminal."""
+    args = [str(a) for a in argv]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    if shutil.which(args[0], path=full_env.get("PATH")) is None:
+        raise InfraError(f"{args[0]}: command not found", hint=hosttools.install_hint(args[0]))
+    log.get().debug("run", argv=args, attached=True)
+    proc = subprocess.Popen(args, env=full_env, preexec_fn=_die_with_parent)
+    try:
+        return proc.wait()
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
+
+
 def in_child(func: Callable[[], None], argv: Sequence[str], log_path: Path) -> None:
     """Run our own ``func`` in a forked child, logged like a command.
 
@@ -303,4 +332,4 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
     return run(argv, capture=True, **kwargs).output  # type: ignore[arg-type]
 
 
-__all__ = ["CommandFailed", "IsobuildError", "Result", "in_child", "output", "reproducer", "run"]
+__all__ = ["CommandFailed", "IsobuildError", "Result", "attached", "in_child", "output", "reproducer", "run"]

@@ -27,6 +27,7 @@ import yaml
 from builder import cli
 from builder.infra import lock
 from builder.tools import foreign
+from builder.tools import vm as vmt
 from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, records, sha256
 from tests.fakemirror import Mirror
 
@@ -173,6 +174,24 @@ def case(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cas
     monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)
     monkeypatch.chdir(base / "project")
     return Case(base, monkeypatch)
+
+
+def _vm_record(case: Case, name: str, state: str) -> None:
+    """A VM of the project as isobuild recorded it; its QEMU is not running (this pid is not a QEMU)."""
+    directory = records(case.project, case.work) / "vms" / name
+    directory.mkdir(parents=True)
+    vmt.Machine(directory).save(vmt.Record(name, "x86_64", "debian", str(directory / "base.qcow2"), "k" * 64,
+                                           10022, "bios", False, 2, 1536, 8 << 30, state=state, pid=os.getpid()))
+
+
+def _port_held(case: Case) -> None:
+    """A listener on a loopback port (kept open until the case ends), named by --port."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    argv = CASE_ARGV["vm-port-taken"]
+    argv[-1] = str(held.getsockname()[1])
+    case.monkeypatch.setattr(case, "sockets", [held], raising=False)
 
 
 def _free_port() -> int:
@@ -396,10 +415,34 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("cli-config-dir", lambda c: None, ["-c", "patches", "status"], 2, r"patches: is a directory, not a settings file"),
     ("cli-config-missing", lambda c: None, ["-c", "nope.yaml", "status"], 2, r"nope.yaml: settings file not found"),
     ("cli-unknown-distro", lambda c: None, ["test", "slackware"], 2, r"invalid choice: 'slackware'"),
+    # --- build VMs ---------------------------------------------------------------------------
+    ("vm-name-path", lambda c: None, ["vm", "start", "../x"], 2, r"VM name '../x': use 1 to 40 of"),
+    ("vm-name-slash", lambda c: None, ["vm", "run", "a/b", "--", "true"], 2, r"VM name 'a/b'"),
+    ("vm-unknown", lambda c: None, ["vm", "run", "nosuch", "--", "true"], 2, r"no VM named 'nosuch' \(VMs: none\)"),
+    ("vm-no-command", lambda c: None, ["vm", "run", "b1"], 2, r"vm run: no command given"),
+    ("vm-image-missing", lambda c: None, ["vm", "start", "b1"], 2,
+     r"no disk image of debian for x86_64 in this project"),
+    ("vm-image-file-missing", lambda c: None, ["vm", "start", "b1", "--image", "../canary/x.qcow2"], 2,
+     r"--image ../canary/x.qcow2: no such file"),
+    ("vm-port-taken", _port_held, ["vm", "start", "b1", "--port", "0"], 2, r"localhost port \d+ is taken"),
+    ("vm-exists", lambda c: _vm_record(c, "b1", "stopped"), ["vm", "start", "b1"], 2,
+     r"a VM named 'b1' exists \(stopped\)"),
+    ("vm-run-stopped", lambda c: _vm_record(c, "b1", "stopped"), ["vm", "run", "b1", "--", "true"], 2,
+     r"VM b1 is not running: it is stopped"),
+    ("vm-run-dead", lambda c: _vm_record(c, "b1", "running"), ["vm", "copy-in", "b1", "isobuild.yaml", "/root"], 2,
+     r"VM b1 is not running: its QEMU is gone \(dead\)"),
+    ("vm-env-cpus", lambda c: c.monkeypatch.setenv("ISOBUILD_VM_CPUS", "lots"), ["vm", "start", "b1"], 2,
+     r"ISOBUILD_VM_CPUS='lots': expected a whole number"),
+    ("vm-disk-setting", lambda c: c.set(vm__disk="1G"), ["vm", "list"], 2,
+     r"isobuild.yaml: vm: disk 1G is smaller than image_size 8G"),
+    ("image-el", lambda c: None, ["image", "alma"], 2, r"disk images are made for Debian-family distros only"),
     # --- host faults -------------------------------------------------------------------------
     ("locked", _locked, ["kernel", "--force"], 3, r"is in use by another isobuild run"),
     ("no-quilt", _missing_tool, ["kernel", "--force"], 3, r"quilt not found: the kernel stage needs it"),
 ]
+
+
+CASE_ARGV = {c[0]: c[2] for c in CASES}
 
 
 @pytest.mark.parametrize(("name", "breaks", "argv", "code", "message"), CASES, ids=[c[0] for c in CASES])
