@@ -83,7 +83,7 @@ def test_the_image_is_built_once_and_carries_our_kernel(vms: Path, capsys: pytes
 
 
 def test_a_vm_runs_the_patched_kernel_and_commands_with_their_exit_codes(
-        vms: Path, capfd: pytest.CaptureFixture[str], capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+        vms: Path, capfd: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     meta = json.loads((current(vms, "image-debian-x86_64") / "metadata.json").read_text())
     assert run(vms, "vm", "start", "b1") == 0, capfd.readouterr().err
     code, out, _ = _vm_run(vms, capfd, "uname", "-r")
@@ -111,11 +111,11 @@ def test_a_vm_runs_the_patched_kernel_and_commands_with_their_exit_codes(
     # no password logins, host keys made at first boot (not the image's)
     code, out, _ = _vm_run(vms, capfd, "sh", "-c", "sshd -T | grep -i '^passwordauthentication'; ls /etc/ssh/")
     assert "passwordauthentication no" in out and "ssh_host_ed25519_key" in out
-    assert _list(vms, capsys)["b1"]["state"] == "running"
+    assert _list(vms, capfd)["b1"]["state"] == "running"
 
 
-def test_two_vms_at_once_and_a_snapshot_discards_writes(vms: Path, capfd: pytest.CaptureFixture[str],
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_two_vms_at_once_and_a_snapshot_discards_writes(vms: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    capsys = capfd
     if _list(vms, capsys).get("b1", {}).get("state") != "running":
         assert run(vms, "vm", "start", "b1") == 0
     assert run(vms, "vm", "start", "s1", "--snapshot") == 0, capfd.readouterr().err
@@ -132,8 +132,8 @@ def test_two_vms_at_once_and_a_snapshot_discards_writes(vms: Path, capfd: pytest
     assert _sha(overlay) == before  # -snapshot: QEMU never wrote the overlay
 
 
-def test_stop_leaves_no_qemu_and_a_killed_qemu_shows_dead(vms: Path, capfd: pytest.CaptureFixture[str],
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_stop_leaves_no_qemu_and_a_killed_qemu_shows_dead(vms: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    capsys = capfd
     if _list(vms, capsys).get("b1", {}).get("state") != "running":
         assert run(vms, "vm", "start", "b1") == 0
     pid = int(str(_list(vms, capsys)["b1"]["pid"]))
