@@ -28,7 +28,7 @@ from builder.stages import glibc, guesttests, kernelboot, smoke
 from builder.stages.image import key_dir
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import Kind, parse_kinds
-from builder.tools import ssh
+from builder.tools import console, ssh
 from builder.tools import vm as vmtool
 from builder.tools.console import Verdict, raise_for
 
@@ -263,6 +263,21 @@ def cmd_vm(args: argparse.Namespace) -> int:
     if action in ("copy-in", "copy-out"):
         vm.copy(project, args.name, args.src, args.dest, action == "copy-in",
                 pipeline.stage_log(project, f"vm-{args.name}"))
+        return 0
+    if action == "test":
+        wanted = [t.strip() for t in args.tests.split(",") if t.strip()] if args.tests else None
+        verdict = vm.guest_tests(project, args.name, wanted, args.profile,
+                                 pipeline.stage_log(project, f"vm-{args.name}-tests"))
+        name = f"vm-{args.name}"
+        smoke.write_results(project.logs_dir, name, [verdict])
+        if args.json:
+            print(json.dumps(verdict.as_dict(), indent=2, default=str))
+        else:
+            for test in verdict.tests:
+                print(f"guest test {test['name']}: {test.get('status')} (exit {test.get('exit')}, "
+                      f"{test.get('seconds')} s)")
+            print(f"{name}: {verdict.status}; JUnit: {project.logs_dir / f'smoke-{name}.xml'}")
+        console.raise_for([verdict], f"VM {args.name}")
         return 0
     if action == "console":
         with contextlib.suppress(KeyboardInterrupt):  # --follow ends with Ctrl-C: not an interruption
@@ -621,6 +636,8 @@ VERBS: tuple[Verb, ...] = (
                   (VM_NAME_ARG, arg("src", help="host path"), arg("dest", help="guest path"))),
              Verb("copy-out", "copy a file or directory out of the VM", "", None,
                   (VM_NAME_ARG, arg("src", help="guest path"), arg("dest", help="host path"))),
+             Verb("test", "run the project's guest tests (tests/guest) in the VM; exit 4 naming a failing test",
+                  "", None, (VM_NAME_ARG, GUEST_TESTS, PROFILE, JSON)),
              Verb("console", "print the VM's serial console log", "", None,
                   (VM_NAME_ARG, arg("--follow", "-f", action="store_true", help="keep printing until the VM "
                                     "stops (or Ctrl-C)"))),

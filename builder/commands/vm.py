@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,11 @@ from builder.infra import atomic, log, runner, state
 from builder.infra.arch import ARCHES
 from builder.infra.config import Project
 from builder.infra.errors import InfraError, UserError
-from builder.stages.base import records_dir
+from builder.stages import guesttests, rootfs
+from builder.stages.base import ensure, records_dir
 from builder.stages.image import DISK, key_dir
 from builder.tools import bootmedia, qemu, qmp, ssh
+from builder.tools import console as serial
 from builder.tools import vm as vmt
 
 SSH_POLL = 3.0  # seconds between SSH attempts while a VM boots
@@ -254,6 +257,55 @@ def copy(project: Project, name: str, src: str, dest: str, into: bool, log_path:
         lines = [line for line in result.output.splitlines() if line.strip()][-5:]
         raise UserError(f"copy-{'in' if into else 'out'} {src} -> {dest} failed (scp exit {result.returncode})",
                         details=lines, hint="check the paths (guest paths are absolute or relative to /root)")
+
+
+# where `vm test` puts the guest tests' drive image in the guest (the runner mounts it as it mounts the
+# smoke boot's drive: a regular file is looped by mount)
+TESTS_IN_GUEST = "/var/tmp/isobuild-tests.img"
+
+
+def tests_script() -> str:
+    """The boot check's guest-test runner (builder.stages.rootfs.GUEST_TESTS) over SSH: the drive is
+    a copied image, the reports go to stdout."""
+    body = rootfs.GUEST_TESTS.replace("tests=/dev/disk/by-id/virtio-isobuild-tests", f"tests={TESTS_IN_GUEST}", 1)
+    return f'say() {{ echo "ISOBUILD-$*"; }}\n{body}rm -f {TESTS_IN_GUEST}\nsay DONE\n'
+
+
+def guest_tests(project: Project, name: str, wanted: list[str] | None, profile: str | None,
+                log_path: Path) -> serial.Verdict:
+    """The project's guest tests (tests/guest), built for the VM's distro and arch like the smoke
+    boot's, run in the running VM: each with its timeout, reported per test."""
+    m, record = existing(project, name)
+    require_running(m, record)
+    graph = Graph(project, profile, record.arch)
+    stages = graph.distro(graph.load(record.distro))
+    if stages.guest_tests is None:
+        where = project.settings.smoke.guest_tests
+        raise UserError(f"vm test: no guest tests here ({where or 'smoke.guest_tests is null'})",
+                        hint="add tests under tests/guest/")
+    chosen = guesttests.choose(stages.guest_tests.plan.tests, wanted)
+    for stage in (stages.guest_tests.libc_dev, stages.guest_tests):
+        if stage.built() is None:  # built already: used as is, without waiting for the work-dir lock
+            ensure(stage)
+    key, known, port = _ssh(m, record, project)
+    expect = serial.Expect({}, tests=[t.name for t in chosen])
+    watch = serial.Watch(expect)
+    start_t = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="isobuild-vm-tests-") as scratch:
+        drive = guesttests.drive(stages.guest_tests, wanted, Path(scratch))
+        copied = runner.run(ssh.scp_argv(Path(key), Path(known), int(port), str(drive.image),
+                                         ssh.remote(TESTS_IN_GUEST)), log_path=log_path, check=False, capture=True)
+        if copied.returncode != 0:
+            raise InfraError(f"vm test: copying the tests into {name} failed (scp exit {copied.returncode})",
+                             details=copied.output.splitlines()[-5:])
+        limit = (project.settings.smoke.test_timeout + 10) * max(1, len(chosen)) + 60
+        result = runner.run(ssh.ssh_argv(Path(key), Path(known), int(port), ["sh", "-c", tests_script()]),
+                            log_path=log_path, check=False, timeout=limit, on_line=watch.feed)
+    verdict = watch.verdict(result.timed_out, None if result.stopped else result.returncode)
+    verdict.seconds = time.monotonic() - start_t
+    verdict.log = str(log_path)
+    verdict.extra = {"mode": f"vm-{name}", "vm": name, "arch": record.arch, "kernel": record.kernel}
+    return verdict
 
 
 def console(project: Project, name: str, follow: bool) -> None:

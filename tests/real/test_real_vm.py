@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import time
 from collections.abc import Iterator
@@ -19,7 +20,8 @@ import yaml
 
 from builder.infra.errors import ExitCode
 from builder.tools import vm as vmt
-from tests.real.conftest import WORK, copy_project, current, run
+from tests.real.conftest import REPO, WORK, copy_project, current, run
+from tests.real.test_real_guest_tests import EXAMPLES
 
 pytestmark = pytest.mark.real
 
@@ -112,6 +114,24 @@ def test_a_vm_runs_the_patched_kernel_and_commands_with_their_exit_codes(
     code, out, _ = _vm_run(vms, capfd, "sh", "-c", "sshd -T | grep -i '^passwordauthentication'; ls /etc/ssh/")
     assert "passwordauthentication no" in out and "ssh_host_ed25519_key" in out
     assert _list(vms, capfd)["b1"]["state"] == "running"
+
+
+def test_the_guest_tests_run_in_a_vm_and_a_failing_one_is_named(vms: Path,
+                                                                capfd: pytest.CaptureFixture[str]) -> None:
+    if _list(vms, capfd).get("b1", {}).get("state") != "running":
+        assert run(vms, "vm", "start", "b1") == 0
+    shutil.copytree(REPO / "tests" / "guest", vms / "tests" / "guest", dirs_exist_ok=True)
+    assert run(vms, "vm", "test", "b1") == 0, capfd.readouterr().err
+    [result] = json.loads((vms / "logs" / "smoke-vm-b1.json").read_text())
+    assert [(t["name"], t["status"]) for t in result["tests"]] == [(n, "pass") for n in EXAMPLES]
+    (vms / "tests" / "guest" / "zz_broken.sh").write_text("#!/bin/sh\necho 'broken on purpose'\nexit 3\n")
+    capfd.readouterr()
+    try:
+        assert run(vms, "vm", "test", "b1", "--tests", "zz_broken,xsc_version") == ExitCode.CHECK_FAILED
+    finally:
+        (vms / "tests" / "guest" / "zz_broken.sh").unlink()
+    err = capfd.readouterr().err
+    assert "guest test zz_broken: fail (exit 3, " in err and "broken on purpose" in err
 
 
 def test_two_vms_at_once_and_a_snapshot_discards_writes(vms: Path, capfd: pytest.CaptureFixture[str]) -> None:
