@@ -183,6 +183,9 @@ class VmSettings:
                                "at boot (env ISOBUILD_VM_DISK; default: image_size)", check=SIZE)
     base_port: int = setting(10022, help="first localhost port tried for a VM's forwarded SSH (env "
                              "ISOBUILD_VM_BASE_PORT)", check=at_least(1024))
+    tcg_cache: int = setting(256, help="MiB of translated code QEMU keeps per VM under TCG (-accel tcg,tb-size); 0: "
+                             "QEMU's default (1 GiB). Measured on an idle x86_64 VM: 699 MiB resident with the "
+                             "default, 463 with 256, 243 with 64, boot time the same", check=at_least(0))
     firmware: Literal["bios", "uefi"] = setting("bios", help="x86_64 VMs: SeaBIOS or OVMF (the image boots with "
                                                 "either; arm64 and riscv64 always boot UEFI)")
     ssh_timeout: int = setting(300, help="seconds vm start waits for SSH on x86_64 (scaled by the arch's "

@@ -94,6 +94,7 @@ class Record:
     started: str = ""
     stopped: str = ""
     kernel: str = ""  # uname -r in the guest, once SSH answered
+    tcg_cache: int = 0  # MiB of TCG translation cache (vm.tcg_cache); 0: QEMU's default
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -198,7 +199,8 @@ def argv(arch: Arch, accel: str, machine: Machine, record: Record) -> list[str]:
     forwarded from ``127.0.0.1:<port>`` only, a virtio RNG; the arch's firmware
     (builder.tools.bootmedia: SeaBIOS or OVMF on x86_64, AAVMF on arm64, OpenSBI + U-Boot on
     riscv64)."""
-    out = [arch.qemu, "-accel", accel, "-machine", arch.qemu_machine, "-cpu", qemu.cpu_model(accel, arch),
+    accel_opt = f"tcg,tb-size={record.tcg_cache}" if accel == "tcg" and record.tcg_cache else accel
+    out = [arch.qemu, "-accel", accel_opt, "-machine", arch.qemu_machine, "-cpu", qemu.cpu_model(accel, arch),
            "-m", str(record.memory), "-smp", str(record.cpus), "-nodefaults", "-no-user-config",
            "-display", "none", "-name", f"isobuild-vm-{record.name}",
            "-chardev", f"file,id=console,path={_opt(machine.path(CONSOLE))}", "-serial", "chardev:console",

@@ -190,6 +190,9 @@ def test_argv_daemonizes_with_console_qmp_overlay_and_loopback_ssh(tmp_path: Pat
     assert "user,id=net,hostfwd=tcp:127.0.0.1:10022-:22" in joined  # loopback only
     assert "-snapshot" not in argv and "pflash" not in joined
     assert "-snapshot" in vmt.argv(X86, "tcg", m, _record(snapshot=True))
+    assert argv[argv.index("-accel") + 1] == "tcg"
+    assert vmt.argv(X86, "tcg", m, _record(tcg_cache=256))[2] == "tcg,tb-size=256"
+    assert vmt.argv(X86, "kvm", m, _record(tcg_cache=256))[2] == "kvm"
 
 
 def test_argv_uefi_takes_the_firmware_and_the_vms_own_variable_store(tmp_path: Path,
