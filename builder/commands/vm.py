@@ -146,7 +146,7 @@ def start(project: Project, name: str, image: str, arch: str, snapshot: bool, po
     m.directory.mkdir(parents=True)
     record = vmt.Record(name, arch, img.distro, str(img.path), img.key, port or 0, fw, snapshot, res.cpus, res.memory,
                         disk)
-    record.tcg_cache = settings.tcg_cache
+    record.tcg_cache, record.network = settings.tcg_cache, settings.network
     m.save(record)
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", img.path, m.path(vmt.OVERLAY),
                 str(disk)], log_path=log_path)

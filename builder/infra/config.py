@@ -186,6 +186,10 @@ class VmSettings:
     tcg_cache: int = setting(256, help="MiB of translated code QEMU keeps per VM under TCG (-accel tcg,tb-size); 0: "
                              "QEMU's default (1 GiB). Measured on an idle x86_64 VM: 699 MiB resident with the "
                              "default, 463 with 256, 243 with 64, boot time the same", check=at_least(0))
+    network: Literal["restricted", "nat"] = setting("restricted", help="restricted: the guest's user-mode network "
+                                                    "reaches nothing outside QEMU (SSH comes in through the forwarded "
+                                                    "port); nat: the guest may open connections out through the "
+                                                    "host (apt from a mirror, say)")
     firmware: Literal["bios", "uefi"] = setting("bios", help="x86_64 VMs: SeaBIOS or OVMF (the image boots with "
                                                 "either; arm64 and riscv64 always boot UEFI)")
     ssh_timeout: int = setting(300, help="seconds vm start waits for SSH on x86_64 (scaled by the arch's "

@@ -95,6 +95,7 @@ class Record:
     stopped: str = ""
     kernel: str = ""  # uname -r in the guest, once SSH answered
     tcg_cache: int = 0  # MiB of TCG translation cache (vm.tcg_cache); 0: QEMU's default
+    network: str = "restricted"  # vm.network: restricted (nothing leaves QEMU) or nat
     error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -196,9 +197,9 @@ def _opt(value: str | Path) -> str:
 def argv(arch: Arch, accel: str, machine: Machine, record: Record) -> list[str]:
     """QEMU's command line for a VM: daemonized, the serial console to a file, QMP on a socket,
     the overlay on virtio-blk first in the boot order, user-mode networking with the guest's SSH
-    forwarded from ``127.0.0.1:<port>`` only, a virtio RNG; the arch's firmware
-    (builder.tools.bootmedia: SeaBIOS or OVMF on x86_64, AAVMF on arm64, OpenSBI + U-Boot on
-    riscv64)."""
+    forwarded from ``127.0.0.1:<port>`` only (and, ``restricted``, no way out of QEMU), a virtio
+    RNG; the arch's firmware (builder.tools.bootmedia: SeaBIOS or OVMF on x86_64, AAVMF on arm64,
+    OpenSBI + U-Boot on riscv64)."""
     accel_opt = f"tcg,tb-size={record.tcg_cache}" if accel == "tcg" and record.tcg_cache else accel
     out = [arch.qemu, "-accel", accel_opt, "-machine", arch.qemu_machine, "-cpu", qemu.cpu_model(accel, arch),
            "-m", str(record.memory), "-smp", str(record.cpus), "-nodefaults", "-no-user-config",
@@ -210,7 +211,8 @@ def argv(arch: Arch, accel: str, machine: Machine, record: Record) -> list[str]:
         out += bootmedia.uefi_argv(arch, machine.path(EFI_VARS) if bootmedia.uefi_vars(arch) else None)
     out += ["-drive", f"file={_opt(machine.path(OVERLAY))},format=qcow2,if=none,id=disk,discard=unmap",
             "-device", "virtio-blk-pci,drive=disk,bootindex=0",
-            "-netdev", f"user,id=net,hostfwd=tcp:127.0.0.1:{record.port}-:22",
+            "-netdev", f"user,id=net,{'restrict=on,' if record.network == 'restricted' else ''}"
+                       f"hostfwd=tcp:127.0.0.1:{record.port}-:22",
             "-device", "virtio-net-pci,netdev=net", "-device", "virtio-rng-pci"]
     if record.snapshot:
         out.append("-snapshot")

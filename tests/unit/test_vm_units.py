@@ -187,7 +187,8 @@ def test_argv_daemonizes_with_console_qmp_overlay_and_loopback_ssh(tmp_path: Pat
     assert "-qmp unix:qmp.sock,server=on,wait=off" in joined  # relative: builder.tools.qmp
     assert f"file,id=console,path={m.path('console.log')}" in joined and "-serial chardev:console" in joined
     assert f"file={m.path('disk.qcow2')},format=qcow2" in joined and "bootindex=0" in joined
-    assert "user,id=net,hostfwd=tcp:127.0.0.1:10022-:22" in joined  # loopback only
+    assert "user,id=net,restrict=on,hostfwd=tcp:127.0.0.1:10022-:22" in joined  # loopback only, nothing out
+    assert "user,id=net,hostfwd=tcp:127.0.0.1:10022-:22" in " ".join(vmt.argv(X86, "tcg", m, _record(network="nat")))
     assert "-snapshot" not in argv and "pflash" not in joined
     assert "-snapshot" in vmt.argv(X86, "tcg", m, _record(snapshot=True))
     assert argv[argv.index("-accel") + 1] == "tcg"
