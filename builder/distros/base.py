@@ -120,10 +120,11 @@ class Plugin(ABC):
         self.project = project
         self.origin = origin or name  # the distros/<origin>.yaml this plugin was loaded from
 
-    def for_vm(self, packages: list[str], ssh_key: str | None) -> Plugin:
-        """This distro's root as a build VM's (builder.stages.image): ``packages`` added, ``ssh_key``
-        let in as root, planned under its own name (``<name>.vm``) so its root, layer and records
-        never replace the live ISO's.  Families that cannot make one say why."""
+    def for_vm(self, packages: list[str]) -> Plugin:
+        """This distro's root as a build VM's (builder.stages.image): ``packages`` added, planned
+        under its own name (``<name>.vm``) so its root, layer and records never replace the live
+        ISO's; no project's key is in it (the image stage lets that in), so every project shares
+        it.  Families that cannot make one say why."""
         raise UserError(f"{self.where}: disk images are made for Debian-family distros only "
                         f"({self.name} is {self.family})",
                         hint="EL images need an EL build host's dnf repositories for the VM packages; "

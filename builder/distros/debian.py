@@ -106,10 +106,9 @@ class DebianPlugin(Plugin):
         """The suite of this build's arch (``suites``, else ``suite``)."""
         return self.settings.suites.get(self.arch.name, self.settings.suite)
 
-    def for_vm(self, packages: list[str], ssh_key: str | None) -> DebianPlugin:
-        settings = dataclasses.replace(self.settings, ssh_authorized_key=ssh_key,
-                                       packages=[*self.settings.packages,
-                                                 *(p for p in packages if p not in self.settings.packages)])
+    def for_vm(self, packages: list[str]) -> DebianPlugin:
+        settings = dataclasses.replace(self.settings, packages=[
+            *self.settings.packages, *(p for p in packages if p not in self.settings.packages)])
         return DebianPlugin(f"{self.name}.vm", settings, self.project, origin=self.origin)
 
     def mirror(self) -> str:
@@ -353,20 +352,24 @@ class DebianPlugin(Plugin):
         r.write_text("/etc/timezone", s.timezone + "\n")
         self.lock_root_account(root, log_path)
         if s.ssh_authorized_key:
-            r.mkdir("/root/.ssh", 0o700)
-            r.chmod("/root/.ssh", 0o700)
-            r.write_text("/root/.ssh/authorized_keys", s.ssh_authorized_key.strip() + "\n", 0o600)
-            # host keys are removed by cleanup (they must differ per machine): made at the first boot,
-            # before the unit's own `sshd -t` (a drop-in's ExecStartPre= would run after it: the list
-            # is emptied and written again); only keys log in
-            r.write_text("/etc/systemd/system/ssh.service.d/isobuild-hostkeys.conf",
-                         "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\n"
-                         "ExecStartPre=/usr/sbin/sshd -t\n")
-            r.write_text("/etc/ssh/sshd_config.d/isobuild.conf",
-                         "# isobuild: keys only, no passwords\nPasswordAuthentication no\n"
-                         "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
+            self.authorize_ssh(r, s.ssh_authorized_key)
         self.apply_overlay(r)
         self.install_smoke_check(r, smoke_script)
+
+    def authorize_ssh(self, r: Root, public_key: str) -> None:
+        """``public_key`` the one way into root's account over SSH: no passwords; host keys made at
+        the first boot (cleanup removes the root's: they must differ per machine), before the
+        unit's own `sshd -t` (a drop-in's ExecStartPre= would run after it, so the list is emptied
+        and written again)."""
+        r.mkdir("/root/.ssh", 0o700)
+        r.chmod("/root/.ssh", 0o700)
+        r.write_text("/root/.ssh/authorized_keys", public_key.strip() + "\n", 0o600)
+        r.write_text("/etc/systemd/system/ssh.service.d/isobuild-hostkeys.conf",
+                     "[Service]\nExecStartPre=\nExecStartPre=/usr/bin/ssh-keygen -A\n"
+                     "ExecStartPre=/usr/sbin/sshd -t\n")
+        r.write_text("/etc/ssh/sshd_config.d/isobuild.conf",
+                     "# isobuild: keys only, no passwords\nPasswordAuthentication no\n"
+                     "KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n")
 
     def boot_files(self, root: Path, release: str) -> tuple[str, str]:
         return f"/boot/vmlinuz-{release}", f"/boot/initrd.img-{release}"

@@ -120,12 +120,11 @@ class Graph:
 
     def image(self, plugin: Plugin) -> tuple[DistroStages, ImageStage]:
         """A distro's build-VM disk image and the stages under it: the distro's VM variant
-        (``Plugin.for_vm``: vm.packages added, the project's SSH key let in) over the same kernel
-        package and glibc as its ISO.  Before the key exists (``isobuild image`` makes it) the
-        variant lets nobody in, and the image's check says so."""
-        vm = plugin.for_vm(self.project.settings.vm.packages, ssh.public_key(key_dir(self.project)))
-        stages = self.distro(vm)
-        return stages, ImageStage(stages.rootfs, plugin.name)
+        (``Plugin.for_vm``: vm.packages added) over the same kernel package and glibc as its ISO,
+        then the project's SSH key let in by the image stage.  Before the key exists (``isobuild
+        image`` makes it) the image's check says so."""
+        stages = self.distro(plugin.for_vm(self.project.settings.vm.packages))
+        return stages, ImageStage(stages.rootfs, plugin.name, ssh.public_key(key_dir(self.project)))
 
     def guest_tests(self, plugin: Plugin, glibc: Stage | None) -> GuestTestsStage | None:
         """The project's guest tests for this distro's image: a Debian-family distro's (built in a root

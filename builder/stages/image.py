@@ -1,10 +1,11 @@
 """The image stage: a build VM's bootable disk (qcow2) made from a distro's root.
 
 The root comes from the rootfs stage run for the distro's VM variant (``Plugin.for_vm``: the
-distro's packages plus ``vm.packages``, the project's SSH key let in as root, host keys made at
-first boot), so it carries our kernel and glibc exactly as the live ISO does.  This stage unpacks
-that root's squashfs, makes it a disk system (fstab by UUID, DHCP through systemd-networkd, QEMU's
-user-mode DNS, a unit that grows the root into a larger VM disk, GRUB's menu) and writes the disk
+distro's packages plus ``vm.packages``), so it carries our kernel and glibc exactly as the live ISO
+does, and is shared by every project.  This stage unpacks that root's squashfs, lets the project's
+SSH key in as root (host keys made at first boot), makes it a disk system (fstab by UUID, DHCP
+through systemd-networkd, QEMU's user-mode DNS, a unit that grows the root into a larger VM disk,
+GRUB's menu) and writes the disk
 with builder.tools.diskimage: ext4 by ``mkfs.ext4 -d``, no loop device, no mount.  Artifact:
 ``<work>/images/<distro>/<key>/disk.qcow2`` with ``metadata.json``.
 """
@@ -16,7 +17,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from builder.infra import atomic, keys, log, state
 from builder.infra.arch import ARCHES, Arch
@@ -87,6 +88,12 @@ def pubkey_digest(public_key: str) -> str:
     return hashlib.sha256(public_key.strip().encode()).hexdigest()
 
 
+class ImagePlugin(Protocol):
+    """What the image stage takes of a distro plugin beyond the rootfs stage's (builder.distros.debian)."""
+
+    def authorize_ssh(self, r: rootdir.Root, public_key: str) -> None: ...
+
+
 @dataclass
 class Plan:
     rootfs: RootfsStage
@@ -102,15 +109,16 @@ class ImageStage(PlannedStage):
     kind = "image"
     work_entries = ("images",)
 
-    def __init__(self, rootfs: RootfsStage, distro: str):
+    def __init__(self, rootfs: RootfsStage, distro: str, public_key: str | None):
         super().__init__(rootfs.project, distro, rootfs.arch)
         self.rootfs = rootfs
+        self.public_key = public_key  # the project's (builder.tools.ssh); None until it is made
 
     def make_plan(self) -> Plan:
         project: Project = self.project
         size = size_bytes(project.settings.vm.image_size)
         inputs = {"stage": "image", "stage_version": STAGE_VERSION, "rootfs": self.rootfs.key, "arch": self.arch,
-                  "size": size}
+                  "size": size, "ssh_key": pubkey_digest(self.public_key or "")}
         key = keys.compute(inputs)
         return Plan(self.rootfs, size, inputs, key, project.work_dir / "images" / self.instance / key)
 
@@ -123,7 +131,7 @@ class ImageStage(PlannedStage):
 
     def check(self) -> None:
         super().check()
-        if not self.rootfs.plugin.settings.ssh_authorized_key:
+        if not self.public_key:
             raise UserError(f"no SSH key for the {self.instance} image yet ({key_dir(self.project)})",
                             hint=f"run: isobuild image {self.instance} (it makes the key first)")
         arch = ARCHES[self.arch]
@@ -190,6 +198,8 @@ def build(stage: ImageStage, log_path: Path) -> dict[str, Any]:
             root.copy_in(rootfs.artifact / "vmlinuz", f"/boot/vmlinuz-{release}")
             root.copy_in(rootfs.artifact / "initrd.img", f"/boot/initrd.img-{release}")
             configure(root, arch, lay, release)
+            plugin: ImagePlugin = stage.rootfs.plugin  # type: ignore[assignment]
+            plugin.authorize_ssh(root, str(stage.public_key))
             durations["unpack"] = round(time.monotonic() - t, 3)
             grub = rootfs.artifact / "grub" if not arch.native() else \
                 iso9660.grub_dir(iso9660.BootSpec("DISK", "k", "i", "", "", arch.name), arch)
@@ -207,7 +217,7 @@ def build(stage: ImageStage, log_path: Path) -> dict[str, Any]:
             "kernel_release": release, "rootfs_key": rootfs.key, "fs_uuid": lay.fs_uuid, "disk_uuid": lay.disk_uuid,
             "cmdline": cmdline(arch, lay.fs_uuid), "virtual_size": lay.size, "bytes": (out / DISK).stat().st_size,
             "sha256": digest.hexdigest(), "glibc": meta.get("glibc"), "packages": len(meta.get("packages", [])),
-            "ssh_key_sha256": pubkey_digest(str(rootfs.plugin.settings.ssh_authorized_key or "")),
+            "ssh_key_sha256": pubkey_digest(str(stage.public_key or "")),
             "durations": durations, "seconds": round(time.monotonic() - started, 1), "finished": state.now(),
             "log": str(log_path),
         }

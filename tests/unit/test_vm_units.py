@@ -309,3 +309,12 @@ def test_qmp_reaches_a_socket_in_a_directory_deeper_than_a_socket_path_allows(tm
     assert len(str(deep / "qmp.sock")) > 108
     assert qmp.execute(deep / "qmp.sock", "system_powerdown") == {}
     thread.join(5)
+
+
+def test_clean_drops_images_no_project_points_at(tmp_path: Path) -> None:
+    for key in ("kept", "old"):
+        (tmp_path / "images" / "debian" / key).mkdir(parents=True)
+    (tmp_path / "images" / "debian" / ".tree-abc.123.tmp").mkdir()
+    targets = image.ImageStage.clean_targets(tmp_path, {"kept"})
+    assert sorted(p.name for p in targets) == [".tree-abc.123.tmp", "old"]
+    assert "images" in image.ImageStage.work_entries
