@@ -36,8 +36,9 @@ LIBC_VERSION_QUERY = {"deb": "dpkg-query -W -f='${Version}' libc6",
 
 
 # The guest tests (builder.stages.guesttests), when the smoke test attaches their drive: each copied
-# out of the read-only squashfs, run with its timeout, reported as "TEST name status exit seconds" and the
-# last lines of its output (a test that hangs is killed and the next one still runs).
+# out of the read-only squashfs, announced ("TESTSTART name": a test that crashes the guest is named),
+# run with its timeout, reported as "TEST name status exit seconds" and the last lines of its output
+# (a test that hangs is killed and the next one still runs).
 GUEST_TESTS = """tests=/dev/disk/by-id/virtio-isobuild-tests
 if [ -e "$tests" ]; then
   dir=/var/tmp/isobuild-tests  # not /run: it is mounted noexec
@@ -45,6 +46,7 @@ if [ -e "$tests" ]; then
   if mount -t squashfs -o ro "$tests" "$dir/mnt"; then
     while read -r name kind limit; do
       cp "$dir/mnt/tests/$name" "$dir/$name" && chmod 755 "$dir/$name"
+      say "TESTSTART $name"
       start=$(date +%s)
       if [ "$kind" = sh ]; then (cd "$dir" && timeout -k 5 "$limit" sh "./$name") > "$dir/$name.out" 2>&1
       else (cd "$dir" && timeout -k 5 "$limit" "./$name") > "$dir/$name.out" 2>&1; fi

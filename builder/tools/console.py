@@ -77,7 +77,7 @@ class Watch:
             if name == self.expect.done:
                 self.done = True
                 return True
-            if name in ("TEST", "TESTOUT"):
+            if name in ("TEST", "TESTOUT", "TESTSTART"):
                 self._test_line(name, value)
             else:
                 self.markers[name] = value
@@ -85,6 +85,10 @@ class Watch:
 
     def _test_line(self, name: str, value: str) -> None:
         """``TEST name status exit seconds`` and ``TESTOUT name line`` (the guest's runner, rootfs.GUEST_TESTS)."""
+        if name == "TESTSTART":  # running until its TEST line: a crash or a hang names it
+            self.tests.setdefault(value, {"name": value, "output": []}).update(status="running", exit=None,
+                                                                               seconds=0)
+            return
         if name == "TESTOUT":
             test, _, text = value.partition(" ")
             self.tests.setdefault(test, {"name": test, "output": []}).setdefault("output", []).append(text)
@@ -98,10 +102,13 @@ class Watch:
             entry["output"].append(parts[4])
 
     def test_results(self) -> list[dict[str, Any]]:
-        """Every test the guest reported, the expected ones first (a missing one as 'not-run')."""
+        """Every test the guest reported, the expected ones first (a missing one as 'not-run'); one
+        that started and never reported 'crashed' (the kernel panicked while it ran) or 'hung'."""
         out = [self.tests.get(n, {"name": n, "status": "not-run", "exit": None, "seconds": 0, "output": []})
                for n in self.expect.tests]
-        return out + [t for n, t in self.tests.items() if n not in self.expect.tests]
+        out += [t for n, t in self.tests.items() if n not in self.expect.tests]
+        return [dict(t, status="crashed" if self.panic else "hung") if t.get("status") == "running" else t
+                for t in out]
 
     def verdict(self, timed_out: bool, exited: int | None) -> Verdict:
         reasons: list[str] = []

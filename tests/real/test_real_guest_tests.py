@@ -74,6 +74,19 @@ def test_a_failing_or_hanging_test_fails_the_verdict_by_name_and_the_others_stil
     assert "--tests: no guest test named nope" in capsys.readouterr().err
 
 
+def test_a_test_that_crashes_the_guest_fails_the_verdict_naming_it(with_tests: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (with_tests / "tests" / "guest" / "zz_crash.sh").write_text("#!/bin/sh\necho c > /proc/sysrq-trigger\n")
+    assert run(with_tests, "debian", "--profile", "ci", "--modes", "bios-cd", "--tests",
+               "xsc_version,zz_crash") == ExitCode.CHECK_FAILED
+    err = capsys.readouterr().err
+    assert "boot check failed in bios-cd: kernel panic: Kernel panic - not syncing: sysrq triggered crash" in err
+    assert "guest test zz_crash: crashed" in err
+    assert "console log:" in err  # with its tail
+    [result] = json.loads((with_tests / "logs" / "smoke-debian.json").read_text())
+    assert [(t["name"], t["status"]) for t in result["tests"]] == [("xsc_version", "pass"), ("zz_crash", "crashed")]
+
+
 def test_a_test_that_does_not_compile_fails_before_any_boot(with_tests: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     (with_tests / "tests" / "guest" / "bad_header.c").write_text(

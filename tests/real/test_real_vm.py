@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +118,15 @@ def test_a_vm_runs_the_patched_kernel_and_commands_with_their_exit_codes(
                            "[ $(stat -c %Y /etc/ssh/ssh_host_ed25519_key) -ge $btime ] && echo host-key-made-at-boot")
     assert "passwordauthentication no" in out and "host-key-made-at-boot" in out
     assert _list(vms, capfd)["b1"]["state"] == "running"
+    # connect: a login shell (here reading its commands from a pipe, no terminal), its exit code back
+    connected = subprocess.run([sys.executable, "-m", "builder", "-c", str(vms / "isobuild.yaml"), "vm", "connect",
+                                "b1"], input="echo connected-as-$(id -un)\nexit 5\n", capture_output=True, text=True,
+                               cwd=REPO, timeout=120, check=False)
+    assert connected.returncode == 5 and "connected-as-root" in connected.stdout, connected.stderr
+    # the serial console's log holds the boot
+    capfd.readouterr()
+    assert run(vms, "vm", "console", "b1") == 0
+    assert "Linux version 6.1" in capfd.readouterr().out
 
 
 def test_the_guest_tests_run_in_a_vm_and_a_failing_one_is_named(vms: Path,

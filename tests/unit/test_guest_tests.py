@@ -81,6 +81,21 @@ def test_a_panic_while_tests_run_fails_with_the_console_tail() -> None:
     assert any("Kernel panic" in line for line in v.tail)
 
 
+def test_a_test_running_when_the_kernel_panics_is_named_as_crashed() -> None:
+    watch = console.Watch(console.Expect({}, tests=["a", "crash", "z"]))
+    for line in ["ISOBUILD-TESTSTART a", "ISOBUILD-TEST a pass 0 1", "ISOBUILD-TESTSTART crash",
+                 "sysrq: Trigger a crash", "Kernel panic - not syncing: sysrq triggered crash", *["x"] * 8]:
+        if watch.feed(line):
+            break
+    v = watch.verdict(False, None)
+    assert [(t["name"], t["status"]) for t in v.tests] == [("a", "pass"), ("crash", "crashed"), ("z", "not-run")]
+    assert v.reasons[0] == "kernel panic: Kernel panic - not syncing: sysrq triggered crash"
+    assert "guest test crash: crashed" in v.reasons
+    hung = console.Watch(console.Expect({}, tests=["h"]))
+    hung.feed("ISOBUILD-TESTSTART h")
+    assert hung.verdict(True, None).tests[0]["status"] == "hung"
+
+
 def test_junit_has_a_testcase_per_guest_test_and_mode() -> None:
     v = _watch(["ISOBUILD-TEST a pass 0 1", "ISOBUILD-TEST b fail 3 0", "ISOBUILD-TESTOUT b boom"], ["a", "b"])
     v.extra["mode"] = "uefi-cd"
