@@ -27,7 +27,7 @@ from builder.infra import atomic, lock, log, paths
 from builder.infra.config import Project
 from builder.infra.errors import UserError
 from builder.stages import base, registry
-from builder.tools import chroot, sweep
+from builder.tools import chroot, sweep, vm
 
 
 def _size(path: Path) -> int:
@@ -158,6 +158,11 @@ def distclean(project: Project, dry_run: bool = False) -> DistClean:
         raise UserError(f"refusing to distclean work_dir {project.work_dir}: it carries no {paths.MARKER} "
                         "(isobuild marks the work dirs it makes)",
                         hint="if isobuild made it, any build there marks it; otherwise remove it by hand")
+    busy = vm.running(project.work_dir)
+    if busy:
+        raise UserError(f"refusing to distclean work_dir {project.work_dir}: build VMs are running over its images "
+                        f"({', '.join(str(m.directory) for m in busy)})",
+                        hint="stop them first: isobuild vm clean --all (in each project that started them)")
     remove, keep, prune = _plan(project)
     result = DistClean([(p, _size(p)) for p in remove], keep)
     if dry_run:

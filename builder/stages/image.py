@@ -25,7 +25,7 @@ from builder.infra.config import Project, size_bytes
 from builder.infra.errors import UserError
 from builder.stages.base import PlannedStage, Stage, records_dir
 from builder.stages.rootfs import RootfsStage
-from builder.tools import chroot, diskimage, iso9660, rootdir
+from builder.tools import chroot, diskimage, iso9660, rootdir, vm
 
 STAGE_VERSION = 1
 DISK = "disk.qcow2"
@@ -150,6 +150,7 @@ class ImageStage(PlannedStage):
 
     @classmethod
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
+        keep = keep | vm.images_in_use(work_dir)  # a VM's overlay needs its image as long as the VM exists
         return [p for distro in (work_dir / "images").glob("*") for p in distro.iterdir() if p.name not in keep]
 
 

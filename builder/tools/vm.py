@@ -168,6 +168,20 @@ def machines(vms_dir: Path) -> list[Machine]:
     return [Machine(p) for p in sorted(vms_dir.glob("*")) if (p / RECORD).is_file()]
 
 
+def all_machines(work_dir: Path) -> list[Machine]:
+    """Every VM of every project on the work dir (<work>/projects/<id>/vms/<name>)."""
+    return [m for vms in sorted((work_dir / "projects").glob("*/vms")) for m in machines(vms)]
+
+
+def images_in_use(work_dir: Path) -> set[str]:
+    """The image keys some VM's overlay is over (running or not): clean must keep those images."""
+    return {r.image_key for r in (m.load() for m in all_machines(work_dir)) if r is not None}
+
+
+def running(work_dir: Path) -> list[Machine]:
+    return [m for m in all_machines(work_dir) if m.pid() is not None]
+
+
 def port_free(port: int) -> bool:
     """Whether a listener could bind ``port`` on loopback now (QEMU's hostfwd will)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

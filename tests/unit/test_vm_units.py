@@ -311,10 +311,14 @@ def test_qmp_reaches_a_socket_in_a_directory_deeper_than_a_socket_path_allows(tm
     thread.join(5)
 
 
-def test_clean_drops_images_no_project_points_at(tmp_path: Path) -> None:
-    for key in ("kept", "old"):
+def test_clean_drops_images_no_project_nor_vm_points_at(tmp_path: Path) -> None:
+    for key in ("kept", "old", "under-a-vm"):
         (tmp_path / "images" / "debian" / key).mkdir(parents=True)
     (tmp_path / "images" / "debian" / ".tree-abc.123.tmp").mkdir()
+    m = vmt.Machine(tmp_path / "projects" / "p1" / "vms" / "b1")
+    m.directory.mkdir(parents=True)
+    m.save(_record(image_key="under-a-vm", state="stopped"))
     targets = image.ImageStage.clean_targets(tmp_path, {"kept"})
     assert sorted(p.name for p in targets) == [".tree-abc.123.tmp", "old"]
+    assert vmt.running(tmp_path) == []
     assert "images" in image.ImageStage.work_entries
