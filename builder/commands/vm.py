@@ -19,7 +19,7 @@ from pathlib import Path
 
 from builder.distros.graph import Graph
 from builder.infra import atomic, log, runner, state
-from builder.infra.arch import ARCHES
+from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
 from builder.infra.errors import InfraError, UserError
 from builder.stages import guesttests, rootfs
@@ -143,49 +143,55 @@ def start(project: Project, name: str, image: str, arch: str, snapshot: bool, po
     virtual = int(json.loads(runner.output(["qemu-img", "info", "--output=json", img.path]))["virtual-size"])
     disk = max(res.disk or virtual, virtual)
     fw = vmt.firmware_for(target, firmware or settings.firmware)
-    m.directory.mkdir(parents=True)
+    m.directory.mkdir(parents=True, exist_ok=True)  # a directory without a record is a start that died early
     record = vmt.Record(name, arch, img.distro, str(img.path), img.key, port or 0, fw, snapshot, res.cpus, res.memory,
                         disk)
     record.tcg_cache, record.network = settings.tcg_cache, settings.network
     m.save(record)
+    try:
+        launch(m, record, target, img, port, res.base_port, taken, log_path)
+        wait_for_ssh(project, m, record, target.tcg_slowdown, log_path)
+    except BaseException as exc:  # Ctrl-C included: no QEMU is left behind, the record says what happened
+        _kill(m.pid())
+        _cleanup_runtime(m)
+        record = m.load() or record
+        record.state, record.stopped = "failed", state.now()
+        record.error = getattr(exc, "message", type(exc).__name__)
+        m.save(record)
+        raise
+    return record
+
+
+def launch(m: vmt.Machine, record: vmt.Record, target: Arch, img: Image, port: int | None, base_port: int,
+           taken: set[int], log_path: Path) -> None:
+    """The overlay over the image, the VM's own UEFI variable store, then QEMU daemonized; a port
+    another process took between the check and QEMU's bind is skipped (unless --port named it)."""
     runner.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", img.path, m.path(vmt.OVERLAY),
-                str(disk)], log_path=log_path)
-    template = bootmedia.uefi_vars(target) if fw == "uefi" else None
+                str(record.disk)], log_path=log_path)
+    template = bootmedia.uefi_vars(target) if record.firmware == "uefi" else None
     if template is not None:
         atomic.copy_file(template, m.path(vmt.EFI_VARS))
     accel = qemu.accelerator(target)
     tried: set[int] = set()
     while True:
-        record.port = port or vmt.pick_port(res.base_port, taken, tried)
+        record.port = port or vmt.pick_port(base_port, taken, tried)
         m.save(record)
         result = runner.run(vmt.argv(target, accel, m, record), cwd=m.directory, log_path=log_path, check=False,
                             capture=True, timeout=120, daemon=True)
         if result.returncode == 0:
             break
         if "host forwarding rule" in result.output and port is None and len(tried) < 8:
-            tried.add(record.port)  # taken between our check and QEMU's bind: the next one
+            tried.add(record.port)
             continue
-        record.state, record.error = "failed", f"QEMU exited {result.returncode}"
-        m.save(record)
         if "host forwarding rule" in result.output:
             raise UserError(f"localhost port {record.port} is taken: QEMU could not forward SSH to it",
                             hint="choose another --port")
-        raise InfraError(f"QEMU did not start VM {name} (exit {result.returncode})",
+        raise InfraError(f"QEMU did not start VM {record.name} (exit {result.returncode})",
                          details=[*[line for line in result.output.splitlines() if line.strip()][-10:],
-                                  f"log: {log_path}"], hint=f"the overlay is kept: isobuild vm clean {name}")
+                                  f"log: {log_path}"], hint=f"the overlay is kept: isobuild vm clean {record.name}")
     record.pid = m.pid()
     record.started, record.state = state.now(), "running"
     m.save(record)
-    try:
-        wait_for_ssh(project, m, record, target.tcg_slowdown, log_path)
-    except BaseException:
-        _kill(m.pid())
-        _cleanup_runtime(m)
-        record = m.load() or record
-        record.state, record.stopped = "failed", state.now()
-        m.save(record)
-        raise
-    return record
 
 
 def wait_for_ssh(project: Project, m: vmt.Machine, record: vmt.Record, slowdown: float, log_path: Path) -> None:
