@@ -6,7 +6,9 @@
 # booted for arm64 and riscv64; the Debian live ISO built from the host's
 # mirror and booted BIOS-CD and UEFI-USB; the arm64 Debian image with its
 # cross-built glibc booted UEFI-CD: about an hour cold, minutes warm).
-# ISOBUILD_FULL=1 boots the x86_64 ISO in all four modes and adds the riscv64 image.
+# The x86_64 build-VM image and VMs driven from it are in the real tier too.
+# ISOBUILD_FULL=1 boots the x86_64 ISO in all four modes and adds the riscv64 image and the
+# arm64/riscv64 build VMs.
 # Pass pytest arguments to narrow it, e.g. scripts/test.sh -m "not real".
 set -euo pipefail
 cd "$(dirname "$0")/.."
