@@ -247,7 +247,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
             record = vm.start(project, args.name, args.image, arch, args.snapshot, args.port, args.firmware,
                               pipeline.stage_log(project, f"vm-{args.name}"))
         if args.json:
-            print(json.dumps(vm.rows(project)[[r["name"] for r in vm.rows(project)].index(args.name)], indent=2))
+            print(json.dumps(next(r for r in vm.rows(project) if r["name"] == args.name), indent=2))
         else:
             print(f"vm {record.name} running ({record.arch}, {record.firmware}): ssh on 127.0.0.1:{record.port}, "
                   f"kernel {record.kernel}, SSH after {record.extra.get('ssh_seconds')} s; "
@@ -775,7 +775,8 @@ def parser() -> argparse.ArgumentParser:
                     "the distribution's glibc packages with another, Debian, AlmaLinux and Rocky Linux live ISOs "
                     "that carry them for x86_64, arm64 and riscv64, and boot-test them in QEMU (BIOS/UEFI x CD/USB; "
                     "UEFI on the other arches), proving the patched kernel and glibc run and the project's guest "
-                    "tests pass inside. The default job: isobuild all.",
+                    "tests pass inside; and QEMU build VMs of those roots to log into, run commands and tests in "
+                    "and copy files to and from (isobuild image, isobuild vm). The default job: isobuild all.",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
