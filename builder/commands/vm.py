@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -254,8 +255,8 @@ def copy(project: Project, name: str, src: str, dest: str, into: bool, log_path:
     require_running(m, record)
     if into and not os.path.exists(src):
         raise UserError(f"copy-in: {src}: no such file or directory on the host")
-    if not into and os.path.isdir(os.path.dirname(os.path.abspath(dest))) is False:
-        raise UserError(f"copy-out: {os.path.dirname(os.path.abspath(dest))}: no such directory on the host")
+    if not into and not Path(dest).absolute().parent.is_dir():
+        raise UserError(f"copy-out: {Path(dest).absolute().parent}: no such directory on the host")
     key, known, port = _ssh(m, record, project)
     pair = (src, ssh.remote(dest)) if into else (ssh.remote(src), dest)
     result = runner.run(ssh.scp_argv(Path(key), Path(known), int(port), *pair), log_path=log_path, check=False,
@@ -398,12 +399,7 @@ def atomic_remove(directory: Path) -> None:
     """A VM directory, renamed away first so a half-removed VM never looks like one."""
     trash = atomic.temp_path(directory, "gone")
     os.replace(directory, trash)
-    for child in sorted(trash.rglob("*"), key=lambda p: len(p.parts), reverse=True):
-        if child.is_dir() and not child.is_symlink():
-            child.rmdir()
-        else:
-            child.unlink()
-    trash.rmdir()
+    shutil.rmtree(trash)
 
 
 def rows(project: Project) -> list[dict[str, object]]:

@@ -12,7 +12,6 @@ with builder.tools.diskimage: ext4 by ``mkfs.ext4 -d``, no loop device, no mount
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 from builder.infra import atomic, keys, log, state
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project, size_bytes
+from builder.infra.digests import sha256_bytes, sha256_file
 from builder.infra.errors import UserError
 from builder.stages.base import PlannedStage, Stage, records_dir
 from builder.stages.rootfs import RootfsStage
@@ -85,7 +85,7 @@ def cmdline(arch: Arch, fs_uuid: str) -> str:
 
 
 def pubkey_digest(public_key: str) -> str:
-    return hashlib.sha256(public_key.strip().encode()).hexdigest()
+    return sha256_bytes(public_key.strip().encode())
 
 
 class ImagePlugin(Protocol):
@@ -137,7 +137,7 @@ class ImageStage(PlannedStage):
         arch = ARCHES[self.arch]
         diskimage.layout(arch, self.plan.size, "check")  # a size too small for the root is refused now
         if arch.native():
-            iso9660.grub_dir(iso9660.BootSpec("CHECK", "k", "i", "", "", arch.name), arch)
+            grub_modules(self.rootfs, arch)  # the host's: missing is a host fault, found now
         if diskimage.has_bios(arch):
             diskimage.require_bios_grub()
 
@@ -152,6 +152,12 @@ class ImageStage(PlannedStage):
     def clean_targets(cls, work_dir: Path, keep: set[str]) -> list[Path]:
         keep = keep | vm.images_in_use(work_dir)  # a VM's overlay needs its image as long as the VM exists
         return [p for distro in (work_dir / "images").glob("*") for p in distro.iterdir() if p.name not in keep]
+
+
+def grub_modules(rootfs: RootfsStage, arch: Arch) -> Path:
+    """GRUB's EFI modules the disk's loader is made from: the host's for its own arch, else the
+    root's (the rootfs stage keeps them beside the squashfs), as for the ISO."""
+    return iso9660.host_grub_dir(arch) if arch.native() else rootfs.artifact / "grub"
 
 
 def configure(root: rootdir.Root, arch: Arch, lay: diskimage.Layout, release: str) -> None:
@@ -202,23 +208,16 @@ def build(stage: ImageStage, log_path: Path) -> dict[str, Any]:
             plugin: ImagePlugin = stage.rootfs.plugin  # type: ignore[assignment]
             plugin.authorize_ssh(root, str(stage.public_key))
             durations["unpack"] = round(time.monotonic() - t, 3)
-            grub = rootfs.artifact / "grub" if not arch.native() else \
-                iso9660.grub_dir(iso9660.BootSpec("DISK", "k", "i", "", "", arch.name), arch)
             t = time.monotonic()
-            diskimage.make(tree, out / DISK, arch, lay, grub, epoch, log_path)
+            diskimage.make(tree, out / DISK, arch, lay, grub_modules(rootfs, arch), epoch, log_path)
             durations["disk"] = round(time.monotonic() - t, 3)
         finally:
             chroot.remove_root(tree, log_path)
-        digest = hashlib.sha256()
-        with (out / DISK).open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
         metadata = {
             "stage": "image", "key": stage.key, "distro": stage.instance, "arch": stage.arch, "inputs": stage.inputs,
             "kernel_release": release, "rootfs_key": rootfs.key, "fs_uuid": lay.fs_uuid, "disk_uuid": lay.disk_uuid,
             "cmdline": cmdline(arch, lay.fs_uuid), "virtual_size": lay.size, "bytes": (out / DISK).stat().st_size,
-            "sha256": digest.hexdigest(), "glibc": meta.get("glibc"), "packages": len(meta.get("packages", [])),
-            "ssh_key_sha256": pubkey_digest(str(stage.public_key or "")),
+            "sha256": sha256_file(out / DISK), "glibc": meta.get("glibc"), "packages": len(meta.get("packages", [])),
             "durations": durations, "seconds": round(time.monotonic() - started, 1), "finished": state.now(),
             "log": str(log_path),
         }

@@ -142,7 +142,7 @@ def uefi_vars(arch: Arch) -> Path | None:
     return firmware().vars if firmware else None
 
 
-def _opt(value: str | Path) -> str:
+def opt(value: str | Path) -> str:
     # QEMU's option parser splits on commas; a literal comma is written twice.
     return str(value).replace(",", ",,")
 
@@ -155,25 +155,25 @@ def uefi_argv(arch: Arch, vars_copy: Path | None) -> list[str]:
         return [*qemu.firmware(arch), "-kernel", str(uboot_riscv64())]
     if vars_copy is None:
         raise ValueError("UEFI boots need a writable copy of the firmware's variable store (OVMF, AAVMF)")
-    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(firmware().code)}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={_opt(vars_copy)}"]
+    return ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={opt(firmware().code)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={opt(vars_copy)}"]
 
 
 def media_argv(arch: Arch, iso: Path, media: Media) -> list[str]:
     """The ISO attached as ``media``: read-only, first in the boot order."""
     if media == "cd" and arch.qemu_machine == "q35":
-        return ["-drive", f"file={_opt(iso)},format=raw,media=cdrom,if=none,id=cd,readonly=on",
+        return ["-drive", f"file={opt(iso)},format=raw,media=cdrom,if=none,id=cd,readonly=on",
                 "-device", "ide-cd,drive=cd,bus=ide.0,bootindex=0"]
     if media == "cd":  # virt has no IDE/AHCI controller of its own
         return ["-device", "virtio-scsi-pci,id=scsi",
-                "-drive", f"file={_opt(iso)},format=raw,media=cdrom,if=none,id=cd,readonly=on",
+                "-drive", f"file={opt(iso)},format=raw,media=cdrom,if=none,id=cd,readonly=on",
                 "-device", "scsi-cd,bus=scsi.0,drive=cd,bootindex=0"]
     if media == "usb":
         return ["-device", "qemu-xhci,id=xhci",
-                "-drive", f"file={_opt(iso)},format=raw,if=none,id=stick,readonly=on",
+                "-drive", f"file={opt(iso)},format=raw,if=none,id=stick,readonly=on",
                 "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]
     if media == "disk":
-        return ["-drive", f"file={_opt(iso)},format=raw,if=none,id=disk,readonly=on",
+        return ["-drive", f"file={opt(iso)},format=raw,if=none,id=disk,readonly=on",
                 "-device", "virtio-blk-pci,drive=disk,bootindex=0"]
     raise ValueError(f"media {media!r}: expected cd, usb or disk")
 
@@ -201,10 +201,10 @@ def iso_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Media
         if smoke_drive is None:
             raise ValueError(f"a smoke boot of {arch.name} needs the scratch smoke drive")
         # after the ISO: U-Boot boots from the first virtio disk only
-        return [*argv, "-drive", f"file={_opt(smoke_drive)},format=raw,if=none,id=smoke",
+        return [*argv, "-drive", f"file={opt(smoke_drive)},format=raw,if=none,id=smoke",
                 "-device", f"virtio-blk-pci,drive=smoke,serial={SMOKE_DRIVE_SERIAL}"]
     for name, value in sorted((fw_cfg or {}).items()):
-        argv += ["-fw_cfg", f"name={_opt(name)},string={_opt(value)}"]
+        argv += ["-fw_cfg", f"name={opt(name)},string={opt(value)}"]
     return argv
 
 
@@ -232,7 +232,7 @@ def boot_argv(arch: Arch, accel: str, iso: Path, firmware: Firmware, media: Medi
 def tests_argv(image: Path) -> list[str]:
     """The guest tests' drive: read-only, no boot index (the medium boots first), named by its serial
     (the guest sees /dev/disk/by-id/virtio-isobuild-tests; builder.stages.rootfs.GUEST_TESTS)."""
-    return ["-drive", f"file={_opt(image)},format=raw,if=none,id=tests,readonly=on",
+    return ["-drive", f"file={opt(image)},format=raw,if=none,id=tests,readonly=on",
             "-device", f"virtio-blk-pci,drive=tests,serial={TESTS_DRIVE_SERIAL}"]
 
 

@@ -256,6 +256,11 @@ def grub_dir(spec: BootSpec, arch: Arch) -> Path:
                             hint=f"they come from {arch.grub_efi_package} in the target root: keep it in the "
                                  "root's packages")
         return spec.grub_dir
+    return host_grub_dir(arch)
+
+
+def host_grub_dir(arch: Arch) -> Path:
+    """The host's GRUB EFI modules for ``arch``; an error naming the package when absent."""
     directory = HOST_GRUB_LIB / arch.grub_target
     if not (directory / "linux.mod").exists() and not arch.native():
         raise UserError(f"{directory}/linux.mod not found: the {arch.name} ISO needs GRUB's {arch.grub_target} "
