@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -18,17 +19,17 @@ from types import FrameType
 from typing import Any
 
 from builder import __version__, distros, pipeline
-from builder.commands import clean, doctor, patches, release, report, status, vm
+from builder.commands import clean, doctor, patches, pkg, release, report, status, vm
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
-from builder.infra.errors import ExitCode, IsobuildError, UserError
+from builder.infra.errors import CheckFailed, ExitCode, IsobuildError, UserError
 from builder.stages import glibc, guesttests, kernelboot, smoke
 from builder.stages.image import key_dir
 from builder.stages.kernel import KernelStage
 from builder.stages.kpackage import Kind, parse_kinds
-from builder.tools import console, ssh
+from builder.tools import aptproxy, console, distcc, pkglist, ssh
 from builder.tools import vm as vmtool
 from builder.tools.console import Verdict, raise_for
 
@@ -59,6 +60,12 @@ def _arch(value: str) -> str:
         return arch_mod.get(value, "--arch").name
     except IsobuildError as exc:
         raise argparse.ArgumentTypeError(exc.message + (f" ({exc.hint})" if exc.hint else "")) from None
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, not {value!r}")
+    return int(value)
 
 
 def _vm_name(value: str) -> str:
@@ -291,6 +298,92 @@ def cmd_vm(args: argparse.Namespace) -> int:
         print(f"removed: {', '.join(gone)}" if gone else "no VMs to remove")
         return 0
     raise UserError(f"vm: unknown action {action!r}")
+
+
+def cmd_pkg(args: argparse.Namespace) -> int:
+    project = _project(args)
+    action = args.pkg_action
+    path = pkg.list_path(project)
+    if action == "list":
+        listed = pkglist.shard(pkglist.read(path), args.shard)
+        if args.json:
+            print(json.dumps([e.text for e in listed]))
+        else:
+            print("\n".join(e.text for e in listed) if listed
+                  else f"{path}: no packages listed (isobuild pkg add NAME)")
+        return 0
+    if action == "add":
+        wanted = [pkglist.parse_entry(n, "pkg add") for n in args.names]
+        added = pkglist.add(path, wanted)
+        print(f"{path}: added {', '.join(e.text for e in added)}" if added else f"{path}: already listed")
+        return 0
+    if action == "remove":
+        pkglist.remove(path, args.names)
+        print(f"{path}: removed {', '.join(args.names)}")
+        return 0
+    if action == "status":
+        rows = pkg.status_rows(project)
+        print(json.dumps(rows, indent=2) if args.json else pkg.render_status(rows))
+        return 0
+    return _pkg_build(project, args)
+
+
+def _pkg_build(project: Project, args: argparse.Namespace) -> int:
+    arch = args.arch or project.settings.arch
+    wanted = pkglist.shard(pkg.entries(project, args.names), args.shard)
+    pkg.sweep(project.work_dir)
+    ssh.ensure_key(key_dir(project), f"isobuild-vm@{project.root.name}")  # the image lets it in (its key names it)
+    stages, image = pipeline.preflight_image(project, "debian", args.profile, arch)
+    plugin: Any = stages.plugin
+    # the build environment is the VM's root (shared by projects), not the project's image of it
+    plan = pkg.plan(project, plugin, list(plugin.settings.components), arch, image.rootfs.key, wanted,
+                    not args.names, args.force)
+    outcomes = pkg.skipped(plan)
+    if plan.jobs:
+        pkg.prepare_all(plan, pipeline.stage_log(project, f"pkg-{arch}-prepare"))
+        try:
+            outcomes += _pkg_run(project, args, stages, image, plan)
+        finally:
+            pkg.discard(plan)
+    json_path, xml_path = pkg.write_results(project, arch, outcomes)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(o) for o in outcomes], indent=2))
+    else:
+        print(pkg.table(outcomes))
+        print(f"results: {json_path}, JUnit: {xml_path}")
+    failed = [o for o in outcomes if o.status not in ("built", "skipped")]
+    if failed:
+        raise CheckFailed(f"{len(failed)} of {len(outcomes)} package builds failed: "
+                          f"{', '.join(o.name for o in failed)}",
+                          details=[line for o in failed for line in [o.error, *o.details[-6:]]],
+                          hint="each failure's log is named above; the other packages are built")
+    return 0
+
+
+def _pkg_run(project: Project, args: argparse.Namespace, stages: DistroStages, image: Any,
+             plan: pkg.Plan) -> list[pkg.Outcome]:
+    """The image (built if it changed), distcc's tool root if asked for, the apt proxy; then the builds."""
+    arch = plan.arch.name
+    pipeline.ensure_image(stages, image)
+    plugin: Any = stages.plugin
+    root = major = None
+    if args.distcc:
+        tools = distcc.tool_root(plugin.suite, plugin.mirror(), plugin.keyring(), plan.arch, plugin.release,
+                                 project.work_dir)
+        root = tools.ensure(pipeline.stage_log(project, f"distcc-root-{arch}"))
+        major = tools.major()
+    parallel = min(args.parallel or pkg.default_parallel(project), len(plan.jobs))
+    with log.stage("pkg.build-all", arch=arch, packages=len(plan.jobs), parallel=parallel, distcc=args.distcc), \
+            aptproxy.AptProxy(plugin.mirror(), project.work_dir / "cache" / "pkg-archives") as proxy:
+        env = pkg.Env(project, plan, image.disk, proxy, pkg.Registry(), root, major)
+
+        def report(o: pkg.Outcome) -> None:  # as each build ends
+            if not args.json:
+                print(f"{o.name} ({o.arch}): {o.status} in {o.seconds:.0f} s"
+                      + (f": {o.error}" if o.error else f", {len(o.debs)} .deb"), flush=True)
+
+        return pkg.run(env, parallel, args.distcc,
+                       lambda job: pipeline.stage_log(project, f"pkg-{arch}-{job.source.name}"), report)
 
 
 def _steps(project: Project, names: list[str], args: argparse.Namespace, arch: str,
@@ -646,6 +739,34 @@ VERBS: tuple[Verb, ...] = (
                   (arg("name", nargs="?", metavar="NAME", type=_vm_name, help="the VM"),
                    arg("--all", action="store_true", help="every VM of this project")))),
          action_dest="vm_action", actions_required=True),
+    Verb("pkg", "build Debian source packages natively in VMs, in parallel (distcc to the host optional)",
+         "Per source package a fresh VM from the arch's disk image (isobuild image; an overlay deleted afterwards): "
+         "the source from the suite's mirror (every file checked against the signed Sources index), a local .dsc or "
+         "an unpacked tree; our quilt series pkg.patches/<source>/series applied at fuzz 0 (version + pkg.suffix); "
+         "apt-get build-dep through isobuild's loopback proxy of the suite's mirror (the guest reaches nothing "
+         "else); dpkg-buildpackage -b; .debs, .buildinfo and the build log in <work>/pkgs/<arch>/<source>/<version>/. "
+         "A package built with the same key is skipped. The package list (pkg.list) names what 'pkg build' with no "
+         "names builds.",
+         cmd_pkg, actions=(
+             Verb("build", "build source packages (named, or the package list) in VMs; exit 4 if one fails", "", None,
+                  (arg("names", nargs="*", metavar="SRC", help="source package names (name or name=version), "
+                       "./dir or ./x.dsc (default: the package list)"), ARCH, PROFILE,
+                   arg("-j", "--parallel", type=_positive, metavar="N", help="VMs at once (default: pkg.parallel, else "
+                       "from the host's CPUs and memory)"),
+                   arg("--distcc", action="store_true", help="compile on the host: distccd (the guest suite's, with "
+                       "its cross compiler) on 127.0.0.1, reached from the guest through QEMU"),
+                   arg("--force", action="store_true", help="build even if this key was built"),
+                   arg("--shard", metavar="I/N", help="only every N-th package from the I-th (a CI matrix job)"),
+                   JSON)),
+             Verb("list", "the package list", "", None,
+                  (arg("--shard", metavar="I/N", help="only shard I of N"), JSON)),
+             Verb("add", "add packages to the list", "", None,
+                  (arg("names", nargs="+", metavar="SRC", help="name, name=version, ./dir or ./x.dsc"),)),
+             Verb("remove", "remove packages from the list", "", None,
+                  (arg("names", nargs="+", metavar="SRC", help="source package names"),)),
+             Verb("status", "per package and arch: the last build's outcome and the versions built", "", None,
+                  (JSON,))),
+         action_dest="pkg_action", actions_required=True),
     Verb("glibc", "build the patched glibc packages (if their inputs changed)",
          "Take the distribution's glibc source (Debian: glibc-source, with Debian's own series), append "
          "patches/glibc/series and apply it with quilt at fuzz 0 (a patch that does not apply fails in seconds), "

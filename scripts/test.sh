@@ -13,8 +13,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
-.venv/bin/ruff check builder tests bench/kernel bench/debian bench/loop bench/boots bench/arches bench/vm bench/rawboot.py
-for script in bench/kernel bench/debian bench/loop bench/boots bench/arches bench/vm bench/rawboot.py; do .venv/bin/mypy "$script"; done
+.venv/bin/ruff check builder tests bench/kernel bench/debian bench/loop bench/boots bench/arches bench/vm bench/pkg bench/rawboot.py
+for script in bench/kernel bench/debian bench/loop bench/boots bench/arches bench/vm bench/pkg bench/rawboot.py; do .venv/bin/mypy "$script"; done
 .venv/bin/mypy
 .venv/bin/lint-imports --no-cache
 exec .venv/bin/pytest tests/unit tests/orchestration tests/real "$@"

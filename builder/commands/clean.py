@@ -62,11 +62,11 @@ def clean(work_dir: Path, dry_run: bool = False, iso_dir: Path | None = None) ->
 # (it is kept and listed), so a work or logs dir pointed somewhere shared loses nothing of
 # anybody else's.  A stage that adds a top-level entry to the work dir adds its name here.
 
-WORK_ENTRIES = (*paths.WORK_ENTRIES, *sorted(registry.work_entries()), "patches", "projects")
+WORK_ENTRIES = (*paths.WORK_ENTRIES, *sorted(registry.work_entries()), "patches", "projects", "pkgs")
 _TEMP = atomic.TEMP
 ISO_TOP = re.compile(r"SHA256SUMS(\.asc)?|report\.html")
 ISO_FILE = re.compile(r".+\.(iso|iso\.sha256|iso\.asc|manifest\.json)")
-LOG_FILE = re.compile(r".+\.log|isobuild\.jsonl|smoke-.+\.(json|xml)")
+LOG_FILE = re.compile(r".+\.log|isobuild\.jsonl|(smoke|pkg)-.+\.(json|xml)")
 _SYSTEM = {Path(p) for p in ("/var/tmp", "/var/lib", "/var/cache", "/var/log", "/usr/local", "/usr/share",
                              "/usr/lib", "/usr/src")}
 

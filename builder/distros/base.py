@@ -245,6 +245,10 @@ class Plugin(ABC):
         ``meta``) -- never a downgrade.  Only called when ``glibc_format`` is set."""
         raise NotImplementedError(f"the {self.family} plugin takes no glibc packages (glibc_format is None)")
 
+    def install_local(self, root: Path, log_path: Path) -> None:
+        """Install the packages ``isobuild pkg build`` made that the settings list.  Default: none."""
+        return None
+
     @abstractmethod
     def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
         """Install the built kernel (its ``kernel_package`` kind of packages) so the initramfs is made for it."""

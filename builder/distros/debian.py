@@ -24,7 +24,7 @@ from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import matches, setting
 from builder.stages import glibc
 from builder.stages.iso import LiveLayout
-from builder.tools import aptrepo, aptsources, chroot, foreign
+from builder.tools import aptrepo, aptsources, chroot, foreign, pkglist
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
@@ -69,6 +69,9 @@ class DebianSettings(LiveSettings):
                            "console: ttyAMA0 on arm64)", check=cmdline)
     ssh_authorized_key: str | None = setting(None, help="public key for root (needs openssh-server in packages)",
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
+    local_packages: list[str] = setting(factory=list, help="binary packages isobuild pkg build made for the arch "
+                                        "(<work>/pkgs/<arch>/) installed in the root like our kernel and glibc (their "
+                                        "dependencies must be in the root already)")
 
     def validate(self) -> str | None:
         pkgs = {name.split("=", 1)[0] for name in self.packages}
@@ -175,7 +178,23 @@ class DebianPlugin(Plugin):
         return {"family": self.family, "suite": self.suite, "mirror": self.mirror(), "components": s.components,
                 "bootstrap": s.bootstrap, "packages": self.packages(), "hostname": s.hostname, "locale": s.locale,
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
-                "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest()}
+                "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest(),
+                **({"local_packages": [{"deb": d.path.name, "sha256": d.sha256} for d in self.local_debs()]}
+                   if s.local_packages else {})}
+
+    def local_debs(self) -> list[pkglist.BuiltDeb]:
+        """The ``local_packages`` as ``pkg build`` made them for this arch (UserError naming one it did not)."""
+        built = pkglist.built_debs(self.project.work_dir, self.arch.name)
+        missing = [n for n in self.settings.local_packages if n not in built]
+        if missing:
+            raise UserError(f"{self.where}: local_packages: {', '.join(missing)} not built for {self.arch.name} "
+                            f"(built: {', '.join(sorted(built)) or 'nothing'})",
+                            hint=f"build the source package first: isobuild pkg build SOURCE --arch {self.arch.name}")
+        return [built[n] for n in self.settings.local_packages]
+
+    def install_local(self, root: Path, log_path: Path) -> None:
+        if self.settings.local_packages:
+            self.install_packages(root, [d.path for d in self.local_debs()], True, log_path)
 
     # --- bootstrap ------------------------------------------------------------------
 

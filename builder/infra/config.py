@@ -206,6 +206,32 @@ class VmSettings:
 
 
 @dataclass
+class PkgSettings:
+    """Native package builds in build VMs (``isobuild pkg``): one fresh VM per source package."""
+
+    list: str = setting("packages.list", help="the package list file (pkg add/remove edit it; pkg build with no "
+                        "names builds it)")
+    patches: str = setting("patches/pkgs", help="per source package, a quilt series of ours: <patches>/<source>/series "
+                           "(applied at fuzz 0 over Debian's own patches)")
+    suffix: str = setting("+isobuild1", help="appended to the version of a package our patches changed (must sort "
+                          "above the distribution's: start it with '+')", check=matches(r"\+[a-z0-9.+~]{1,32}",
+                                                                                        "'+' then a-z 0-9 . + ~"))
+    parallel: int = setting(0, help="VMs at once; 0: from the host's CPUs and memory", check=at_least(0))
+    cpus: int = setting(2, help="virtual CPUs per build VM", check=at_least(1))
+    memory: int = setting(2048, help="MiB per build VM", check=at_least(512))
+    disk: str = setting("16G", help="virtual disk per build VM (the root grows into it at boot)", check=SIZE)
+    timeout: int = setting(3600, help="seconds a build may take on x86_64 (scaled by the arch's emulation "
+                           "slowdown)", check=at_least(60))
+    distcc_jobs: int = setting(0, help="compiles at once through distcc per VM; 0: twice the host's CPUs",
+                               check=at_least(0))
+
+    def validate(self) -> str | None:
+        if self.list.endswith("/") or not self.list:
+            return f"list {self.list!r}: a file name"
+        return None
+
+
+@dataclass
 class ReleaseSettings:
     key: str | None = setting(None, help="GnuPG key that signs releases: a fingerprint (best), key id or user id; "
                               "isobuild release --key overrides")
@@ -223,6 +249,7 @@ class Settings:
     glibc: GlibcSettings = setting(factory=GlibcSettings, help="the glibc stage")
     smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
     vm: VmSettings = setting(factory=VmSettings, help="build VMs: isobuild image, isobuild vm")
+    pkg: PkgSettings = setting(factory=PkgSettings, help="package builds in VMs: isobuild pkg")
     release: ReleaseSettings = setting(factory=ReleaseSettings, help="signing: isobuild release")
 
 

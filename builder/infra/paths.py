@@ -30,7 +30,7 @@ MARKER = ".isobuild-work-dir"
 WORK_ENTRIES = ("sources", "cache", "digests.json", "lock", "projects", MARKER)
 # every name a stage or command of this version makes there (a work dir made before the marker
 # existed is claimed when it holds nothing else; tests keep this in step with the stage registry)
-KNOWN_ENTRIES = (*WORK_ENTRIES, "kernel", "glibc", "guest-tests", "distros", "patches", "images")
+KNOWN_ENTRIES = (*WORK_ENTRIES, "kernel", "glibc", "guest-tests", "distros", "patches", "images", "pkgs")
 SYSTEM_TREES = tuple(Path(p) for p in (
     "/usr", "/etc", "/var/lib", "/var/log", "/var/spool", "/var/mail", "/var/backups", "/boot", "/proc", "/sys",
     "/dev", "/run", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/snap", "/lost+found"))

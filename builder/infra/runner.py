@@ -327,9 +327,66 @@ def in_child(func: Callable[[], None], argv: Sequence[str], log_path: Path) -> N
         raise CommandFailed(args, rc, log_path, errors, lines[-30:], shlex.join(args))
 
 
+class Spawned:
+    """A command running in the background while isobuild does other work (a package build's QEMU,
+    a loopback distccd): contained like every command (its own PID namespace, the parent-death
+    signal), its output appended to a log.  ``stop()`` ends it and everything it started."""
+
+    def __init__(self, argv: list[str], proc: subprocess.Popen[bytes], log_path: Path, started: float):
+        self.argv = argv
+        self.proc = proc
+        self.log_path = log_path
+        self.started = started
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The exit code, or None if it still runs after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self) -> int | None:
+        _kill_group(self.proc)
+        rc = self.proc.poll()
+        with self.log_path.open("a") as sink:
+            sink.write(f"[stopped: exit {rc} after {time.monotonic() - self.started:.1f} s]\n")
+        return rc
+
+    def __enter__(self) -> Spawned:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def spawn(argv: Sequence[str | os.PathLike[str]], *, log_path: Path, cwd: Path | None = None,
+          env: Mapping[str, str] | None = None) -> Spawned:
+    """Start ``argv`` in the background (see ``Spawned``); use it as a context manager so it is
+    stopped however the caller's block ends (Ctrl-C included)."""
+    args = [str(a) for a in argv]
+    full_env = dict(os.environ)
+    full_env["LC_ALL"] = "C.UTF-8"
+    full_env.update(env or {})
+    if shutil.which(args[0], path=full_env.get("PATH")) is None:
+        raise InfraError(f"{args[0]}: command not found", hint=hosttools.install_hint(args[0]))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("a", encoding="utf-8") as sink:
+        sink.write(f"$ {reproducer(args, cwd, env)}  # in the background\n")
+        sink.flush()
+        log.get().debug("spawn", argv=args, log=str(log_path))
+        proc = subprocess.Popen(contained(args), cwd=cwd, env=full_env, stdin=subprocess.DEVNULL, stdout=sink,
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+    return Spawned(args, proc, log_path, time.monotonic())
+
+
 def output(argv: Sequence[str | os.PathLike[str]], **kwargs: object) -> str:
     """Run a short query command and return its stdout+stderr text."""
     return run(argv, capture=True, **kwargs).output  # type: ignore[arg-type]
 
 
-__all__ = ["CommandFailed", "IsobuildError", "Result", "attached", "in_child", "output", "reproducer", "run"]
+__all__ = ["CommandFailed", "IsobuildError", "Result", "Spawned", "attached", "in_child", "output", "reproducer", "run",
+           "spawn"]

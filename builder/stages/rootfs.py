@@ -112,6 +112,8 @@ class DistroPlugin(Protocol):
 
     def install_glibc(self, root: Path, glibc_dir: Path, meta: dict[str, Any], log_path: Path) -> None: ...
 
+    def install_local(self, root: Path, log_path: Path) -> None: ...
+
     def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None: ...
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None: ...
@@ -288,6 +290,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
         if p.glibc is not None and glibc_meta is not None:
             glibc_dir, meta_ = p.glibc.artifact, glibc_meta
             _step("glibc", plugin.name, durations, lambda: plugin.install_glibc(root, glibc_dir, meta_, log_path))
+        _step("local-packages", plugin.name, durations, lambda: plugin.install_local(root, log_path))
 
     with atomic.new_dir(p.artifact) as out:
         try:

@@ -71,7 +71,7 @@ def parse_deb822(text: str) -> list[dict[str, str]]:
     return out
 
 
-def _checksums(text: str) -> dict[str, tuple[str, int]]:
+def checksums(text: str) -> dict[str, tuple[str, int]]:
     """A Checksums-Sha256 / SHA256 field: name -> (sha256, size)."""
     out = {}
     for line in text.splitlines():
@@ -124,7 +124,7 @@ def release(mirror: str, suite: str, keyring: Path = DEBIAN_KEYRING, where: str 
         text = text_path.read_text(encoding="utf-8", errors="replace")
     stanzas = parse_deb822(text)
     fields = stanzas[0] if stanzas else {}
-    return Release(mirror, suite, fields, _checksums(fields.get("SHA256", "")),
+    return Release(mirror, suite, fields, checksums(fields.get("SHA256", "")),
                    hashlib.sha256(data).hexdigest(), fields.get("Architectures", "").split(),
                    fields.get("Components", "").split())
 
@@ -219,7 +219,7 @@ def source_versions(rel: Release, component: str, name: str, cache: Path) -> lis
         raise UserError(f"source package {name} not found in {rel.suite}/{component} on {rel.mirror}",
                         hint=f"check the name (apt-cache showsrc {name} on a {rel.suite} system)")
     stanzas.sort(key=lambda s: _version_key(s.get("Version", "")), reverse=True)
-    return [SourcePackage(name, s["Version"], s["Directory"], _checksums(s.get("Checksums-Sha256", "")))
+    return [SourcePackage(name, s["Version"], s["Directory"], checksums(s.get("Checksums-Sha256", "")))
             for s in stanzas]
 
 

@@ -204,25 +204,27 @@ def pick_port(base: int, taken: set[int], tried: set[int] | None = None) -> int:
                     hint="stop VMs you no longer need (isobuild vm list), or set vm.base_port / ISOBUILD_VM_BASE_PORT")
 
 
-def argv(arch: Arch, accel: str, machine: Machine, record: Record) -> list[str]:
+def argv(arch: Arch, accel: str, machine: Machine, record: Record, *, daemonize: bool = True,
+         forwards: tuple[str, ...] = ()) -> list[str]:
     """QEMU's command line for a VM: daemonized, the serial console to a file, QMP on a socket,
     the overlay on virtio-blk first in the boot order, user-mode networking with the guest's SSH
     forwarded from ``127.0.0.1:<port>`` only (and, ``restricted``, no way out of QEMU), a virtio
     RNG; the arch's firmware (builder.tools.bootmedia: SeaBIOS or OVMF on x86_64, AAVMF on arm64,
-    OpenSBI + U-Boot on riscv64)."""
+    OpenSBI + U-Boot on riscv64).  ``daemonize=False``: QEMU stays isobuild's child (a package
+    build's VM, which must die with isobuild); ``forwards``: guestfwd rules (builder.tools.relay)."""
     accel_opt = f"tcg,tb-size={record.tcg_cache}" if accel == "tcg" and record.tcg_cache else accel
     out = [arch.qemu, "-accel", accel_opt, "-machine", arch.qemu_machine, "-cpu", qemu.cpu_model(accel, arch),
            "-m", str(record.memory), "-smp", str(record.cpus), "-nodefaults", "-no-user-config",
            "-display", "none", "-name", f"isobuild-vm-{record.name}",
            "-chardev", f"file,id=console,path={bootmedia.opt(machine.path(CONSOLE))}", "-serial", "chardev:console",
            "-monitor", "none", "-qmp", f"unix:{QMP},server=on,wait=off",
-           "-pidfile", str(machine.path(PIDFILE)), "-daemonize"]
+           "-pidfile", str(machine.path(PIDFILE)), *(["-daemonize"] if daemonize else [])]
     if record.firmware == "uefi":
         out += bootmedia.uefi_argv(arch, machine.path(EFI_VARS) if bootmedia.uefi_vars(arch) else None)
     out += ["-drive", f"file={bootmedia.opt(machine.path(OVERLAY))},format=qcow2,if=none,id=disk,discard=unmap",
             "-device", "virtio-blk-pci,drive=disk,bootindex=0",
             "-netdev", f"user,id=net,{'restrict=on,' if record.network == 'restricted' else ''}"
-                       f"hostfwd=tcp:127.0.0.1:{record.port}-:22",
+                       f"hostfwd=tcp:127.0.0.1:{record.port}-:22" + "".join(f",{f}" for f in forwards),
             "-device", "virtio-net-pci,netdev=net", "-device", "virtio-rng-pci"]
     if record.snapshot:
         out.append("-snapshot")

@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,6 +117,26 @@ def _last_good(case: Case) -> tuple[str, str]:
     return os.readlink(current), sha256(current / "metadata.json")
 
 
+def _sources(mirror: Mirror, scratch: Path) -> None:
+    """Two source packages in the fake mirror: ``tiny`` (a real 3.0 (native) package dpkg-source made)
+    and ``tampered`` (its tarball changed after the signed index listed it)."""
+    for name in ("tiny", "tampered"):
+        tree = scratch / f"{name}-1.0"
+        (tree / "debian" / "source").mkdir(parents=True)
+        (tree / "debian" / "source" / "format").write_text("3.0 (native)\n")
+        (tree / "debian" / "control").write_text(f"Source: {name}\nMaintainer: t <t@test.invalid>\n\n"
+                                                 f"Package: {name}\nArchitecture: any\nDescription: t\n t\n")
+        (tree / "debian" / "changelog").write_text(f"{name} (1.0) unstable; urgency=medium\n\n  * t\n\n"
+                                                   " -- t <t@test.invalid>  Sat, 01 Jun 2024 10:00:00 +0000\n")
+        (tree / "debian" / "rules").write_text("#!/usr/bin/make -f\n%:\n\tdh $@\n")
+        (tree / "hello.c").write_text("int main(void) { return 0; }\n")
+        subprocess.run(["dpkg-source", "-b", tree.name], cwd=scratch, check=True, capture_output=True)
+        files = {p.name: p.read_bytes() for p in scratch.glob(f"{name}_1.0*") if p.is_file()}
+        pool = mirror.add_source("bookworm", name, "1.0", files)
+        if name == "tampered":
+            (pool / "tampered_1.0.tar.xz").write_bytes(b"not what the index says")
+
+
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project with a built fake kernel, a Debian distro over a signed fake mirror and an EL distro over
@@ -125,6 +146,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with tarfile.open(tarball, "w:gz") as tar:
         tar.add(FAKELINUX, arcname="linux-fake")
     mirror = Mirror.create(base / "mirror")
+    _sources(mirror, base / "srcpkgs")
     mirror.publish("bookworm")
     root = base / "project"
     (root / "patches" / "kernel").mkdir(parents=True)
@@ -263,6 +285,23 @@ def _no_arch(c: Case) -> None:
     other.publish("bookworm", architectures="arm64")
     (c.project / "keyring.gpg").write_bytes(other.keyring.read_bytes())
     c.distro("debian", mirror=other.uri)
+
+
+def _write_series(c: Case, where: str) -> None:
+    """A series of ours for a source package whose one patch changes a line the source does not have."""
+    patch = ("--- a/hello.c\n+++ b/hello.c\n@@ -1 +1 @@\n-int main(void) { return 1; }\n"
+             "+int main(void) { return 2; }\n")
+    _write(c.project / where / "0001-x.patch", patch)
+    _write(c.project / where / "series", "0001-x.patch\n")
+
+
+def _tampered_dsc(c: Case) -> None:
+    """A local .dsc (outside the project, in the canary tree) whose tarball changed after it was made."""
+    data = b"original"
+    (c.canary / "local_1.0.tar.xz").write_bytes(b"changed!")
+    (c.canary / "local_1.0.dsc").write_text(
+        "Format: 3.0 (native)\nSource: local\nVersion: 1.0\nChecksums-Sha256:\n"
+        f" {hashlib.sha256(data).hexdigest()} {len(data)} local_1.0.tar.xz\n")
 
 
 def _locked(c: Case) -> None:
@@ -436,6 +475,23 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("vm-disk-setting", lambda c: c.set(vm__disk="1G"), ["vm", "list"], 2,
      r"isobuild.yaml: vm: disk 1G is smaller than image_size 8G"),
     ("image-el", lambda c: None, ["image", "alma"], 2, r"disk images are made for Debian-family distros only"),
+    ("pkg-unknown-source", lambda c: None, ["pkg", "build", "nosuch"], 2,
+     r"source package nosuch not found in bookworm \(main\) on file://"),
+    ("pkg-index-sha-mismatch", lambda c: None, ["pkg", "build", "tampered"], 2,
+     r"source tampered 1.0: file://.*tampered_1.0.tar.xz has sha256 [0-9a-f]{64} \(\d+ bytes\); the signed index "
+     r"says"),
+    ("pkg-patch-does-not-apply", lambda c: _write_series(c, "patches/pkgs/tiny"), ["pkg", "build", "tiny"], 2,
+     r"patch 0001-x.patch does not apply at fuzz 0 to tiny 1.0: .*hello.c"),
+    ("pkg-list-syntax", lambda c: _write(c.project / "packages.list", "hello\nHello World\n"), ["pkg", "build"], 2,
+     r"packages.list:2: 'Hello World': one package per line"),
+    ("pkg-list-empty", lambda c: None, ["pkg", "build"], 2, r"no packages named and .*packages.list lists none"),
+    ("pkg-dsc-tampered", _tampered_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
+     r"local_1.0.dsc: local_1.0.tar.xz has sha256 [0-9a-f]{64}; the .dsc says"),
+    ("pkg-shard", lambda c: None, ["pkg", "build", "tiny", "--shard", "3/2"], 2, r"--shard '3/2': expected I/N"),
+    ("pkg-remove-unlisted", lambda c: None, ["pkg", "remove", "hello"], 2, r"packages.list: hello not listed"),
+    ("pkg-local-packages-missing", lambda c: c.distro("debian", local_packages=["nosuch"]), ["image"], 2,
+     r"debian.yaml: local_packages: nosuch not built for x86_64 \(built: nothing\)"),
+    ("pkg-parallel-zero", lambda c: None, ["pkg", "build", "tiny", "-j", "0"], 2, r"-j/--parallel: expected"),
     # --- host faults -------------------------------------------------------------------------
     ("locked", _locked, ["kernel", "--force"], 3, r"is in use by another isobuild run"),
     ("no-quilt", _missing_tool, ["kernel", "--force"], 3, r"quilt not found: the kernel stage needs it"),

@@ -4,6 +4,7 @@ default ~/.cache/isobuild-tests), so a warm re-run rebuilds nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -37,6 +38,23 @@ def current(root: Path, label: str) -> Path:
 def record(root: Path, label: str) -> dict[str, Any]:
     """The project's record of a stage or check (kernel-boot-ci-x86_64...)."""
     return json.loads((records(root, WORK) / f"{label}.json").read_text())  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def inside(root: Path) -> Iterator[Path]:
+    """The shared work dir and ``root`` as the current directory for a block (a module fixture's
+    lifetime), both restored after it."""
+    old, cwd = os.environ.get("ISOBUILD_WORK_DIR"), Path.cwd()
+    os.environ["ISOBUILD_WORK_DIR"] = str(WORK)
+    os.chdir(root)
+    try:
+        yield root
+    finally:
+        os.chdir(cwd)
+        if old is None:
+            os.environ.pop("ISOBUILD_WORK_DIR", None)
+        else:
+            os.environ["ISOBUILD_WORK_DIR"] = old
 
 
 def run(root: Path, *args: str) -> int:
