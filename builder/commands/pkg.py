@@ -333,14 +333,16 @@ class Registry:
         for s in running:
             s.stop()
 
-    def port(self, base: int, release: int | None = None) -> int:
+    def port(self, base: int) -> int:
+        """A free localhost port for a build VM's SSH, held until ``free``."""
         with self.lock:
-            if release is not None:
-                self.ports.discard(release)
-                return release
             port = vmt.pick_port(base, self.ports)
             self.ports.add(port)
             return port
+
+    def free(self, port: int) -> None:
+        with self.lock:
+            self.ports.discard(port)
 
 
 @dataclass
@@ -373,7 +375,8 @@ def _guest_script(env: Env, job: Job, use_distcc: bool) -> str:
     env_words = f"DEB_BUILD_OPTIONS='parallel={parallel}'"
     if use_distcc:
         lines += ["say STEP distcc", "apt-get -q -y --no-install-recommends install distcc",
-                  "say GCC $(gcc -dumpversion | cut -d. -f1)"]
+                  "major=$(gcc -dumpversion | cut -d. -f1); say GCC $major",
+                  f"[ \"$major\" = {env.distcc_major or 0} ] || exit 97  # distcc needs the same GCC release"]
         denv = distcc.guest_env(jobs)
         env_words += " PATH=/usr/lib/distcc:$PATH " + " ".join(f"{k}={v}" for k, v in sorted(denv.items()))
         lines.append(f"mkdir -p {denv['DISTCC_DIR']}")
@@ -473,8 +476,8 @@ def _ssh_to(env: Env, m: vmt.Machine, record: vmt.Record) -> tuple[Path, Path, i
     return ssh.private_key(key_dir(env.project)), m.path(vmt.KNOWN_HOSTS), record.port
 
 
-def boot(env: Env, job: Job, scratch: Path, forwards: tuple[str, ...], log_path: Path) -> tuple[
-        vmt.Machine, vmt.Record, runner.Spawned]:
+def boot(env: Env, job: Job, scratch: Path, forwards: tuple[str, ...], log_path: Path,
+         held: list[int]) -> tuple[vmt.Machine, vmt.Record, runner.Spawned]:
     """A VM over a fresh overlay of the image, QEMU our child (it dies with isobuild); returns once
     SSH answers."""
     project, arch = env.project, env.plan.arch
@@ -493,6 +496,7 @@ def boot(env: Env, job: Job, scratch: Path, forwards: tuple[str, ...], log_path:
     accel = qemu.accelerator(arch)
     for _ in range(8):
         record.port = env.registry.port(settings.vm.base_port)
+        held.append(record.port)  # freed by the caller when the build ends (a port QEMU could not bind too)
         qemu_log = scratch / "qemu.log"
         spawned = runner.spawn(vmt.argv(arch, accel, m, record, daemonize=False, forwards=forwards),
                                log_path=qemu_log, cwd=m.directory)
@@ -501,13 +505,48 @@ def boot(env: Env, job: Job, scratch: Path, forwards: tuple[str, ...], log_path:
         if spawned.alive or "host forwarding rule" not in qemu_log.read_text(errors="replace"):
             break
         env.registry.discard(spawned)  # another process took the port between the check and QEMU's bind
-    limit = settings.vm.ssh_timeout * arch.tcg_slowdown
+    try:
+        wait_for_ssh(env, job, m, record, spawned, scratch, log_path)
+    except BaseException:  # an SSH that never answered, Ctrl-C: this QEMU goes now
+        spawned.stop()
+        env.registry.discard(spawned)
+        raise
+    return m, record, spawned
+
+
+class BootCrashed(InfraError):
+    """The build VM's guest died while it booted (a kernel panic, PID 1 killed by a signal)."""
+
+
+# what the console shows when the guest cannot come up: the kernel's panic, or systemd (PID 1) killed
+# -- seen here on a riscv64 guest under TCG, once in a few boots: systemd 257 "unhandled signal 11"
+BOOT_CRASH = re.compile(r"Kernel panic - not syncing|Attempted to kill init|systemd\[1\]: (unhandled signal|Caught <)"
+                        r"|Freezing execution")
+
+
+def crashed(m: vmt.Machine) -> str | None:
+    """The console line that says the guest died while booting, if one does."""
+    try:
+        text = m.path(vmt.CONSOLE).read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    found = BOOT_CRASH.search(text)
+    return text[found.start():].split("\n", 1)[0].strip() if found else None
+
+
+def wait_for_ssh(env: Env, job: Job, m: vmt.Machine, record: vmt.Record, spawned: runner.Spawned, scratch: Path,
+                 log_path: Path) -> None:
+    limit = env.project.settings.vm.ssh_timeout * env.plan.arch.tcg_slowdown
     started = time.monotonic()
     key, known, port = _ssh_to(env, m, record)
     with log.stage("pkg.wait-ssh", package=job.label, port=record.port):
         while time.monotonic() - started < limit:
             if env.registry.cancelled.is_set():
                 raise KeyboardInterrupt
+            crash = crashed(m)
+            if crash is not None:
+                raise BootCrashed(f"{job.label}: the build VM crashed while it booted: {crash}",
+                                  details=[*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"])
             if not spawned.alive:
                 raise InfraError(f"{job.label}: QEMU exited while the build VM booted",
                                  details=[*_tail(scratch / "qemu.log", 5), *vmt.console_tail(m, 10),
@@ -515,7 +554,7 @@ def boot(env: Env, job: Job, scratch: Path, forwards: tuple[str, ...], log_path:
             result = runner.run(ssh.ssh_argv(key, known, port, ["true"]), log_path=log_path, check=False,
                                 capture=True, timeout=60)
             if result.returncode == 0:
-                return m, record, spawned
+                return
             time.sleep(SSH_POLL)
     raise InfraError(f"{job.label}: the build VM's SSH did not answer within {limit:.0f} s",
                      details=[*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"])
@@ -536,6 +575,7 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
     assert job.scratch is not None, "prepare_all first"
     scratch = job.scratch
     spawned: list[runner.Spawned] = []
+    ports: list[int] = []
     counts_log = scratch / "distccd.log"
     try:
         tarball = scratch / "tree.tar"
@@ -549,7 +589,15 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
             forwards.append(relay.guestfwd(distcc.GUEST_PORT, dport))
         if env.registry.cancelled.is_set():
             raise KeyboardInterrupt
-        m, record, qemu_proc = boot(env, job, scratch, tuple(forwards), log_path)
+        try:
+            m, record, qemu_proc = boot(env, job, scratch, tuple(forwards), log_path, ports)
+        except BootCrashed as exc:  # once more on a fresh overlay: an emulated boot that crashed is not the package's
+            log.get().warning("pkg.boot-crashed", package=job.label, crash=exc.message, retry=True)
+            kept = scratch / "vm.crashed"
+            shutil.rmtree(kept, ignore_errors=True)
+            (scratch / "vm").rename(kept)
+            m, record, qemu_proc = boot(env, job, scratch, tuple(forwards), log_path, ports)
+            outcome.details.append(f"first boot crashed: {exc.message}")
         spawned.append(qemu_proc)
         key, known, port = _ssh_to(env, m, record)
         runner.run(ssh.ssh_argv(key, known, port, ["mkdir", "-p", GUEST_BUILD]), log_path=log_path)
@@ -576,9 +624,10 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
                                       hint="raise pkg.disk in isobuild.yaml (the root grows into it at boot)",
                                       details=[*_tail(build_log, 8), f"log: {build_log}"]) from None
                 raise
-        if gcc and env.distcc_major and gcc[0] != env.distcc_major:
-            raise UserError(f"{job.label}: the guest's gcc is {gcc[0]}, the distcc tool root's {env.distcc_major}",
-                            hint="distcc needs the same GCC major on both sides")
+        if use_distcc and gcc and gcc[0] != env.distcc_major:
+            raise UserError(f"{job.label}: the guest's gcc is {gcc[0]}, the distcc tool root's {env.distcc_major}; "
+                            "nothing was built", hint="distcc needs the same GCC major on both sides (the tool root "
+                            "comes from the image's suite: rebuild the image if the suite changed)")
         if result.timed_out or result.returncode != 0:
             why = f"timed out after {limit:.0f} s" if result.timed_out else f"exit {result.returncode}"
             raise BuildFailed(f"{job.label}: the build failed ({why})", details=[*_tail(build_log, 15),
@@ -589,7 +638,10 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
         debs = sorted(p.name for p in stage_out.glob("*.deb"))
         if not debs:
             raise BuildFailed(f"{job.label}: the build made no .deb", details=[f"log: {build_log}"])
-        shutil.copyfile(build_log, stage_out / f"{job.source.name}_{job.version}_{arch.deb_arch}.build")
+        stem = f"{job.source.name}_{job.version}_{arch.deb_arch}"
+        shutil.copyfile(build_log, stage_out / f"{stem}.build")
+        if use_distcc:  # the proof the compiles ran on the host: distccd's job summaries
+            shutil.copyfile(counts_log, stage_out / f"{stem}.distccd.log")
         outcome.status, outcome.debs = "built", debs
         if use_distcc:
             c = distcc.counts(counts_log)
@@ -615,6 +667,8 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
         for s in spawned:
             s.stop()
             env.registry.discard(s)
+        for port in ports:
+            env.registry.free(port)
         if outcome.status != "built":
             keep = project.logs_dir / f"pkg-{arch.name}-{job.source.name}.build.log"
             if (scratch / "build.log").exists():

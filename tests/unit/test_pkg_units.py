@@ -144,10 +144,12 @@ def test_parallel_from_cpus_and_memory(tmp_path: Path, monkeypatch: pytest.Monke
     assert pkg.default_parallel(_project(tmp_path, parallel=3), meminfo) == 3
 
 
-def test_registry_hands_out_distinct_ports() -> None:
+def test_registry_hands_out_distinct_ports_and_takes_them_back() -> None:
     registry = pkg.Registry()
-    ports = {registry.port(20000) for _ in range(5)}
-    assert len(ports) == 5
+    ports = [registry.port(20000) for _ in range(5)]
+    assert len(set(ports)) == 5
+    registry.free(ports[0])
+    assert registry.port(20000) == ports[0]  # a finished build's port serves the next one
 
 
 def test_results_table_json_junit(tmp_path: Path) -> None:
@@ -294,3 +296,17 @@ def test_built_debs_by_binary_name_newest_build_wins(tmp_path: Path) -> None:
 def test_scratch_names_are_temps_the_sweep_recognises() -> None:
     name = atomic.temp_path(Path("/w/pkgs/x86_64/hello"), "build").name
     assert atomic.TEMP.fullmatch(name), name
+
+
+@pytest.mark.parametrize(("console", "found"), [
+    ("systemd[1]: Started journald.\nsystemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004\nCPU: 1\n",
+     "systemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004"),
+    ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
+    ("Debian GNU/Linux 12 isobuild ttyS0\nisobuild login:\n", None),
+])
+def test_a_boot_crash_is_read_off_the_console(tmp_path: Path, console: str, found: str | None) -> None:
+    m = vmt.Machine(tmp_path)
+    m.path(vmt.CONSOLE).write_text(console)
+    assert pkg.crashed(m) == found
+    assert pkg.crashed(vmt.Machine(tmp_path / "none")) is None
