@@ -34,7 +34,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from builder.infra import atomic, digests, keys, log, runner, state
+from builder.infra import atomic, digests, keys, log, paths, runner, state
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project, size_bytes
 from builder.infra.errors import CheckFailed, InfraError, IsobuildError, UserError
@@ -176,8 +176,9 @@ def local_dsc(path: Path, where: str) -> Source:
         if "/" in fname or fname.startswith("."):
             raise UserError(f"{path}: names a file {fname!r} outside its directory; refused")
         f = path.parent / fname
-        if not f.is_file():
-            raise UserError(f"{path}: {fname} is missing beside it", hint="keep the .dsc's files in its directory")
+        if f.is_symlink() or not f.is_file():
+            raise UserError(f"{path}: {fname} is {'a symlink' if f.is_symlink() else 'missing'} beside it",
+                            hint="keep the .dsc's files as regular files in its directory")
         got = digests.sha256_file(f)
         if got != sha or f.stat().st_size != size:
             raise UserError(f"{path}: {fname} has sha256 {got}; the .dsc says {sha}", hint="the file changed after "
@@ -237,8 +238,11 @@ def resolve(project: Project, suite: Suite, components: list[str], entry: Entry,
     if entry.kind == "archive":
         return archive_source(suite, components, entry, project.work_dir / "cache" / "archive")
     assert entry.path is not None
-    base = project.root if from_list else Path.cwd()
-    path = (base / entry.path).resolve()
+    if from_list:  # the project's own file names only what is inside the project
+        path = paths.project_input(project.root, entry.path, "package list entry", where,
+                                   "file" if entry.kind == "dsc" else "dir")
+    else:  # a path given on the command line: what the user pointed at
+        path = (Path.cwd() / entry.path).resolve()
     source = local_dsc(path, where) if entry.kind == "dsc" else local_tree(path, where)
     if entry.kind == "dir" and source.name != entry.name:
         log.get().info("pkg.tree-name", path=str(path), source=source.name)

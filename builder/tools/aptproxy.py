@@ -29,7 +29,7 @@ from pathlib import Path
 
 from builder.infra import log
 
-ALLOWED = re.compile(r"/(dists|pool)/[A-Za-z0-9._+~%/-]+")
+ALLOWED = re.compile(r"/(dists|pool)/[A-Za-z0-9._+~/-]+")
 CHUNK = 1 << 16
 TIMEOUT = 60.0
 
@@ -50,7 +50,8 @@ class Counts:
 
 
 def allowed(path: str) -> bool:
-    """A request path the proxy forwards: under dists/ or pool/, no ``..``, no query."""
+    """A request path (percent-decoded, as apt encodes ``+`` and ``~``) the proxy forwards: under
+    dists/ or pool/, no ``..`` component, no empty one."""
     return bool(ALLOWED.fullmatch(path)) and ".." not in path.split("/") and "//" not in path
 
 
@@ -78,7 +79,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, body: bool) -> None:
         counts = self.server.counts
         counts.add(requests=1)
-        path = urllib.parse.urlsplit(self.path).path
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path)  # checked as the mirror will read it
         if not allowed(path):
             counts.add(refused=1)
             self._refuse(403, "isobuild's apt proxy serves the suite's dists/ and pool/ only")
@@ -88,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
             counts.add(hits=1)
             self._send_file(cached, body)
             return
-        url = self.server.mirror.rstrip("/") + path
+        url = self.server.mirror.rstrip("/") + urllib.parse.quote(path)
         try:
             with contextlib.ExitStack() as stack:
                 stream = stack.enter_context(_open(url))

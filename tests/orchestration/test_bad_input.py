@@ -304,6 +304,13 @@ def _tampered_dsc(c: Case) -> None:
         f" {hashlib.sha256(data).hexdigest()} {len(data)} local_1.0.tar.xz\n")
 
 
+def _symlinked_dsc(c: Case) -> None:
+    """A local .dsc whose tarball is a symlink to a file elsewhere (a host file, say)."""
+    _tampered_dsc(c)
+    (c.canary / "local_1.0.tar.xz").unlink()
+    (c.canary / "local_1.0.tar.xz").symlink_to(c.canary / "secret")
+
+
 def _locked(c: Case) -> None:
     c.held = lock.held(c.work)  # type: ignore[attr-defined]
     c.held.__enter__()  # type: ignore[attr-defined]
@@ -484,6 +491,10 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
      r"patch 0001-x.patch does not apply at fuzz 0 to tiny 1.0: .*hello.c"),
     ("pkg-list-syntax", lambda c: _write(c.project / "packages.list", "hello\nHello World\n"), ["pkg", "build"], 2,
      r"packages.list:2: 'Hello World': one package per line"),
+    ("pkg-list-outside", lambda c: _write(c.project / "packages.list", "../canary/\n"), ["pkg", "build"], 2,
+     r"packages.list: package list entry: '../canary/' resolves to .*canary, outside the project"),
+    ("pkg-dsc-symlink", _symlinked_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
+     r"local_1.0.dsc: local_1.0.tar.xz is a symlink beside it"),
     ("pkg-list-empty", lambda c: None, ["pkg", "build"], 2, r"no packages named and .*packages.list lists none"),
     ("pkg-dsc-tampered", _tampered_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
      r"local_1.0.dsc: local_1.0.tar.xz has sha256 [0-9a-f]{64}; the .dsc says"),

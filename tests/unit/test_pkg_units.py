@@ -204,8 +204,10 @@ def test_apt_proxy_serves_the_mirror_only_and_caches_pool_files(tmp_path: Path) 
         assert urllib.request.urlopen(f"{base}/dists/bookworm/InRelease").read() == b"signed\n"
         deb = "/pool/main/h/hello/hello_2.10-3_amd64.deb"
         assert urllib.request.urlopen(base + deb).read() == b"deb" * 1000
+        assert urllib.request.urlopen(base + deb.replace("_2.10", "%5f2.10")).read() == b"deb" * 1000  # apt-style
         assert urllib.request.urlopen(base + deb).read() == b"deb" * 1000
-        for bad in ("/../secret", "/dists/../../secret", "/etc/passwd", "/pool/x?y=1", "/http://elsewhere/"):
+        for bad in ("/../secret", "/dists/../../secret", "/etc/passwd", "/pool/x?y=1", "/http://elsewhere/",
+                    "/pool/%2e%2e/%2e%2e/secret", "/pool/%2E%2E/%2e%2e/secret", "/dists//secret"):
             with pytest.raises(urllib.error.HTTPError) as exc:
                 urllib.request.urlopen(base + bad)
             assert exc.value.code in (403, 404), bad
@@ -213,7 +215,7 @@ def test_apt_proxy_serves_the_mirror_only_and_caches_pool_files(tmp_path: Path) 
             urllib.request.urlopen(f"{base}/pool/main/n/nosuch.deb")
         assert missing.value.code == 404
         counts = proxy.counts
-    assert counts.hits == 1 and counts.refused >= 3
+    assert counts.hits == 2 and counts.refused >= 6
     assert (tmp_path / "cache" / "pool" / "main" / "h" / "hello" / "hello_2.10-3_amd64.deb").is_file()
     assert not list((tmp_path / "cache").rglob(".*.tmp"))
 
