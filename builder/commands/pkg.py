@@ -564,6 +564,25 @@ def wait_for_ssh(env: Env, job: Job, m: vmt.Machine, record: vmt.Record, spawned
                      details=[*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"])
 
 
+# apt refusing a build dependency pinned to the distribution's glibc, where the image carries ours
+_PINNED_TO_DEBIANS_GLIBC = re.compile(r"^ ?(?P<dep>\S+) : Depends: (?P<libc>libc6(?:-dev)?) "
+                                      r"\(= (?P<theirs>[^)]+)\) but (?P<ours>\S+) is to be installed", re.M)
+
+
+def diagnose(build_log: Path) -> str | None:
+    """A known cause of a failed build, said plainly (None when the log shows none)."""
+    try:
+        text = build_log.read_text(errors="replace")
+    except OSError:
+        return None
+    m = _PINNED_TO_DEBIANS_GLIBC.search(text)
+    if m and m["ours"] != m["theirs"]:
+        return (f"build dependency {m['dep']} needs Debian's {m['libc']} {m['theirs']}, the image has ours "
+                f"({m['ours']}); our glibc build makes no such package (glibc.profiles: nobiarch), so this package "
+                "cannot build in this image")
+    return None
+
+
 def _tail(path: Path, n: int) -> list[str]:
     try:
         return [line for line in path.read_text(errors="replace").splitlines() if line.strip()][-n:]
@@ -634,8 +653,9 @@ def build_one(env: Env, job: Job, use_distcc: bool, log_path: Path) -> Outcome:
                             "comes from the image's suite: rebuild the image if the suite changed)")
         if result.timed_out or result.returncode != 0:
             why = f"timed out after {limit:.0f} s" if result.timed_out else f"exit {result.returncode}"
-            raise BuildFailed(f"{job.label}: the build failed ({why})", details=[*_tail(build_log, 15),
-                              f"log: {build_log}"])
+            cause = diagnose(build_log)
+            raise BuildFailed(f"{job.label}: the build failed ({why})" + (f": {cause}" if cause else ""),
+                              details=[*_tail(build_log, 15), f"log: {build_log}"])
         stage_out = scratch / "out"
         runner.run(ssh.scp_argv(key, known, port, ssh.remote(f"{GUEST_BUILD}/out"), str(stage_out)),
                    log_path=log_path)

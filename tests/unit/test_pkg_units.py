@@ -312,3 +312,15 @@ def test_a_boot_crash_is_read_off_the_console(tmp_path: Path, console: str, foun
     m.path(vmt.CONSOLE).write_text(console)
     assert pkg.crashed(m) == found
     assert pkg.crashed(vmt.Machine(tmp_path / "none")) is None
+
+
+def test_a_build_dependency_pinned_to_debians_glibc_is_explained(tmp_path: Path) -> None:
+    log = tmp_path / "build.log"
+    log.write_text("The following packages have unmet dependencies:\n"
+                   " libc6-dev-i386 : Depends: libc6-dev (= 2.36-9+deb12u14) but 2.36-9+deb12u14+isobuild1 is to be "
+                   "installed\nE: Unable to correct problems, you have held broken packages.\n")
+    cause = pkg.diagnose(log)
+    assert cause is not None and "libc6-dev-i386 needs Debian's libc6-dev 2.36-9+deb12u14" in cause
+    assert "nobiarch" in cause
+    log.write_text("make: *** [all] Error 1\n")
+    assert pkg.diagnose(log) is None
