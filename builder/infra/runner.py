@@ -342,13 +342,6 @@ class Spawned:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """The exit code, or None if it still runs after ``timeout`` seconds."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
     def stop(self) -> int | None:
         _kill_group(self.proc)
         rc = self.proc.poll()
@@ -356,17 +349,11 @@ class Spawned:
             sink.write(f"[stopped: exit {rc} after {time.monotonic() - self.started:.1f} s]\n")
         return rc
 
-    def __enter__(self) -> Spawned:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 def spawn(argv: Sequence[str | os.PathLike[str]], *, log_path: Path, cwd: Path | None = None,
           env: Mapping[str, str] | None = None) -> Spawned:
-    """Start ``argv`` in the background (see ``Spawned``); use it as a context manager so it is
-    stopped however the caller's block ends (Ctrl-C included)."""
+    """Start ``argv`` in the background (see ``Spawned``); the caller stops it however its work
+    ends (Ctrl-C included)."""
     args = [str(a) for a in argv]
     full_env = dict(os.environ)
     full_env["LC_ALL"] = "C.UTF-8"

@@ -27,7 +27,7 @@ from pathlib import Path
 from builder.infra import atomic, keys, log, runner, sandbox
 from builder.infra.arch import Arch, host_arch
 from builder.infra.errors import InfraError, UserError
-from builder.tools import buildroot
+from builder.tools import aptrepo, buildroot
 from builder.tools.relay import GUEST_HOST
 from builder.tools.rootdir import Root
 
@@ -167,8 +167,9 @@ def guest_env(jobs: int) -> dict[str, str]:
             "DISTCC_FALLBACK": "0", "DISTCC_DIR": "/tmp/distcc"}
 
 
-def tool_root(suite: str, mirror: str, keyring: Path, target: Arch, release: object, work_dir: Path) -> ToolRoot:
-    native = target.name == host_arch()
-    base = buildroot.CrossRoot(suite, mirror, keyring, target, release, work_dir / "cache" / "cross-roots",  # type: ignore[arg-type]
-                               cross=not native)
+def tool_root(suite: str, mirror: str, keyring: Path, target: Arch, release: aptrepo.Release,
+              work_dir: Path) -> ToolRoot:
+    """The tool root for a guest of ``target`` running ``suite`` (native compilers when it is the host's arch)."""
+    base = buildroot.CrossRoot(suite, mirror, keyring, target, release, work_dir / "cache" / "cross-roots",
+                               cross=target.name != host_arch())
     return ToolRoot(base, work_dir / "cache" / "distcc-roots")

@@ -33,10 +33,6 @@ class Entry:
     version: str | None = None
     path: str | None = None
 
-    @property
-    def label(self) -> str:
-        return self.text
-
 
 def parse_entry(text: str, where: str) -> Entry:
     """One entry (a list line without its comment, or a ``pkg build``/``pkg add`` argument)."""
