@@ -897,8 +897,9 @@ def parser() -> argparse.ArgumentParser:
                     "that carry them for x86_64, arm64 and riscv64, and boot-test them in QEMU (BIOS/UEFI x CD/USB; "
                     "UEFI on the other arches), proving the patched kernel and glibc run and the project's guest "
                     "tests pass inside; and QEMU build VMs of those roots to log into, run commands and tests in "
-                    "and copy files to and from (isobuild image, isobuild vm), and Debian source packages built natively "
-                    "in fresh VMs of each arch, many at once, distcc optional (isobuild pkg). The default job: isobuild all.",
+                    "and copy files to and from (isobuild image, isobuild vm), and Debian source packages built "
+                    "natively in fresh VMs of each arch, many at once, distcc optional (isobuild pkg). The default "
+                    "job: isobuild all.",
         epilog=EXIT_CODES)
     top.add_argument("--version", action="version", version=f"isobuild {__version__}")
     top.add_argument("-c", "--config", default="isobuild.yaml", metavar="FILE",
