@@ -558,6 +558,9 @@ def wait_for_ssh(env: Env, job: Job, m: vmt.Machine, record: vmt.Record, spawned
             result = runner.run(ssh.ssh_argv(key, known, port, ["true"]), log_path=log_path, check=False,
                                 capture=True, timeout=60)
             if result.returncode == 0:
+                skew = ssh.sync_clock(key, known, port, log_path)
+                if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
+                    log.get().warning("pkg.clock-set", package=job.label, skew_seconds=skew)
                 return
             time.sleep(SSH_POLL)
     raise InfraError(f"{job.label}: the build VM's SSH did not answer within {limit:.0f} s",

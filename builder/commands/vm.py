@@ -208,6 +208,11 @@ def wait_for_ssh(project: Project, m: vmt.Machine, record: vmt.Record, slowdown:
             if kernel is not None:
                 record.kernel = kernel
                 record.extra["ssh_seconds"] = round(time.monotonic() - started, 1)
+                key, known, port = _ssh(m, record, project)
+                skew = ssh.sync_clock(Path(key), Path(known), int(port), log_path)
+                record.extra["clock_skew"] = skew
+                if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
+                    log.get().warning("vm.clock-set", vm=record.name, skew_seconds=skew)
                 m.save(record)
                 return
             time.sleep(SSH_POLL)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 from builder.infra import runner
@@ -77,3 +78,26 @@ def scp_argv(key: Path, known_hosts: Path, port: int, src: str, dest: str) -> li
 
 def remote(path: str) -> str:
     return f"root@{LOOPBACK}:{path}"
+
+
+# A guest clock further than this from the host's is set to the host's.
+CLOCK_SLACK = 120.0
+
+
+def sync_clock(key: Path, known_hosts: Path, port: int, log_path: Path | None = None) -> float | None:
+    """The guest's clock set to the host's when they differ by more than CLOCK_SLACK seconds.
+
+    A guest whose kernel reads no RTC (no driver for the board's clock, or QEMU user networking's
+    lack of NTP) comes up at its userland's build time: apt then refuses a Release file "not valid
+    yet" and every file a build writes gets a date months old.  Returns the skew seen (guest minus
+    host, seconds), None when the guest did not say."""
+    result = runner.run(ssh_argv(key, known_hosts, port, ["date", "-u", "+%s"]), log_path=log_path, check=False,
+                        capture=True, timeout=60)
+    words = result.output.split()
+    if result.returncode != 0 or not words or not words[-1].isdigit():
+        return None
+    skew = int(words[-1]) - time.time()
+    if abs(skew) > CLOCK_SLACK:
+        runner.run(ssh_argv(key, known_hosts, port, ["date", "-u", "-s", f"@{int(time.time())}"]),
+                   log_path=log_path, capture=True, timeout=60)
+    return round(skew, 1)

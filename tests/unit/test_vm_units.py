@@ -8,11 +8,13 @@ import os
 import socket
 import struct
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from builder.infra import runner
 from builder.infra.arch import ARCHES
 from builder.infra.config import VmSettings, size_bytes
 from builder.infra.errors import UserError
@@ -122,6 +124,29 @@ def test_public_key_is_none_until_both_halves_exist(tmp_path: Path) -> None:
     assert ssh.public_key(tmp_path) is None
     (tmp_path / "id_ed25519").write_text("private")
     assert ssh.public_key(tmp_path) == "ssh-ed25519 AAAA x"
+
+
+@pytest.mark.parametrize(("guest_offset", "sets"), [(0, False), (90, False), (-86400 * 74, True), (3600, True)])
+def test_a_guest_clock_far_from_the_hosts_is_set_to_it(monkeypatch: pytest.MonkeyPatch, guest_offset: int,
+                                                        sets: bool) -> None:
+    calls: list[list[str]] = []
+
+    def fake(argv: list[str], **_: Any) -> runner.Result:
+        calls.append(argv)
+        return runner.Result(argv, 0, 0.0, f"{int(time.time()) + guest_offset}\n" if "+%s" in argv[-1] else "")
+
+    monkeypatch.setattr(runner, "run", fake)
+    skew = ssh.sync_clock(Path("/k"), Path("/h"), 10022)
+    assert skew is not None and abs(skew - guest_offset) < 5
+    setters = [c for c in calls if " -s " in c[-1]]
+    assert len(setters) == (1 if sets else 0)
+    if sets:
+        assert setters[0][-1].startswith("date -u -s @") and all("127.0.0.1" in " ".join(c) for c in calls)
+
+
+def test_a_guest_that_does_not_say_its_time_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "run", lambda argv, **_: runner.Result(argv, 255, 0.0, "Connection refused"))
+    assert ssh.sync_clock(Path("/k"), Path("/h"), 10022) is None
 
 
 # --- names, resources, ports -----------------------------------------------------------------
