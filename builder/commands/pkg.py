@@ -209,28 +209,50 @@ def local_tree(path: Path, where: str) -> Source:
 
 
 def archive_source(suite: Suite, components: list[str], entry: Entry, cache: Path) -> Source:
-    """The suite's source package from the signed Sources index (newest, or the version asked)."""
+    """The suite's source package from the signed Sources index: the version asked, else the newest
+    the index lists whose files the mirror serves (a mirror can lag behind its own index: an older
+    version is taken with a warning naming what is missing)."""
     rel = suite.release
-    found = None
+    versions: list[aptrepo.SourcePackage] = []
     for component in components:
         try:
-            found = aptrepo.source(rel, component, entry.name, cache, entry.version)
-            break
+            versions = [v for v in aptrepo.source_versions(rel, component, entry.name, cache)
+                        if entry.version is None or v.version == entry.version]
         except UserError:
             continue
-    if found is None:
+        if versions:
+            break
+    if not versions:
         what = f"{entry.name} {entry.version}" if entry.version else entry.name
         raise UserError(f"source package {what} not found in {suite.suite} ({'/'.join(components)}) on "
                         f"{suite.mirror()}", hint=f"check the name: the suite is {suite.suite} (apt-cache showsrc "
                         f"{entry.name} on a {suite.suite} system)")
+    skipped: list[str] = []
+    first: aptrepo.Missing | None = None
+    for found in versions:
+        try:
+            fetch_all(rel, found, cache)
+        except aptrepo.Missing as exc:
+            first = first or exc
+            skipped.append(found.version)
+            continue
+        if skipped:
+            log.get().warning("pkg.source-missing", source=found.name, suite=suite.suite, missing=skipped,
+                              using=found.version)
+        identity = {"files": {f: sha for f, (sha, _) in sorted(found.files.items())}}
+        return Source(found.name, found.version, f"{suite.suite} {found.directory}", identity, archive=found)
+    assert first is not None
+    raise first  # the newest version's missing file: none is served whole
+
+
+def fetch_all(rel: aptrepo.Release, found: aptrepo.SourcePackage, cache: Path) -> None:
+    """Every file of a source package fetched and checked now, before any VM starts."""
     aptrepo.fetch_dsc(rel, found, cache)
-    for fname, (sha, size) in sorted(found.files.items()):  # every file now, each checked: before any VM starts
+    for fname, (sha, size) in sorted(found.files.items()):
         if "/" in fname or fname.startswith("."):
             raise UserError(f"source package {found.name}: the index names a file {fname!r}; refused")
         aptrepo.fetch(f"{rel.mirror.rstrip('/')}/{found.directory}/{fname}", sha, size, cache / "pool",
                       what=f"source {found.name} {found.version}")
-    identity = {"files": {f: sha for f, (sha, _) in sorted(found.files.items())}}
-    return Source(found.name, found.version, f"{suite.suite} {found.directory}", identity, archive=found)
 
 
 def resolve(project: Project, suite: Suite, components: list[str], entry: Entry, from_list: bool) -> Source:

@@ -7,11 +7,15 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 from builder.commands import pkg
 from builder.infra import runner
-from builder.tools import relay
+from builder.tools import aptrepo, pkglist, relay
+from tests.fakemirror import Mirror
 
 
 def test_registry_stops_everything_on_cancel(tmp_path: Path) -> None:
@@ -52,3 +56,35 @@ def test_relay_refuses_anything_but_a_port() -> None:
     out = subprocess.run([sys.executable, str(Path(relay.__file__)), "10.0.2.2:80"], capture_output=True, timeout=30,
                          check=False)
     assert out.returncode == 2
+
+
+@dataclass
+class _Suite:
+    suite: str
+    release: aptrepo.Release
+
+    def mirror(self) -> str:
+        return self.release.mirror
+
+    def keyring(self) -> Path:
+        return Path("/nonexistent")
+
+
+def test_a_version_the_mirror_lacks_falls_back_to_an_older_one_the_index_lists(tmp_path: Path) -> None:
+    """A mirror can lag behind its own signed index (here: trixie listed point-release sources whose files
+    were not there yet): the newest version served whole is taken; a version asked for is not replaced."""
+    mirror = Mirror.create(tmp_path / "mirror")
+    for version in ("1.0-1", "1.0-2"):
+        mirror.add_source("trixie", "lag", version, {f"lag_{version}.dsc": f"dsc {version}\n".encode(),
+                                                     f"lag_{version}.tar.xz": f"tar {version}\n".encode()})
+    (mirror.root / "pool" / "main" / "l" / "lag" / "lag_1.0-2.tar.xz").unlink()
+    mirror.publish("trixie")
+    suite = _Suite("trixie", aptrepo.release(mirror.uri, "trixie", mirror.keyring))
+    cache = tmp_path / "cache"
+    source = pkg.archive_source(suite, ["main"], pkglist.parse_entry("lag", "t"), cache)
+    assert source.version == "1.0-1" and set(source.identity["files"]) == {"lag_1.0-1.dsc", "lag_1.0-1.tar.xz"}
+    with pytest.raises(aptrepo.Missing, match=r"lag_1.0-2.tar.xz"):
+        pkg.archive_source(suite, ["main"], pkglist.parse_entry("lag=1.0-2", "t"), cache)
+    (mirror.root / "pool" / "main" / "l" / "lag" / "lag_1.0-1.tar.xz").unlink()
+    with pytest.raises(aptrepo.Missing, match=r"lag_1.0-2.tar.xz"):  # none whole: the newest is named
+        pkg.archive_source(suite, ["main"], pkglist.parse_entry("lag", "t"), tmp_path / "cache2")
