@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from builder import __version__, distros, pipeline
-from builder.commands import clean, doctor, patches, pkg, release, report, status, vm
+from builder.commands import cache, clean, doctor, patches, pkg, release, report, status, vm
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
@@ -545,6 +545,30 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    project = _project(args)
+    if args.cache_action == "push":
+        with lock.held(project.work_dir):  # no clean drops an artifact while it is read
+            done = cache.push_all(project)
+        for item, pushed in done:
+            print(f"{'pushed' if pushed else 'had   '} {item.label} {item.key[:12]}")
+        print(f"{sum(p for _, p in done)} pushed, {sum(not p for _, p in done)} already in the store")
+        return 0
+    if args.cache_action == "key":
+        print(cache.stage_key(project, args.stage, args.name, args.profile, args.arch))
+        return 0
+    if args.cache_action == "prune":
+        doomed = cache.prune(project, args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for entry in doomed:
+            print(f"{verb} {entry.kind} {entry.key[:12]} ({entry.size / 2**20:.1f} MiB)")
+        print(f"{verb} {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'}, "
+              f"{sum(e.size for e in doomed) / 2**20:.1f} MiB; kept what a project of this work dir uses")
+        return 0
+    print(cache.render(project))
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     project = _project(args)
     with pipeline.locked(project):  # no ISO stage may replace an ISO while it is summed and signed
@@ -810,6 +834,20 @@ VERBS: tuple[Verb, ...] = (
          "Remove build trees, artifacts no project's last good build uses (every project that shares the work "
          "dir is asked), and what killed runs left. Keeps the source and package caches, and everything in iso/.",
          cmd_clean, (DRY_RUN,)),
+    Verb("cache", "the shared stage store: list it, push this project's artifacts, prune it",
+         "A directory shared by machines or CI runners (cache.store, env ISOBUILD_CACHE_STORE) holding built stage "
+         "artifacts by kind and key. Every build pulls a missing stage from it before building (each file checked "
+         "against the sha256 its entry recorded; an entry that fails is refused and the stage built here) and, with "
+         "cache.push (env ISOBUILD_CACHE_PUSH=1), pushes what it built or reused.",
+         cmd_cache, actions=(
+             Verb("list", "the store's entries (kind, key, size; this project's marked)", "", None),
+             Verb("push", "put every current artifact of this project into the store", "", None),
+             Verb("prune", "remove entries no project of this work dir uses", "", None, (DRY_RUN,)),
+             Verb("key", "print a stage's key from the inputs on disk (what a CI cache entry is keyed by)", "", None,
+                  (arg("stage", help="kernel, glibc, rootfs, ... (the stage column of isobuild status)"),
+                   arg("--name", help="the instance (default: a kernel's profile, else the first)"), PROFILE,
+                   ARCH))),
+         action_dest="cache_action", actions_required=True),
     Verb("release", "sum and sign the built ISOs (SHA256SUMS, GnuPG signatures)",
          "Write SHA256SUMS over every ISO in iso/<distro>/ and its manifest (paths relative to the release "
          "directory: 'sha256sum -c SHA256SUMS' works there), a detached ASCII-armored signature SHA256SUMS.asc and "
