@@ -20,6 +20,7 @@ from typing import Any
 
 from builder import __version__, distros, pipeline
 from builder.commands import cache, clean, doctor, patches, pkg, release, report, status, vm
+from builder.commands import lock as lockcmd
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
@@ -545,6 +546,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    project = _project(args)
+    done = lockcmd.refresh(project, args.distro, [args.arch] if args.arch else None)
+    for item in done:
+        print(f"{item.root} {item.arch}: {item.packages} packages locked; "
+              f"{len(item.changes) or 'nothing'} changed")
+        for line in item.changes[:50]:
+            print(f"  {line}")
+    print(f"wrote {project.root / 'distros' / (args.distro + '.lock')}")
+    return 0
+
+
 def cmd_cache(args: argparse.Namespace) -> int:
     project = _project(args)
     if args.cache_action == "push":
@@ -834,6 +847,14 @@ VERBS: tuple[Verb, ...] = (
          "Remove build trees, artifacts no project's last good build uses (every project that shares the work "
          "dir is asked), and what killed runs left. Keeps the source and package caches, and everything in iso/.",
          cmd_clean, (DRY_RUN,)),
+    Verb("lock", "resolve a distro's package lock again against its mirror (distros/<distro>.lock)",
+         "A Debian-family distro's root is bootstrapped with exactly the versions distros/<distro>.lock names for the "
+         "root and arch (apt preferences pin each); the lock is written by the first build of a root and is part of "
+         "its key, so the mirror moving on changes nothing until the lock is refreshed on purpose: this resolves "
+         "every root of the distro (its build VM's too, when the lock has one) with mmdebstrap --simulate and "
+         "rewrites the lock, printing what changed.",
+         cmd_lock, (arg("distro", help="a distro of distros/*.yaml (Debian family)"),
+                    arg("--arch", type=_arch, help="only this arch (default: every arch the distro lists)"))),
     Verb("cache", "the shared stage store: list it, push this project's artifacts, prune it",
          "A directory shared by machines or CI runners (cache.store, env ISOBUILD_CACHE_STORE) holding built stage "
          "artifacts by kind and key. Every build pulls a missing stage from it before building (each file checked "
