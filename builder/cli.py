@@ -25,7 +25,7 @@ from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
 from builder.infra import lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
-from builder.infra.errors import CheckFailed, ExitCode, IsobuildError, UserError
+from builder.infra.errors import CheckFailed, ExitCode, InfraError, IsobuildError, UserError
 from builder.stages import glibc, guesttests, kernelboot, smoke
 from builder.stages.image import key_dir
 from builder.stages.kernel import KernelStage
@@ -563,9 +563,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.cache_action == "push":
         with lock.held(project.work_dir):  # no clean drops an artifact while it is read
             done = cache.push_all(project)
-        for item, pushed in done:
-            print(f"{'pushed' if pushed else 'had   '} {item.label} {item.key[:12]}")
-        print(f"{sum(p for _, p in done)} pushed, {sum(not p for _, p in done)} already in the store")
+        failed = [(item, why) for item, why in done if why not in ("pushed", "had")]
+        for item, why in done:
+            print(f"{why if why in ('pushed', 'had') else 'failed'} {item.label} {item.key[:12]}")
+        print(f"{sum(w == 'pushed' for _, w in done)} pushed, {sum(w == 'had' for _, w in done)} already in the store"
+              + (f", {len(failed)} could not be pushed" if failed else ""))
+        if failed:
+            raise InfraError(f"{len(failed)} artifact(s) could not be pushed, first {failed[0][0].label}: "
+                             f"{failed[0][1]}", details=[f"{i.label}: {w}" for i, w in failed[1:]])
         return 0
     if args.cache_action == "key":
         print(cache.stage_key(project, args.stage, args.name, args.profile, args.arch))

@@ -13,7 +13,7 @@ from pathlib import Path
 from builder.commands import status
 from builder.infra import log, state
 from builder.infra.config import Project
-from builder.infra.errors import UserError
+from builder.infra.errors import InfraError, UserError
 from builder.stages.base import kept_keys, records_dir
 from builder.tools import stagestore
 
@@ -47,13 +47,17 @@ def current(project: Project) -> list[Current]:
     return out
 
 
-def push_all(project: Project) -> list[tuple[Current, bool]]:
-    """Every current artifact of this project put into the store (True: pushed now, False: it had it)."""
+def push_all(project: Project) -> list[tuple[Current, str]]:
+    """Every current artifact of this project put into the store: (artifact, "pushed", "had" or why it
+    could not be pushed) -- one that cannot be stored does not stop the others."""
     st, _ = store(project)
     done = []
     for item in current(project):
-        with log.stage("cache.push", stage=item.label, key=item.key[:12], store=str(st.root)):
-            done.append((item, st.push(item.kind, item.key, item.artifact)))
+        try:
+            with log.stage("cache.push", stage=item.label, key=item.key[:12], store=str(st.root)):
+                done.append((item, "pushed" if st.push(item.kind, item.key, item.artifact) else "had"))
+        except InfraError as exc:
+            done.append((item, exc.message))
     return done
 
 

@@ -405,7 +405,8 @@ class DebianPlugin(Plugin):
 
     # --- kernel, configuration ----------------------------------------------------
 
-    def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path) -> None:
+    def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path,
+                         env: dict[str, str] | None = None) -> None:
         r = Root(root)
         names = [runner.output(["dpkg-deb", "--field", str(deb), "Package"]).strip() for deb in packages]
         for deb in packages:
@@ -413,7 +414,7 @@ class DebianPlugin(Plugin):
         # no daemons may start inside the build root
         r.write_text("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
         try:
-            inside = Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+            inside = Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive", **(env or {})})
             # one dpkg run: a set that depends on itself (libc6, libc-bin, ...) goes in together
             inside.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{deb.name}" for deb in packages)])
             if hold:
@@ -436,13 +437,16 @@ class DebianPlugin(Plugin):
                             hint="rebuild it: isobuild glibc --force")
         self.install_packages(root, debs, True, log_path)
 
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None:
         debs = [d for d in kernel_packages if d.name.startswith(f"linux-image-{release}_")]
         if not debs:
             raise UserError(f"no linux-image-{release} package among {', '.join(p.name for p in kernel_packages)}",
                             hint="rebuild it: isobuild kernel --force")
         self.initramfs_settings(root)  # the kernel's postinst makes the initramfs: its settings go first
-        self.install_packages(root, debs[:1], True, log_path)
+        # mkinitramfs clamps every time in the image to SOURCE_DATE_EPOCH (the kernel's) and has cpio
+        # number the inodes itself: without it the initrd held the build's date and differed each time
+        self.install_packages(root, debs[:1], True, log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
         _, initrd = self.boot_files(root, release)
         if not Root(root).exists(initrd):
             raise InfraError(f"installing {debs[0].name} made no initramfs ({initrd})",
