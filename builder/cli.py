@@ -19,11 +19,11 @@ from types import FrameType
 from typing import Any
 
 from builder import __version__, distros, pipeline
-from builder.commands import cache, clean, doctor, patches, pkg, release, report, status, vm
+from builder.commands import cache, clean, doctor, patches, pkg, rebuild, release, report, status, vm
 from builder.commands import lock as lockcmd
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
-from builder.infra import lock, log
+from builder.infra import atomic, lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
 from builder.infra.errors import CheckFailed, ExitCode, InfraError, IsobuildError, UserError
 from builder.stages import glibc, guesttests, kernelboot, smoke
@@ -546,6 +546,25 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild_check(args: argparse.Namespace) -> int:
+    project = _project(args)
+    arch = args.arch or project.settings.arch
+    checked = pipeline.preflight(project, [args.distro], args.profile, arch=arch)
+    stages = checked.stages[args.distro]
+    suffix = "" if arch == "x86_64" else f"-{arch}"
+    log_path = pipeline.stage_log(project, f"rebuild-check-{args.distro}{suffix}")
+    with log.stage("rebuild-check", distro=args.distro, arch=arch):
+        verdict = rebuild.run(project, stages, args.distro, args.profile, arch, args.keep, log_path, args.start)
+    project.logs_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(project.logs_dir / f"rebuild-check-{args.distro}{suffix}.json", verdict.as_dict())
+    print(json.dumps(verdict.as_dict(), indent=2) if args.json else rebuild.render(verdict))
+    if not verdict.reproducible:
+        first = verdict.first[0] if verdict.first else "a stage's key"
+        raise CheckFailed(f"rebuild-check {args.distro} ({arch}): not reproducible, first difference {first}",
+                          details=[f"log: {log_path}"])
+    return 0
+
+
 def cmd_lock(args: argparse.Namespace) -> int:
     project = _project(args)
     done = lockcmd.refresh(project, args.distro, [args.arch] if args.arch else None)
@@ -852,6 +871,19 @@ VERBS: tuple[Verb, ...] = (
          "Remove build trees, artifacts no project's last good build uses (every project that shares the work "
          "dir is asked), and what killed runs left. Keeps the source and package caches, and everything in iso/.",
          cmd_clean, (DRY_RUN,)),
+    Verb("rebuild-check", "rebuild a distro's ISO from nothing elsewhere and compare every file; exit 4 if one "
+         "differs",
+         "Every stage of the ISO (kernel, its package, glibc, root, ISO) is built again by isobuild in a copy of the "
+         "project's files in another directory, with a new empty work dir, no stage store and the same lock; every "
+         "file of every rebuilt artifact is compared by sha256 with this project's (metadata.json aside). Prints "
+         "'reproducible', or the first differing file with a diffoscope summary (diffoscope-minimal); "
+         "logs/rebuild-check-<distro>.json keeps the verdict. The distro must be built first.",
+         cmd_rebuild_check, (arg("distro", help="a distro of distros/*.yaml"), PROFILE, ARCH,
+                             arg("--from", dest="start", choices=rebuild.FROM, default="kernel",
+                                 help="kernel (default): rebuild every stage; rootfs: rebuild the root and the ISO "
+                                 "over this project's kernel and glibc (minutes, not half an hour)"),
+                             arg("--keep", action="store_true", help="keep the rebuild's directories (named at the "
+                                 "end) for a look"), JSON)),
     Verb("lock", "resolve a distro's package lock again against its mirror (distros/<distro>.lock)",
          "A Debian-family distro's root is bootstrapped with exactly the versions distros/<distro>.lock names for the "
          "root and arch (apt preferences pin each); the lock is written by the first build of a root and is part of "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
-from builder.infra import atomic, hosttools, keys, log, paths, runner, sandbox
+from builder.infra import atomic, digests, hosttools, keys, log, paths, runner, sandbox
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import arch_names, arch_suites
 from builder.infra.errors import InfraError, IsobuildError, UserError
@@ -69,6 +69,10 @@ class DebianSettings(LiveSettings):
                            "console: ttyAMA0 on arm64)", check=cmdline)
     ssh_authorized_key: str | None = setting(None, help="public key for root (needs openssh-server in packages)",
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
+    hooks: list[str] = setting(factory=list, help="scripts of the project run as root inside the root (chrooted, "
+                               "no network namespace of their own) after the overlay, in order: what a file cannot "
+                               "say (a user, a generated config). Part of the root's key; isobuild rebuild-check "
+                               "catches one that writes something different each time")
     local_packages: list[str] = setting(factory=list, help="binary packages isobuild pkg build made for the arch "
                                         "(<work>/pkgs/<arch>/) installed in the root like our kernel and glibc (their "
                                         "dependencies must be in the root already)")
@@ -155,6 +159,7 @@ class DebianPlugin(Plugin):
         aptrepo.require(self.release, self.deb_arch, self.settings.components, self.where)
         if not self.arch.native():
             foreign.require(self.arch, self.settings.bootstrap)
+        self.hook_files()
         self.ensure_lock()
 
     # --- the lock (builder.tools.aptlock) -------------------------------------------
@@ -265,6 +270,7 @@ class DebianPlugin(Plugin):
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest(),
                 "lock": self._lock_digest(),
+                **({"hooks": [[h.name, digests.sha256_file(h)] for h in self.hook_files()]} if s.hooks else {}),
                 **({"local_packages": [{"deb": d.path.name, "sha256": d.sha256} for d in self.local_debs()]}
                    if s.local_packages else {})}
 
@@ -485,7 +491,23 @@ class DebianPlugin(Plugin):
         if s.ssh_authorized_key:
             self.authorize_ssh(r, s.ssh_authorized_key)
         self.apply_overlay(r)
+        self.run_hooks(root, log_path)
         self.install_smoke_check(r, smoke_script)
+
+    def hook_files(self) -> list[Path]:
+        """The ``hooks`` scripts: project files, each checked to be one."""
+        return [paths.project_input(self.project.root, h, "hooks", self.where, "file") for h in self.settings.hooks]
+
+    def run_hooks(self, root: Path, log_path: Path) -> None:
+        r = Root(root)
+        for n, script in enumerate(self.hook_files(), 1):
+            inside = f"/tmp/isobuild-hook-{n}"
+            r.write_bytes(inside, script.read_bytes(), 0o755)
+            try:
+                with log.stage("rootfs.hook", distro=self.name, hook=script.name):
+                    Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"}).run([inside])
+            finally:
+                r.remove(inside)
 
     def authorize_ssh(self, r: Root, public_key: str) -> None:
         """``public_key`` the one way into root's account over SSH: no passwords; host keys made at

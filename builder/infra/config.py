@@ -290,7 +290,7 @@ class Project:
     def stage_store(self) -> tuple[Path, bool] | None:
         """The shared stage store's directory and whether to push into it (None: no store)."""
         env = os.environ.get("ISOBUILD_CACHE_STORE")
-        value = env or self.settings.cache.store
+        value = self.settings.cache.store if env is None else env  # set and empty: no store, whatever the file says
         if not value:
             return None
         path = self.path(os.path.expanduser(value))

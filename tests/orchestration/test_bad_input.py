@@ -514,6 +514,10 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("lock-malformed", lambda c: _write(c.project / "distros" / "debian.lock", "debian amd64 libc6\n"),
      ["debian", "--no-smoke"], 2, r"distros/debian.lock:1: not 'ROOT ARCH PACKAGE VERSION PACKAGE-ARCH': "
      r"'debian amd64 libc6'"),
+    ("hook-missing", lambda c: c.distro("debian", hooks=["hooks/nosuch.sh"]), ["debian", "--no-smoke"], 2,
+     r"distros/debian.yaml: hooks: 'hooks/nosuch.sh' .*(not found|does not exist)"),
+    ("hook-outside", lambda c: c.distro("debian", hooks=["../canary/secret"]), ["debian", "--no-smoke"], 2,
+     r"distros/debian.yaml: hooks: '../canary/secret' resolves to .*canary/secret, outside the project"),
     ("lock-el", lambda c: None, ["lock", "alma"], 2, r"locks are made for Debian-family distros \(alma is el\)"),
     ("pkg-dsc-tampered", _tampered_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
      r"local_1.0.dsc: local_1.0.tar.xz has sha256 [0-9a-f]{64}; the .dsc says"),
