@@ -59,9 +59,10 @@ GITHUB = REPO / ".github" / "workflows" / "isobuild.yml"
 GITLAB = REPO / ".gitlab-ci.yml"
 STAGES = {"kernel", "glibc", "iso-debian", "iso-el", "smoke-debian", "smoke-el", "release", "report"}
 # the package builds: on GitHub a job reading the list and one leg per entry, on GitLab shards alone
-GH_JOBS = STAGES | {"pkg-matrix", "pkg-build"}
-GL_JOBS = STAGES | {"pkg-build"}
-VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg", "cache"}
+# rebuild-check builds the Debian ISO and then builds it again from nothing to compare (not a stage of its own)
+GH_JOBS = STAGES | {"pkg-matrix", "pkg-build", "rebuild-check"}
+GL_JOBS = STAGES | {"pkg-build", "rebuild-check"}
+VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg", "cache", "rebuild-check"}
 # what follows .venv/bin/isobuild, up to a pipe, a list, a redirection or the end of a $(...)
 INVOCATION = re.compile(r"\.venv/bin/isobuild\s+([^\n|;&>)]*)")
 GH_MATRIX = re.compile(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}")  # ${{ matrix.arch }}
@@ -367,6 +368,11 @@ def check_legs(project: Project, legs: list[Leg], where: str) -> None:
     for lg in legs:
         for args in lg.commands:
             check_arch(project, args, f"{where} job {lg}")
+        if lg.job == "rebuild-check":  # builds a distro's ISO, then rebuilds that one from nothing to compare
+            verbs = [(a.verb, getattr(a, "distro", None) or a.verb, a.arch) for a in lg.commands]
+            assert [v for v, _, _ in verbs] == ["debian", "rebuild-check"], f"{where} job {lg}: {verbs}"
+            assert verbs[0][1:] == verbs[1][1:], f"{where} job {lg} checks another distro or arch than it built"
+            continue
         stages = lg.stages()
         assert len(stages) <= 1, f"{where} job {lg} runs several stages {stages}"
         for kind, distro in stages:
