@@ -62,7 +62,8 @@ STAGES = {"kernel", "glibc", "iso-debian", "iso-el", "smoke-debian", "smoke-el",
 # rebuild-check builds the Debian ISO and then builds it again from nothing to compare (not a stage of its own)
 GH_JOBS = STAGES | {"pkg-matrix", "pkg-build", "rebuild-check"}
 GL_JOBS = STAGES | {"pkg-build", "rebuild-check"}
-VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg", "cache", "rebuild-check"}
+VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg", "cache",
+         "rebuild-check"}
 # what follows .venv/bin/isobuild, up to a pipe, a list, a redirection or the end of a $(...)
 INVOCATION = re.compile(r"\.venv/bin/isobuild\s+([^\n|;&>)]*)")
 GH_MATRIX = re.compile(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}")  # ${{ matrix.arch }}
