@@ -32,16 +32,21 @@ def _second(project: FakeProject, tmp_path: Path, name: str) -> FakeProject:
     return other
 
 
+def _built_and_pushed(project: FakeProject, tmp_path: Path) -> tuple[Path, str]:
+    """The fake kernel built by a project that pushes into a store: (the store, the kernel's key)."""
+    store = tmp_path / "store"
+    _with_store(project, store)
+    assert project.run("kernel") == 0
+    return store, project.current("kernel-ci-x86_64").name
+
+
 def _tree(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
 def test_a_second_work_dir_pulls_the_kernel_and_builds_nothing(fake_project: FakeProject, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    store = tmp_path / "store"
-    _with_store(fake_project, store)
-    assert fake_project.run("kernel") == 0
-    key = fake_project.current("kernel-ci-x86_64").name
+    store, key = _built_and_pushed(fake_project, tmp_path)
     assert stagestore.Store(store).has("kernel", key)
 
     other = _second(fake_project, tmp_path, "runner2")
@@ -59,10 +64,7 @@ def test_a_second_work_dir_pulls_the_kernel_and_builds_nothing(fake_project: Fak
 
 def test_a_tampered_entry_is_refused_and_the_stage_built_then_replaced(fake_project: FakeProject, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    store = tmp_path / "store"
-    _with_store(fake_project, store)
-    assert fake_project.run("kernel") == 0
-    key = fake_project.current("kernel-ci-x86_64").name
+    store, key = _built_and_pushed(fake_project, tmp_path)
     tar = stagestore.Store(store).entry_dir("kernel", key) / stagestore.TAR
     data = bytearray(tar.read_bytes())
     data[len(data) // 2] ^= 0x01
