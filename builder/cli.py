@@ -569,8 +569,10 @@ def cmd_lock(args: argparse.Namespace) -> int:
     project = _project(args)
     done = lockcmd.refresh(project, args.distro, [args.arch] if args.arch else None)
     for item in done:
-        print(f"{item.root} {item.arch}: {item.packages} packages locked; "
-              f"{len(item.changes) or 'nothing'} changed")
+        if item.new:
+            print(f"{item.root} {item.arch}: {item.packages} packages locked (a new section)")
+            continue
+        print(f"{item.root} {item.arch}: {item.packages} packages locked; {len(item.changes) or 'nothing'} changed")
         for line in item.changes[:50]:
             print(f"  {line}")
     print(f"wrote {project.root / 'distros' / (args.distro + '.lock')}")

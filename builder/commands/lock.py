@@ -16,6 +16,7 @@ class Refreshed:
     arch: str
     packages: int
     changes: list[str]
+    new: bool  # the lock had no section for this root and arch
 
 
 def refresh(project: Project, name: str, arches: list[str] | None) -> list[Refreshed]:
@@ -34,5 +35,5 @@ def refresh(project: Project, name: str, arches: list[str] | None) -> list[Refre
             roots.append(vm)
         for root in roots:
             new, old = root.ensure_lock(refresh=True)  # type: ignore[attr-defined]
-            out.append(Refreshed(root.name, arch, len(aptlock.pins(new)), aptlock.changes(old or {}, new)))
+            out.append(Refreshed(root.name, arch, len(aptlock.pins(new)), aptlock.changes(old or {}, new), old is None))
     return out

@@ -195,18 +195,26 @@ class DebianPlugin(Plugin):
         if self.settings.bootstrap != "mmdebstrap":
             raise UserError(f"{self.where}: the lock is resolved by mmdebstrap --simulate; bootstrap is "
                             f"{self.settings.bootstrap}", hint="use bootstrap: mmdebstrap")
-        with log.stage("lock.resolve", distro=self.name, arch=self.arch.name):
-            argv = self.bootstrap_argv(Path("/dev/null"), Path("/nonexistent"), locked=False)
-            simulate = [argv[0], "--simulate", "--verbose", *(a for a in argv[1:] if not a.startswith(
-                ("--setup-hook=", "--customize-hook=")))]
-            try:
-                output = runner.run(simulate, capture=True, env={"DEBIAN_FRONTEND": "noninteractive"}).output
-            except runner.CommandFailed as exc:
-                raise self._bootstrap_error(exc, final=False) or exc from None
-            section = aptlock.parse_simulation(output)
-            if not section:
-                raise UserError(f"{self.where} ({self.arch.name}): the bootstrap's simulation installed nothing; no "
-                                "lock can be made from it", details=output.strip().splitlines()[-5:])
+        argv = self.bootstrap_argv(Path("/dev/null"), Path("/nonexistent"), locked=False)
+        simulate = [argv[0], "--simulate", "--verbose", *(a for a in argv[1:] if not a.startswith(
+            ("--setup-hook=", "--customize-hook=", "--mode=")))]
+        # what a simulation resolves is a function of the command and the mirror's state: kept by both
+        resolved = self.project.work_dir / "cache" / "lock-resolutions" / keys.compute(
+            {"argv": simulate, "release": self.release.sha256})
+        output = resolved.read_text() if resolved.is_file() else None
+        if output is None:
+            with log.stage("lock.resolve", distro=self.name, arch=self.arch.name):
+                try:
+                    output = runner.run(simulate, capture=True, env={"DEBIAN_FRONTEND": "noninteractive"}).output
+                except runner.CommandFailed as exc:
+                    raise self._bootstrap_error(exc, final=False) or exc from None
+        section = aptlock.parse_simulation(output)
+        if not section:
+            raise UserError(f"{self.where} ({self.arch.name}): the bootstrap's simulation installed nothing; no "
+                            "lock can be made from it", details=output.strip().splitlines()[-5:])
+        if not resolved.is_file():
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(resolved, output)
         section[aptlock.REQUEST] = asked
         sections = aptlock.read(self.lock_path)  # re-read: another root's section may have been written
         sections[(self.name, self.deb_arch)] = section
