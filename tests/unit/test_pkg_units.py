@@ -300,18 +300,6 @@ def test_scratch_names_are_temps_the_sweep_recognises() -> None:
     assert atomic.TEMP.fullmatch(name), name
 
 
-@pytest.mark.parametrize(("console", "found"), [
-    ("systemd[1]: Started journald.\nsystemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004\nCPU: 1\n",
-     "systemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004"),
-    ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
-     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
-    ("Debian GNU/Linux 12 isobuild ttyS0\nisobuild login:\n", None),
-])
-def test_a_boot_crash_is_read_off_the_console(tmp_path: Path, console: str, found: str | None) -> None:
-    m = vmt.Machine(tmp_path)
-    m.path(vmt.CONSOLE).write_text(console)
-    assert pkg.crashed(m) == found
-    assert pkg.crashed(vmt.Machine(tmp_path / "none")) is None
 
 
 def test_a_build_dependency_pinned_to_debians_glibc_is_explained(tmp_path: Path) -> None:
