@@ -29,8 +29,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
-from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +36,7 @@ from builder.infra import atomic, digests, keys, log, paths, runner, state
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project, size_bytes
 from builder.infra.errors import CheckFailed, InfraError, IsobuildError, UserError
+from builder.stages import glibc
 from builder.stages.image import key_dir
 from builder.tools import aptproxy, aptrepo, bootmedia, distcc, pkglist, qemu, quilt, relay, ssh
 from builder.tools import sweep as sweeper
@@ -479,22 +478,8 @@ def apply_ours(job: Job, tree: Path, patch_copy: Path, log_path: Path) -> None:
             debian_pc.rename(ours_pc)
         if parked.exists():
             parked.rename(debian_pc)
-    changelog_entry(tree / "debian" / "changelog", job.source.name, job.version, job.patches)
-
-
-def changelog_entry(changelog: Path, name: str, version: str, patches: list[quilt.Patch]) -> None:
-    """Prepend the entry that gives the packages our version, dated one second after the entry it
-    follows (the same inputs give the same changelog, so the same SOURCE_DATE_EPOCH)."""
-    text = changelog.read_text(encoding="utf-8")
-    first = text.split("\n", 1)[0]
-    rest = first.split(") ", 1)[1] if ") " in first else "unstable; urgency=medium"
-    date = re.search(r"^ -- .+?  (.+)$", text, re.M)
-    when = parsedate_to_datetime(date.group(1)) + timedelta(seconds=1) if date else None
-    items = "".join(f"    - {p.name} (sha256 {p.sha256[:16]})\n" for p in patches)
-    stamp = format_datetime(when) if when else "Thu, 01 Jan 1970 00:00:00 +0000"
-    entry = (f"{name} ({version}) {rest}\n\n  * isobuild: our series (pkg.patches/{name}) applied:\n{items}\n"
-             f" -- isobuild <isobuild@localhost>  {stamp}\n\n")
-    changelog.write_text(entry + text, encoding="utf-8")
+    glibc.changelog_entry(tree / "debian" / "changelog", job.version, job.patches,
+                          heading=f"our series (pkg.patches/{job.source.name}) applied")
 
 
 def _ssh_to(env: Env, m: vmt.Machine, record: vmt.Record) -> tuple[Path, Path, int]:

@@ -17,6 +17,7 @@ from builder.infra import atomic
 from builder.infra.arch import ARCHES
 from builder.infra.config import PkgSettings, Project, Settings
 from builder.infra.errors import UserError
+from builder.stages import glibc
 from builder.tools import aptproxy, distcc, pkglist, relay
 from builder.tools import vm as vmt
 from builder.tools.pkglist import Entry
@@ -126,10 +127,11 @@ def test_changelog_entry_gives_our_version_dated_after_debian(tmp_path: Path) ->
     changelog = tmp_path / "changelog"
     changelog.write_text("hello (2.10-3) unstable; urgency=medium\n\n  * x\n\n"
                          " -- Someone <s@example.invalid>  Sun, 14 Aug 2022 10:00:00 +0200\n")
-    pkg.changelog_entry(changelog, "hello", "2.10-3+isobuild1", [])
+    glibc.changelog_entry(changelog, "2.10-3+isobuild1", [], heading="our series (pkg.patches/hello) applied")
     head = changelog.read_text().splitlines()
     assert head[0] == "hello (2.10-3+isobuild1) unstable; urgency=medium"
     assert any("Sun, 14 Aug 2022 10:00:01 +0200" in line for line in head[:8])
+    assert "  * isobuild: our series (pkg.patches/hello) applied:" in head
 
 
 def test_parallel_from_cpus_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
