@@ -19,12 +19,13 @@ from types import FrameType
 from typing import Any
 
 from builder import __version__, distros, pipeline
-from builder.commands import clean, doctor, patches, pkg, release, report, status, vm
+from builder.commands import cache, clean, doctor, patches, pkg, rebuild, release, report, status, vm
+from builder.commands import lock as lockcmd
 from builder.distros.graph import DistroStages, Graph
 from builder.infra import arch as arch_mod
-from builder.infra import lock, log
+from builder.infra import atomic, lock, log
 from builder.infra.config import GlibcSettings, Project, check_profile_name, load_project
-from builder.infra.errors import CheckFailed, ExitCode, IsobuildError, UserError
+from builder.infra.errors import CheckFailed, ExitCode, InfraError, IsobuildError, UserError
 from builder.stages import glibc, guesttests, kernelboot, smoke
 from builder.stages.image import key_dir
 from builder.stages.kernel import KernelStage
@@ -545,6 +546,68 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rebuild_check(args: argparse.Namespace) -> int:
+    project = _project(args)
+    arch = args.arch or project.settings.arch
+    checked = pipeline.preflight(project, [args.distro], args.profile, arch=arch)
+    stages = checked.stages[args.distro]
+    suffix = "" if arch == "x86_64" else f"-{arch}"
+    log_path = pipeline.stage_log(project, f"rebuild-check-{args.distro}{suffix}")
+    with log.stage("rebuild-check", distro=args.distro, arch=arch):
+        verdict = rebuild.run(project, stages, args.distro, args.profile, arch, args.keep, log_path, args.start)
+    project.logs_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(project.logs_dir / f"rebuild-check-{args.distro}{suffix}.json", verdict.as_dict())
+    print(json.dumps(verdict.as_dict(), indent=2) if args.json else rebuild.render(verdict))
+    if not verdict.reproducible:
+        first = verdict.first[0] if verdict.first else "a stage's key"
+        raise CheckFailed(f"rebuild-check {args.distro} ({arch}): not reproducible, first difference {first}",
+                          details=[f"log: {log_path}"])
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    project = _project(args)
+    done = lockcmd.refresh(project, args.distro, [args.arch] if args.arch else None)
+    for item in done:
+        if item.new:
+            print(f"{item.root} {item.arch}: {item.packages} packages locked (a new section)")
+            continue
+        print(f"{item.root} {item.arch}: {item.packages} packages locked; {len(item.changes) or 'nothing'} changed")
+        for line in item.changes[:50]:
+            print(f"  {line}")
+    print(f"wrote {project.root / 'distros' / (args.distro + '.lock')}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    project = _project(args)
+    if args.cache_action == "push":
+        with lock.held(project.work_dir):  # no clean drops an artifact while it is read
+            done = cache.push_all(project)
+        failed = [(item, why) for item, why in done if why not in ("pushed", "had")]
+        for item, why in done:
+            print(f"{why if why in ('pushed', 'had') else 'failed'} {item.label} {item.key[:12]}")
+        print(f"{sum(w == 'pushed' for _, w in done)} pushed, {sum(w == 'had' for _, w in done)} already in the store"
+              + (f", {len(failed)} could not be pushed" if failed else ""))
+        if failed:
+            raise InfraError(f"{len(failed)} artifact(s) could not be pushed, first {failed[0][0].label}: "
+                             f"{failed[0][1]}", details=[f"{i.label}: {w}" for i, w in failed[1:]])
+        return 0
+    if args.cache_action == "key":
+        print(cache.stage_key(project, args.stage, args.name, args.profile, args.arch))
+        return 0
+    if args.cache_action == "prune":
+        doomed = cache.prune(project, args.dry_run)
+        verb = "would remove" if args.dry_run else "removed"
+        for entry in doomed:
+            print(f"{verb} {entry.kind} {entry.key[:12]} ({entry.size / 2**20:.1f} MiB)")
+        print(f"{verb} {len(doomed)} entr{'y' if len(doomed) == 1 else 'ies'}, "
+              f"{sum(e.size for e in doomed) / 2**20:.1f} MiB; kept what a project of this work dir uses")
+        return 0
+    print(cache.render(project))
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     project = _project(args)
     with pipeline.locked(project):  # no ISO stage may replace an ISO while it is summed and signed
@@ -810,6 +873,41 @@ VERBS: tuple[Verb, ...] = (
          "Remove build trees, artifacts no project's last good build uses (every project that shares the work "
          "dir is asked), and what killed runs left. Keeps the source and package caches, and everything in iso/.",
          cmd_clean, (DRY_RUN,)),
+    Verb("rebuild-check", "rebuild a distro's ISO from nothing elsewhere and compare every file; exit 4 if one "
+         "differs",
+         "Every stage of the ISO (kernel, its package, glibc, root, ISO) is built again by isobuild in a copy of the "
+         "project's files in another directory, with a new empty work dir, no stage store and the same lock; every "
+         "file of every rebuilt artifact is compared by sha256 with this project's (metadata.json aside). Prints "
+         "'reproducible', or the first differing file with a diffoscope summary (diffoscope-minimal); "
+         "logs/rebuild-check-<distro>.json keeps the verdict. The distro must be built first.",
+         cmd_rebuild_check, (arg("distro", help="a distro of distros/*.yaml"), PROFILE, ARCH,
+                             arg("--from", dest="start", choices=rebuild.FROM, default="kernel",
+                                 help="kernel (default): rebuild every stage; rootfs: rebuild the root and the ISO "
+                                 "over this project's kernel and glibc (minutes, not half an hour)"),
+                             arg("--keep", action="store_true", help="keep the rebuild's directories (named at the "
+                                 "end) for a look"), JSON)),
+    Verb("lock", "resolve a distro's package lock again against its mirror (distros/<distro>.lock)",
+         "A Debian-family distro's root is bootstrapped with exactly the versions distros/<distro>.lock names for the "
+         "root and arch (apt preferences pin each); the lock is written by the first build of a root and is part of "
+         "its key, so the mirror moving on changes nothing until the lock is refreshed on purpose: this resolves "
+         "every root of the distro (its build VM's too, when the lock has one) with mmdebstrap --simulate and "
+         "rewrites the lock, printing what changed.",
+         cmd_lock, (arg("distro", help="a distro of distros/*.yaml (Debian family)"),
+                    arg("--arch", type=_arch, help="only this arch (default: every arch the distro lists)"))),
+    Verb("cache", "the shared stage store: list it, push this project's artifacts, prune it",
+         "A directory shared by machines or CI runners (cache.store, env ISOBUILD_CACHE_STORE) holding built stage "
+         "artifacts by kind and key. Every build pulls a missing stage from it before building (each file checked "
+         "against the sha256 its entry recorded; an entry that fails is refused and the stage built here) and, with "
+         "cache.push (env ISOBUILD_CACHE_PUSH=1), pushes what it built or reused.",
+         cmd_cache, actions=(
+             Verb("list", "the store's entries (kind, key, size; this project's marked)", "", None),
+             Verb("push", "put every current artifact of this project into the store", "", None),
+             Verb("prune", "remove entries no project of this work dir uses", "", None, (DRY_RUN,)),
+             Verb("key", "print a stage's key from the inputs on disk (what a CI cache entry is keyed by)", "", None,
+                  (arg("stage", help="kernel, glibc, rootfs, ... (the stage column of isobuild status)"),
+                   arg("--name", help="the instance (default: a kernel's profile, else the first)"), PROFILE,
+                   ARCH))),
+         action_dest="cache_action", actions_required=True),
     Verb("release", "sum and sign the built ISOs (SHA256SUMS, GnuPG signatures)",
          "Write SHA256SUMS over every ISO in iso/<distro>/ and its manifest (paths relative to the release "
          "directory: 'sha256sum -c SHA256SUMS' works there), a detached ASCII-armored signature SHA256SUMS.asc and "

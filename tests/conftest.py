@@ -160,3 +160,22 @@ def fake_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fa
     monkeypatch.chdir(root)
     yield project
     os.chdir(REPO)
+
+
+def write_lock(root: Path, pins: dict[str, tuple[str, str]], distro: str = "debian", arch: str = "x86_64") -> None:
+    """A lock for a project's Debian distro (its live root and its build VM's) naming ``pins`` (package ->
+    version, package arch), resolved for the distro's settings as they are: a fake mirror serves no
+    root a simulation could resolve."""
+    from builder import distros
+    from builder.infra.config import load_project
+    from builder.tools import aptlock
+
+    project = load_project(root / "isobuild.yaml").with_arch(arch)
+    live = distros.load(project, distro)
+    sections = aptlock.read(live.lock_path)  # type: ignore[attr-defined]
+    for plugin in (live, live.for_vm(project.settings.vm.packages)):
+        section = {name: aptlock.Pin(name, version, own) for name, (version, own) in pins.items()}
+        section[aptlock.REQUEST] = aptlock.request(plugin.suite, plugin.settings.components,  # type: ignore[attr-defined]
+                                                   plugin.packages())  # type: ignore[attr-defined]
+        sections[(plugin.name, plugin.deb_arch)] = section  # type: ignore[attr-defined]
+    aptlock.write(live.lock_path, sections)  # type: ignore[attr-defined]

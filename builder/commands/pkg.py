@@ -29,8 +29,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
-from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +36,7 @@ from builder.infra import atomic, digests, keys, log, paths, runner, state
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project, size_bytes
 from builder.infra.errors import CheckFailed, InfraError, IsobuildError, UserError
+from builder.stages import glibc
 from builder.stages.image import key_dir
 from builder.tools import aptproxy, aptrepo, bootmedia, distcc, pkglist, qemu, quilt, relay, ssh
 from builder.tools import sweep as sweeper
@@ -48,7 +47,6 @@ STAGE_VERSION = 1
 RECORD = pkglist.RECORD
 LAST = "last.json"
 GUEST_BUILD = "/build"
-SSH_POLL = 3.0
 VM_OVERHEAD_MIB = 512  # QEMU itself and its translation cache, beside the guest's memory
 HOST_RESERVE_MIB = 2048
 
@@ -480,22 +478,8 @@ def apply_ours(job: Job, tree: Path, patch_copy: Path, log_path: Path) -> None:
             debian_pc.rename(ours_pc)
         if parked.exists():
             parked.rename(debian_pc)
-    changelog_entry(tree / "debian" / "changelog", job.source.name, job.version, job.patches)
-
-
-def changelog_entry(changelog: Path, name: str, version: str, patches: list[quilt.Patch]) -> None:
-    """Prepend the entry that gives the packages our version, dated one second after the entry it
-    follows (the same inputs give the same changelog, so the same SOURCE_DATE_EPOCH)."""
-    text = changelog.read_text(encoding="utf-8")
-    first = text.split("\n", 1)[0]
-    rest = first.split(") ", 1)[1] if ") " in first else "unstable; urgency=medium"
-    date = re.search(r"^ -- .+?  (.+)$", text, re.M)
-    when = parsedate_to_datetime(date.group(1)) + timedelta(seconds=1) if date else None
-    items = "".join(f"    - {p.name} (sha256 {p.sha256[:16]})\n" for p in patches)
-    stamp = format_datetime(when) if when else "Thu, 01 Jan 1970 00:00:00 +0000"
-    entry = (f"{name} ({version}) {rest}\n\n  * isobuild: our series (pkg.patches/{name}) applied:\n{items}\n"
-             f" -- isobuild <isobuild@localhost>  {stamp}\n\n")
-    changelog.write_text(entry + text, encoding="utf-8")
+    glibc.changelog_entry(tree / "debian" / "changelog", job.version, job.patches,
+                          heading=f"our series (pkg.patches/{job.source.name}) applied")
 
 
 def _ssh_to(env: Env, m: vmt.Machine, record: vmt.Record) -> tuple[Path, Path, int]:
@@ -544,49 +528,28 @@ class BootCrashed(InfraError):
     """The build VM's guest died while it booted (a kernel panic, PID 1 killed by a signal)."""
 
 
-# what the console shows when the guest cannot come up: the kernel's panic, or systemd (PID 1) killed
-# -- seen here on a riscv64 guest under TCG, once in a few boots: systemd 257 "unhandled signal 11"
-BOOT_CRASH = re.compile(r"Kernel panic - not syncing|Attempted to kill init|systemd\[1\]: (unhandled signal|Caught <)"
-                        r"|Freezing execution")
-
-
-def crashed(m: vmt.Machine) -> str | None:
-    """The console line that says the guest died while booting, if one does."""
-    try:
-        text = m.path(vmt.CONSOLE).read_bytes().decode(errors="replace")
-    except OSError:
-        return None
-    found = BOOT_CRASH.search(text)
-    return text[found.start():].split("\n", 1)[0].strip() if found else None
-
-
 def wait_for_ssh(env: Env, job: Job, m: vmt.Machine, record: vmt.Record, spawned: runner.Spawned, scratch: Path,
                  log_path: Path) -> None:
     limit = env.project.settings.vm.ssh_timeout * env.plan.arch.tcg_slowdown
-    started = time.monotonic()
     key, known, port = _ssh_to(env, m, record)
+
+    def answers() -> bool:
+        return runner.run(ssh.ssh_argv(key, known, port, ["true"]), log_path=log_path, check=False, capture=True,
+                          timeout=60).returncode == 0
+
     with log.stage("pkg.wait-ssh", package=job.label, port=record.port):
-        while time.monotonic() - started < limit:
-            if env.registry.cancelled.is_set():
-                raise KeyboardInterrupt
-            crash = crashed(m)
-            if crash is not None:
-                raise BootCrashed(f"{job.label}: the build VM crashed while it booted: {crash}",
-                                  details=[*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"])
-            if not spawned.alive:
-                raise InfraError(f"{job.label}: QEMU exited while the build VM booted",
-                                 details=[*_tail(scratch / "qemu.log", 5), *vmt.console_tail(m, 10),
-                                          f"console: {m.path(vmt.CONSOLE)}"])
-            result = runner.run(ssh.ssh_argv(key, known, port, ["true"]), log_path=log_path, check=False,
-                                capture=True, timeout=60)
-            if result.returncode == 0:
-                skew = ssh.sync_clock(key, known, port, log_path)
-                if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
-                    log.get().warning("pkg.clock-set", package=job.label, skew_seconds=skew)
-                return
-            time.sleep(SSH_POLL)
-    raise InfraError(f"{job.label}: the build VM's SSH did not answer within {limit:.0f} s",
-                     details=[*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"])
+        booted = vmt.wait_for_ssh(m, answers, lambda: spawned.alive, limit, env.registry.cancelled.is_set)
+    console = [*vmt.console_tail(m, 10), f"console: {m.path(vmt.CONSOLE)}"]
+    if booted.outcome == "crashed":
+        raise BootCrashed(f"{job.label}: the build VM crashed while it booted: {booted.line}", details=console)
+    if booted.outcome == "exited":
+        raise InfraError(f"{job.label}: QEMU exited while the build VM booted",
+                         details=[*_tail(scratch / "qemu.log", 5), *console])
+    if booted.outcome == "timeout":
+        raise InfraError(f"{job.label}: the build VM's SSH did not answer within {limit:.0f} s", details=console)
+    skew = ssh.sync_clock(key, known, port, log_path)
+    if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
+        log.get().warning("pkg.clock-set", package=job.label, skew_seconds=skew)
 
 
 # apt refusing a build dependency pinned to the distribution's glibc, where the image carries ours

@@ -30,8 +30,6 @@ from builder.tools import bootmedia, qemu, qmp, ssh
 from builder.tools import console as serial
 from builder.tools import vm as vmt
 
-SSH_POLL = 3.0  # seconds between SSH attempts while a VM boots
-
 
 def vms_dir(project: Project) -> Path:
     return records_dir(project) / "vms"
@@ -197,29 +195,34 @@ def launch(m: vmt.Machine, record: vmt.Record, target: Arch, img: Image, port: i
 
 def wait_for_ssh(project: Project, m: vmt.Machine, record: vmt.Record, slowdown: float, log_path: Path) -> None:
     limit = project.settings.vm.ssh_timeout * slowdown
-    started = time.monotonic()
+    kernel: list[str] = []
+
+    def answers() -> bool:
+        release = _answers(project, m, record, log_path)
+        kernel.extend([release] if release is not None else [])
+        return release is not None
+
     with log.stage("vm.wait-ssh", vm=record.name, port=record.port, limit=limit):
-        while time.monotonic() - started < limit:
-            if m.pid() is None:
-                raise InfraError(f"VM {record.name}: QEMU exited while the guest booted",
-                                 details=[*vmt.console_tail(m), f"console: {m.path(vmt.CONSOLE)}"],
-                                 hint=f"the overlay is kept for a look: {m.path(vmt.OVERLAY)}")
-            kernel = _answers(project, m, record, log_path)
-            if kernel is not None:
-                record.kernel = kernel
-                record.extra["ssh_seconds"] = round(time.monotonic() - started, 1)
-                key, known, port = _ssh(m, record, project)
-                skew = ssh.sync_clock(Path(key), Path(known), int(port), log_path)
-                record.extra["clock_skew"] = skew
-                if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
-                    log.get().warning("vm.clock-set", vm=record.name, skew_seconds=skew)
-                m.save(record)
-                return
-            time.sleep(SSH_POLL)
-    raise InfraError(f"VM {record.name}: SSH did not answer on 127.0.0.1:{record.port} within {limit:.0f} s; "
-                     "QEMU stopped",
-                     details=[*vmt.console_tail(m), f"console: {m.path(vmt.CONSOLE)}"],
-                     hint=f"the overlay is kept for a look ({m.path(vmt.OVERLAY)}); vm.ssh_timeout sets the limit")
+        booted = vmt.wait_for_ssh(m, answers, lambda: m.pid() is not None, limit)
+    console = [*vmt.console_tail(m), f"console: {m.path(vmt.CONSOLE)}"]
+    kept = f"the overlay is kept for a look: {m.path(vmt.OVERLAY)}"
+    if booted.outcome == "crashed":
+        raise InfraError(f"VM {record.name}: the guest crashed while it booted: {booted.line}; QEMU stopped",
+                         details=console, hint=kept)
+    if booted.outcome == "exited":
+        raise InfraError(f"VM {record.name}: QEMU exited while the guest booted", details=console, hint=kept)
+    if booted.outcome == "timeout":
+        raise InfraError(f"VM {record.name}: SSH did not answer on 127.0.0.1:{record.port} within {limit:.0f} s; "
+                         "QEMU stopped", details=console,
+                         hint=f"the overlay is kept for a look ({m.path(vmt.OVERLAY)}); vm.ssh_timeout sets the limit")
+    record.kernel = kernel[-1]
+    record.extra["ssh_seconds"] = round(booted.seconds, 1)
+    key, known, port = _ssh(m, record, project)
+    skew = ssh.sync_clock(Path(key), Path(known), int(port), log_path)
+    record.extra["clock_skew"] = skew
+    if skew is not None and abs(skew) > ssh.CLOCK_SLACK:
+        log.get().warning("vm.clock-set", vm=record.name, skew_seconds=skew)
+    m.save(record)
 
 
 def require_running(m: vmt.Machine, record: vmt.Record) -> int:

@@ -250,7 +250,8 @@ class Plugin(ABC):
         return None
 
     @abstractmethod
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None:
         """Install the built kernel (its ``kernel_package`` kind of packages) so the initramfs is made for it."""
 
     @abstractmethod

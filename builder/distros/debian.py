@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from builder.distros.base import LABEL, LOCALE, LiveSettings, Plugin, cmdline
-from builder.infra import hosttools, keys, log, paths, runner, sandbox
+from builder.infra import atomic, digests, hosttools, keys, log, paths, runner, sandbox
 from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import arch_names, arch_suites
-from builder.infra.errors import InfraError, UserError
+from builder.infra.errors import InfraError, IsobuildError, UserError
 from builder.infra.schema import matches, setting
 from builder.stages import glibc
 from builder.stages.iso import LiveLayout
-from builder.tools import aptrepo, aptsources, chroot, foreign, pkglist
+from builder.tools import aptlock, aptrepo, aptsources, chroot, foreign, pkglist
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
@@ -69,6 +69,10 @@ class DebianSettings(LiveSettings):
                            "console: ttyAMA0 on arm64)", check=cmdline)
     ssh_authorized_key: str | None = setting(None, help="public key for root (needs openssh-server in packages)",
                                              check=matches(r"(ssh|ecdsa|sk)-\S+ \S+( .*)?", "an OpenSSH public key"))
+    hooks: list[str] = setting(factory=list, help="scripts of the project run as root inside the root (chrooted, "
+                               "no network namespace of their own) after the overlay, in order: what a file cannot "
+                               "say (a user, a generated config). Part of the root's key; isobuild rebuild-check "
+                               "catches one that writes something different each time")
     local_packages: list[str] = setting(factory=list, help="binary packages isobuild pkg build made for the arch "
                                         "(<work>/pkgs/<arch>/) installed in the root like our kernel and glibc (their "
                                         "dependencies must be in the root already)")
@@ -155,6 +159,100 @@ class DebianPlugin(Plugin):
         aptrepo.require(self.release, self.deb_arch, self.settings.components, self.where)
         if not self.arch.native():
             foreign.require(self.arch, self.settings.bootstrap)
+        self.hook_files()
+        self.ensure_lock()
+
+    # --- the lock (builder.tools.aptlock) -------------------------------------------
+
+    @property
+    def lock_path(self) -> Path:
+        """distros/<distro>.lock, beside the distro's settings (a build VM's root shares it)."""
+        return self.project.root / "distros" / f"{self.origin}.lock"
+
+    def lock_section(self) -> aptlock.Section | None:
+        """This root's and arch's locked versions (None: the lock has no section for them yet)."""
+        return aptlock.read(self.lock_path).get((self.name, self.deb_arch))
+
+    def refresh_hint(self) -> str:
+        return f"refresh the lock: isobuild lock {self.origin} --arch {self.arch.name}"
+
+    def ensure_lock(self, refresh: bool = False) -> tuple[aptlock.Section, aptlock.Section | None]:
+        """The lock section of this root and arch: resolved against the mirror and written when it has
+        none (or ``refresh``); else its every version checked against the suite's signed Packages
+        index (once per mirror state) -- a locked version gone from the mirror is named with the
+        command that refreshes the lock.  Returns (section, the section it replaced)."""
+        sections = aptlock.read(self.lock_path)
+        old = sections.get((self.name, self.deb_arch))
+        asked = aptlock.request(self.suite, self.settings.components, self.packages())
+        if old is not None and not refresh:
+            was = old.get(aptlock.REQUEST)
+            if was != asked:
+                said = f"{was.version} {was.arch}" if was else "nothing"
+                raise UserError(f"{self.lock_path}: {self.name} {self.deb_arch} was locked for {said}; "
+                                f"{self.where} now asks for {asked.version} {asked.arch}", hint=self.refresh_hint())
+            self._check_lock(old)
+            return old, None
+        if self.settings.bootstrap != "mmdebstrap":
+            raise UserError(f"{self.where}: the lock is resolved by mmdebstrap --simulate; bootstrap is "
+                            f"{self.settings.bootstrap}", hint="use bootstrap: mmdebstrap")
+        argv = self.bootstrap_argv(Path("/dev/null"), Path("/nonexistent"), locked=False)
+        simulate = [argv[0], "--simulate", "--verbose", *(a for a in argv[1:] if not a.startswith(
+            ("--setup-hook=", "--customize-hook=", "--mode=")))]
+        # what a simulation resolves is a function of the command and the mirror's state: kept by both
+        resolved = self.project.work_dir / "cache" / "lock-resolutions" / keys.compute(
+            {"argv": simulate, "release": self.release.sha256})
+        output = resolved.read_text() if resolved.is_file() else None
+        if output is None:
+            with log.stage("lock.resolve", distro=self.name, arch=self.arch.name):
+                try:
+                    output = runner.run(simulate, capture=True, env={"DEBIAN_FRONTEND": "noninteractive"}).output
+                except runner.CommandFailed as exc:
+                    raise self._bootstrap_error(exc, final=False) or exc from None
+        section = aptlock.parse_simulation(output)
+        if not section:
+            raise UserError(f"{self.where} ({self.arch.name}): the bootstrap's simulation installed nothing; no "
+                            "lock can be made from it", details=output.strip().splitlines()[-5:])
+        if not resolved.is_file():
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_text(resolved, output)
+        section[aptlock.REQUEST] = asked
+        sections = aptlock.read(self.lock_path)  # re-read: another root's section may have been written
+        sections[(self.name, self.deb_arch)] = section
+        aptlock.write(self.lock_path, sections)
+        log.get().info("lock.written", path=str(self.lock_path), root=self.name, arch=self.deb_arch,
+                       packages=len(section))
+        return section, old
+
+    def _check_lock(self, section: aptlock.Section) -> None:
+        stamp = self.project.work_dir / "cache" / "lock-checks" / keys.compute(
+            {"lock": aptlock.digest(section), "release": self.release.sha256, "components": self.settings.components,
+             "arch": self.deb_arch})
+        if stamp.exists():
+            return
+        listed: set[tuple[str, str]] = set()
+        for component in self.settings.components:
+            listed |= {(s.get("Package", ""), s.get("Version", "")) for s in aptrepo.index(
+                self.release, component, self.deb_arch, self.project.work_dir / "cache" / "archive" / "indexes")}
+        gone = [p for p in aptlock.pins(section) if (p.name, p.version) not in listed]
+        if gone:
+            more = f" and {len(gone) - 1} more" if len(gone) > 1 else ""
+            raise UserError(f"{self.lock_path}: {gone[0].name} {gone[0].version} ({self.name}, {self.deb_arch}){more} "
+                            f"is no longer on the mirror's {self.suite}", hint=self.refresh_hint(),
+                            details=[f"{p.name} {p.version}" for p in gone[:20]])
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.touch()
+
+    def check_root_against_lock(self, root: Path, log_path: Path) -> None:
+        """The bootstrapped root holds exactly the locked versions (UserError listing how it differs)."""
+        section = self.lock_section()
+        if section is None:
+            return
+        installed = {row["package"]: row["version"] for row in self.manifest(root, log_path)}
+        diff = aptlock.differences(section, installed)
+        if diff:
+            raise UserError(f"{self.lock_path}: the bootstrapped {self.name} root ({self.deb_arch}) differs from its "
+                            f"lock: {diff[0]}" + (f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""),
+                            hint=self.refresh_hint() + " (packages or the suite changed)", details=diff[:20])
 
     @property
     def deb_arch(self) -> str:
@@ -179,8 +277,14 @@ class DebianPlugin(Plugin):
                 "bootstrap": s.bootstrap, "packages": self.packages(), "hostname": s.hostname, "locale": s.locale,
                 "timezone": s.timezone, "squashfs": [s.squashfs.compression, s.squashfs.level],
                 "ssh_authorized_key": s.ssh_authorized_key, "overlay": self.overlay_digest(),
+                "lock": self._lock_digest(),
+                **({"hooks": [[h.name, digests.sha256_file(h)] for h in self.hook_files()]} if s.hooks else {}),
                 **({"local_packages": [{"deb": d.path.name, "sha256": d.sha256} for d in self.local_debs()]}
                    if s.local_packages else {})}
+
+    def _lock_digest(self) -> str | None:
+        section = self.lock_section()
+        return aptlock.digest(section) if section is not None else None
 
     def local_debs(self) -> list[pkglist.BuiltDeb]:
         """The ``local_packages`` as ``pkg build`` made them for this arch (UserError naming one it did not)."""
@@ -198,10 +302,20 @@ class DebianPlugin(Plugin):
 
     # --- bootstrap ------------------------------------------------------------------
 
-    def bootstrap_argv(self, out: Path, cache: Path) -> list[str]:
+    def bootstrap_argv(self, out: Path, cache: Path, locked: bool = True) -> list[str]:
         """The bootstrap command: mmdebstrap writes a tarball ``out`` (in its unshare mode as an
-        ordinary user), debootstrap a directory ``out``."""
+        ordinary user), debootstrap a directory ``out``.  With a lock section (``locked``), mmdebstrap
+        gets apt preferences that pin every locked version, put in place before apt runs."""
         s = self.settings
+        section = self.lock_section() if locked and s.bootstrap == "mmdebstrap" else None
+        pins: list[str] = []
+        if section is not None:
+            prefs = cache.with_name(cache.name + ".locks") / f"{aptlock.digest(section)}.pref"
+            if not prefs.exists():
+                prefs.parent.mkdir(parents=True, exist_ok=True)
+                atomic.write_text(prefs, aptlock.preferences(section))
+            pins = ["--setup-hook=mkdir -p \"$1\"/etc/apt/preferences.d",
+                    f"--setup-hook=copy-in {prefs} /etc/apt/preferences.d"]
         include = ",".join(self.packages())
         components = ",".join(s.components)
         if s.bootstrap == "debootstrap":
@@ -211,7 +325,7 @@ class DebianPlugin(Plugin):
         return ["mmdebstrap", f"--mode={'unshare' if sandbox.rootless() else 'root'}", "--variant=minbase",
                 *([] if self.arch.native() else [f"--architectures={self.deb_arch}"]),
                 f"--components={components}", f"--include={include}", f"--keyring={self.keyring()}",
-                '--aptopt=Acquire::Retries "3"',
+                '--aptopt=Acquire::Retries "3"', *pins,
                 # the package cache goes in before apt runs and comes out before the tarball is made
                 "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives",
                 f"--setup-hook=sync-in {cache} /var/cache/apt/archives",
@@ -226,7 +340,11 @@ class DebianPlugin(Plugin):
         tool = runner.output([argv[0], "--version"]).strip().splitlines()[0]
         generic = [a.replace(str(out), "<out>").replace(str(cache), "<cache>") for a in argv]
         generic = [a for a in generic if not a.startswith("--mode=")]  # root or unshare: the same root
-        return keys.compute({"argv": generic, "tool": tool, "mirror_release": self.release.sha256})
+        # a locked root is a function of its lock (in the argv, through the preferences' name), not of the
+        # mirror's state: a mirror update makes no new bootstrap
+        section = self.lock_section() if self.settings.bootstrap == "mmdebstrap" else None
+        state = aptlock.digest(section) if section is not None else self.release.sha256
+        return keys.compute({"argv": generic, "tool": tool, "mirror_release": state})
 
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
         """The bootstrapped root, unpacked from the bootstrap cache (a tarball per command and mirror
@@ -257,6 +375,7 @@ class DebianPlugin(Plugin):
         root.mkdir(parents=True)
         with log.stage("rootfs.unpack", tar=str(cached)):
             chroot.unpack(cached, root, log_path)
+        self.check_root_against_lock(root, log_path)
         for leftover in ("/var/cache/apt/archives/lock",):
             Root(root).remove(leftover)
 
@@ -280,24 +399,28 @@ class DebianPlugin(Plugin):
                 runner.run(argv, log_path=log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
                 return
             except runner.CommandFailed as exc:
-                text = "\n".join(exc.error_lines + exc.tail)
-                if m := _UNKNOWN_PACKAGE.search(text):
-                    pkg = next((g for g in m.groups() if g), "?")
-                    raise UserError(f"{self.where}: package {pkg!r} does not exist in "
-                                    f"{self.suite}/{self.deb_arch} ({', '.join(self.settings.components)})",
-                                    hint="fix 'packages' (apt-cache policy NAME on a Debian host tells)",
-                                    details=exc.details) from None
-                if _UNREACHABLE.search(text) and attempt < 3:
+                if _UNREACHABLE.search("\n".join(exc.error_lines + exc.tail)) and attempt < 3:
                     continue
-                if _UNREACHABLE.search(text):
-                    raise InfraError(f"the Debian mirror {self.mirror()} is unreachable (3 attempts)",
-                                     hint=f"check the network, or set 'mirror:' in {self.where}",
-                                     details=exc.details) from None
-                raise
+                raise self._bootstrap_error(exc, final=True) or exc from None
+
+    def _bootstrap_error(self, exc: runner.CommandFailed, final: bool) -> IsobuildError | None:
+        """A failed bootstrap (or its simulation) said plainly: a package the suite lacks, an
+        unreachable mirror; None when it is neither."""
+        text = "\n".join(exc.error_lines + exc.tail)
+        if m := _UNKNOWN_PACKAGE.search(text):
+            pkg = next((g for g in m.groups() if g), "?")
+            return UserError(f"{self.where}: package {pkg!r} does not exist in "
+                             f"{self.suite}/{self.deb_arch} ({', '.join(self.settings.components)})",
+                             hint="fix 'packages' (apt-cache policy NAME on a Debian host tells)", details=exc.details)
+        if _UNREACHABLE.search(text):
+            return InfraError(f"the Debian mirror {self.mirror()} is unreachable" + (" (3 attempts)" if final else ""),
+                              hint=f"check the network, or set 'mirror:' in {self.where}", details=exc.details)
+        return None
 
     # --- kernel, configuration ----------------------------------------------------
 
-    def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path) -> None:
+    def install_packages(self, root: Path, packages: list[Path], hold: bool, log_path: Path,
+                         env: dict[str, str] | None = None) -> None:
         r = Root(root)
         names = [runner.output(["dpkg-deb", "--field", str(deb), "Package"]).strip() for deb in packages]
         for deb in packages:
@@ -305,7 +428,7 @@ class DebianPlugin(Plugin):
         # no daemons may start inside the build root
         r.write_text("/usr/sbin/policy-rc.d", "#!/bin/sh\nexit 101\n", 0o755)
         try:
-            inside = Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+            inside = Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive", **(env or {})})
             # one dpkg run: a set that depends on itself (libc6, libc-bin, ...) goes in together
             inside.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{deb.name}" for deb in packages)])
             if hold:
@@ -328,13 +451,16 @@ class DebianPlugin(Plugin):
                             hint="rebuild it: isobuild glibc --force")
         self.install_packages(root, debs, True, log_path)
 
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None:
         debs = [d for d in kernel_packages if d.name.startswith(f"linux-image-{release}_")]
         if not debs:
             raise UserError(f"no linux-image-{release} package among {', '.join(p.name for p in kernel_packages)}",
                             hint="rebuild it: isobuild kernel --force")
         self.initramfs_settings(root)  # the kernel's postinst makes the initramfs: its settings go first
-        self.install_packages(root, debs[:1], True, log_path)
+        # mkinitramfs clamps every time in the image to SOURCE_DATE_EPOCH (the kernel's) and has cpio
+        # number the inodes itself: without it the initrd held the build's date and differed each time
+        self.install_packages(root, debs[:1], True, log_path, env={"SOURCE_DATE_EPOCH": str(epoch)})
         _, initrd = self.boot_files(root, release)
         if not Root(root).exists(initrd):
             raise InfraError(f"installing {debs[0].name} made no initramfs ({initrd})",
@@ -373,7 +499,23 @@ class DebianPlugin(Plugin):
         if s.ssh_authorized_key:
             self.authorize_ssh(r, s.ssh_authorized_key)
         self.apply_overlay(r)
+        self.run_hooks(root, log_path)
         self.install_smoke_check(r, smoke_script)
+
+    def hook_files(self) -> list[Path]:
+        """The ``hooks`` scripts: project files, each checked to be one."""
+        return [paths.project_input(self.project.root, h, "hooks", self.where, "file") for h in self.settings.hooks]
+
+    def run_hooks(self, root: Path, log_path: Path) -> None:
+        r = Root(root)
+        for n, script in enumerate(self.hook_files(), 1):
+            inside = f"/tmp/isobuild-hook-{n}"
+            r.write_bytes(inside, script.read_bytes(), 0o755)
+            try:
+                with log.stage("rootfs.hook", distro=self.name, hook=script.name):
+                    Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"}).run([inside])
+            finally:
+                r.remove(inside)
 
     def authorize_ssh(self, r: Root, public_key: str) -> None:
         """``public_key`` the one way into root's account over SSH: no passwords; host keys made at

@@ -365,7 +365,8 @@ class ELPlugin(Plugin):
         # glibc itself, and of the rest the ones the root has: it stays what its packages asked for
         self.install_packages(root, glibcrpm.rpms_for(meta, glibc_dir, {*installed, "glibc"}), True, log_path)
 
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None:
         """Our kernel came with the kickstart's %packages; check it is ours, hold it, make its initramfs."""
         ours = f"{rpm_version(release)}-"
         kernels = [f"{r['package']}-{r['version']}" for r in dnf.query(root) if r["package"] in KERNEL_NAMES]
@@ -378,15 +379,16 @@ class ELPlugin(Plugin):
         if Root(root).exists(modules) and not Root(root).exists(f"{modules}/modules.dep"):
             # our RPM carries the index modules_install made; a kernel RPM without one: the root's depmod
             Chroot(root, log_path).run(["depmod", "-a", release])
-        self.make_initramfs(root, release, log_path)
+        self.make_initramfs(root, release, log_path, epoch)
 
     def dracut_argv(self, release: str) -> list[str]:
         # --no-hostonly: dmsquash-live refuses host-only images; --reproducible: fixed timestamps
         return ["dracut", "--force", "--no-hostonly", "--reproducible", "--add", "dmsquash-live",
                 f"/boot/initramfs-{release}.img", release]
 
-    def make_initramfs(self, root: Path, release: str, log_path: Path) -> None:
-        Chroot(root, log_path).run(self.dracut_argv(release))
+    def make_initramfs(self, root: Path, release: str, log_path: Path, epoch: int) -> None:
+        # --reproducible takes its times from SOURCE_DATE_EPOCH (the kernel's)
+        Chroot(root, log_path, env={"SOURCE_DATE_EPOCH": str(epoch)}).run(self.dracut_argv(release))
         _, initrd = self.boot_files(root, release)
         if not Root(root).exists(initrd):
             raise InfraError(f"dracut made no initramfs ({initrd})", hint="is dracut-live in %packages? see the log",

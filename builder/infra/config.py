@@ -232,6 +232,17 @@ class PkgSettings:
 
 
 @dataclass
+class CacheSettings:
+    """A stage store shared by machines and CI runners: built artifacts by stage key."""
+
+    store: str | None = setting(None, help="a directory (a mounted volume, the path a CI cache restores) holding "
+                                "built stage artifacts by kind and key: a stage whose artifact is missing here is "
+                                "pulled from it, verified against the sha256s its entry recorded, before anything "
+                                "is built (env ISOBUILD_CACHE_STORE; relative to the project)")
+    push: bool = setting(False, help="put what is built here into the store (env ISOBUILD_CACHE_PUSH=1)")
+
+
+@dataclass
 class ReleaseSettings:
     key: str | None = setting(None, help="GnuPG key that signs releases: a fingerprint (best), key id or user id; "
                               "isobuild release --key overrides")
@@ -250,6 +261,7 @@ class Settings:
     smoke: SmokeSettings = setting(factory=SmokeSettings, help="the ISO boot checks")
     vm: VmSettings = setting(factory=VmSettings, help="build VMs: isobuild image, isobuild vm")
     pkg: PkgSettings = setting(factory=PkgSettings, help="package builds in VMs: isobuild pkg")
+    cache: CacheSettings = setting(factory=CacheSettings, help="the shared stage store: isobuild cache")
     release: ReleaseSettings = setting(factory=ReleaseSettings, help="signing: isobuild release")
 
 
@@ -273,6 +285,26 @@ class Project:
         if self.work_dir.resolve() == self.logs_dir.resolve():
             raise UserError(f"{where}: logs_dir and work_dir are the same directory ({self.work_dir})",
                             hint="give the logs a directory of their own")
+        self.stage_store()  # a bad store setting stops every verb before it starts
+
+    def stage_store(self) -> tuple[Path, bool] | None:
+        """The shared stage store's directory and whether to push into it (None: no store)."""
+        env = os.environ.get("ISOBUILD_CACHE_STORE")
+        value = self.settings.cache.store if env is None else env  # set and empty: no store, whatever the file says
+        if not value:
+            return None
+        path = self.path(os.path.expanduser(value))
+        where = "environment" if env else self.config_file.name
+        paths.check_output_dir(path, self.root, "ISOBUILD_CACHE_STORE" if env else "cache.store", where)
+        resolved, work = path.resolve(), self.work_dir.resolve()
+        if resolved == work or work in resolved.parents or resolved in work.parents:
+            raise UserError(f"{where}: the stage store {path} and the work dir {self.work_dir} overlap",
+                            hint="give the store a directory of its own, outside the work dir")
+        push_env = os.environ.get("ISOBUILD_CACHE_PUSH")
+        if push_env not in (None, "", "0", "1"):
+            raise UserError(f"environment: ISOBUILD_CACHE_PUSH={push_env!r}: 1 or 0")
+        push = push_env == "1" if push_env else self.settings.cache.push
+        return path, push
 
     def with_arch(self, arch: str | None) -> Project:
         """This project for another target arch (``--arch``): the same files and work dir, every

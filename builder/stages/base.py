@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from typing import Any, ClassVar, Generic, TypeVar
 from builder.infra import atomic, keys, lock, log, state
 from builder.infra.config import Project
 from builder.infra.errors import InfraError
-from builder.tools import sweep
+from builder.tools import stagestore, sweep
 
 
 @dataclass
@@ -390,12 +391,13 @@ def ensure(stage: S, force: bool = False, fields: dict[str, Any] | None = None) 
     work-dir lock, logged, with this project's record kept from start to end (a killed build
     explains itself)."""
     project = stage.project
-    meta = None if force else stage.built()
+    meta = None if force else (stage.built() or pulled(stage))
     if meta is not None:
         with locked(project):
             switched = stage.adopt()
         log.get().info(f"{stage.kind}.up-to-date", name=stage.instance, arch=stage.arch, key=stage.key[:12],
                        reused_earlier_build=switched)
+        push(stage)  # a store that lacks it (a new CI cache key) gets it
         return Ensured(stage, meta, False)
     with locked(project):
         log_path = stage_log(project, stage.label)
@@ -408,5 +410,60 @@ def ensure(stage: S, force: bool = False, fields: dict[str, Any] | None = None) 
             meta = stage.build(log_path)
             done.update(last_good=stage.key, **stage.record_extras(meta))
         stage.link_current()
+        push(stage)
     return Ensured(stage, meta, True)
+
+
+# --- the shared stage store (builder.tools.stagestore) -------------------------------------------
+
+def store_of(stage: Stage) -> tuple[stagestore.Store, bool] | None:
+    """The project's stage store and whether to push into it, for a stage whose artifact is a directory
+    of the work dir (the ISO, published into the project, is remade from its rootfs in seconds)."""
+    found = stage.project.stage_store()
+    if found is None or stage.project.work_dir.resolve() not in stage.artifact.resolve().parents:
+        return None
+    return stagestore.Store(found[0]), found[1]
+
+
+def pulled(stage: Stage) -> dict[str, Any] | None:
+    """The stage's artifact pulled from the shared store (its metadata), or None: no store, no entry,
+    or an entry refused by verification (a warning names it; the stage is then built)."""
+    found = store_of(stage)
+    if found is None or not found[0].has(stage.kind, stage.key):
+        return None
+    store, may_push = found
+    with locked(stage.project):
+        meta = stage.built()
+        if meta is not None:  # another run put it there meanwhile
+            return meta
+        try:
+            with log.stage("cache.pull", stage=stage.label, key=stage.key[:12], store=str(store.root)):
+                store.pull(stage.kind, stage.key, stage.artifact)
+        except stagestore.Refused as exc:
+            log.get().warning("cache.refused", stage=stage.label, key=stage.key[:12], reason=exc.message,
+                              then="building it here" + ("; the entry is replaced" if may_push else ""))
+            if may_push:
+                store.discard(stage.kind, stage.key)
+            return None
+        meta = stage.built()
+        if meta is None or meta.get("key", stage.key) != stage.key:
+            shutil.rmtree(stage.artifact, ignore_errors=True)
+            log.get().warning("cache.refused", stage=stage.label, key=stage.key[:12],
+                              reason="the pulled artifact's metadata.json is not this key's", then="building it here")
+            return None
+    return meta
+
+
+def push(stage: Stage) -> None:
+    """A stage just built here put into the shared store when the project pushes (a failure to push is
+    a warning: the build stands)."""
+    found = store_of(stage)
+    if found is None or not found[1] or found[0].has(stage.kind, stage.key):
+        return
+    store = found[0]
+    try:
+        with log.stage("cache.push", stage=stage.label, key=stage.key[:12], store=str(store.root)):
+            store.push(stage.kind, stage.key, stage.artifact)
+    except InfraError as exc:
+        log.get().warning("cache.push-failed", stage=stage.label, key=stage.key[:12], reason=exc.message)
 

@@ -126,13 +126,13 @@ def changelog_top(changelog: Path) -> tuple[str, str, str, str]:
     try:
         lines = changelog.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise UserError(f"{changelog}: no debian/changelog in the glibc packaging",
-                        hint="glibc.source.debian_dir must be a Debian packaging directory") from None
+        raise UserError(f"{changelog}: no debian/changelog", hint="a Debian source package's debian/ directory "
+                        "has one (glibc: glibc.source.debian_dir must be a Debian packaging directory)") from None
     head = _CHANGELOG_HEAD.match(lines[0]) if lines else None
     trailer = next((m for line in lines if (m := _CHANGELOG_TRAILER.match(line))), None)
     if head is None or trailer is None:
         raise UserError(f"{changelog}: the first entry is not a Debian changelog entry",
-                        hint="it must start 'glibc (VERSION) DIST; urgency=...' and end ' -- NAME <MAIL>  DATE'")
+                        hint="it must start 'SOURCE (VERSION) DIST; urgency=...' and end ' -- NAME <MAIL>  DATE'")
     return head["source"], head["version"], head["rest"], trailer["date"]
 
 
@@ -414,8 +414,10 @@ def append_series(debian_patches: Path, ours: list[quilt.Patch]) -> None:
     series.write_text(text + "# isobuild: patches/glibc/series\n" + "".join(f"{line}\n" for line in lines))
 
 
-def changelog_entry(changelog: Path, version: str, series: list[quilt.Patch]) -> None:
-    """Prepend the entry that gives the packages our version.
+def changelog_entry(changelog: Path, version: str, series: list[quilt.Patch],
+                    heading: str = "Debian's glibc with patches/glibc/series appended") -> None:
+    """Prepend the entry that gives the packages our version (glibc's here, any source package's
+    that ``isobuild pkg`` patches: ``heading`` says whose series).
 
     Dated like the entry it follows (plus one second): the same inputs give
     the same changelog and so the same SOURCE_DATE_EPOCH for dpkg.
@@ -424,7 +426,7 @@ def changelog_entry(changelog: Path, version: str, series: list[quilt.Patch]) ->
     when = format_datetime(parsedate_to_datetime(date) + timedelta(seconds=1))
     items = "".join(f"    - {p.name} (sha256 {p.sha256[:16]})\n" for p in series) or "    - (no patches)\n"
     entry = (f"{name} ({version}) {rest}\n\n"
-             f"  * isobuild: Debian's glibc with patches/glibc/series appended:\n{items}\n"
+             f"  * isobuild: {heading}:\n{items}\n"
              f" -- isobuild <isobuild@localhost>  {when}\n\n")
     changelog.write_text(entry + changelog.read_text(encoding="utf-8"), encoding="utf-8")
 

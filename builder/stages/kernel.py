@@ -38,8 +38,9 @@ from builder.tools.toolchain import gcc_version
 # what a kernel build runs (its packages: builder.stages.kpackage)
 KERNEL_TOOLS = ["make", "gcc", "bash", "perl", "flex", "bison", "bc", "quilt", "tar", "xz", "rsync"]
 # 2: the artifact also holds the binrpm-pkg RPMs (rpms/); 3: no packages (stages/kpackage.py makes them on
-# demand from the artifact), the uapi headers instead (uapi/)
-STAGE_VERSION = 3
+# demand from the artifact), the uapi headers instead (uapi/); 4: without modules_install's build/source
+# links into the work dir's tree
+STAGE_VERSION = 4
 CONFIG_VERSION = 1  # of what config_key covers
 _WARNING = re.compile(r"\bwarning:")
 _ERROR = re.compile(r"\berror:")
@@ -362,6 +363,11 @@ def collect(p: Plan, out: Path, env: dict[str, str], log_path: Path, modules: bo
     if modules:
         runner.run(_make(p, "INSTALL_MOD_STRIP=1", f"INSTALL_MOD_PATH={out / 'modules'}", "modules_install"),
                    cwd=lay.src, env=env, log_path=log_path)
+        # modules_install links build/ and source/ to this work dir's kernel tree: not part of the
+        # artifact (no package ships them), and they made it differ by work dir and dangle elsewhere
+        for link in (out / "modules" / "lib" / "modules").glob("*/*"):
+            if link.name in ("build", "source") and link.is_symlink():
+                link.unlink()
     runner.run(_make(p, f"INSTALL_HDR_PATH={out / 'uapi'}", "headers_install"), cwd=lay.src, env=env,
                log_path=log_path)
     files = sorted(f for f in out.iterdir() if f.is_file())

@@ -25,8 +25,9 @@ from builder.stages.kpackage import KernelPackageStage
 from builder.tools import chroot, rootdir
 
 # 2: the kernel package is held; 3: zstd level 9 by default; 4: live-boot conf.d; 5: the kernel package from
-# stages/kpackage, installed after the configuration (an overlay's initramfs-tools settings count)
-STAGE_VERSION = 5
+# stages/kpackage, installed after the configuration (an overlay's initramfs-tools settings count); 6: the
+# initramfs made under the kernel's SOURCE_DATE_EPOCH
+STAGE_VERSION = 6
 LAYER_VERSION = 1
 
 
@@ -114,7 +115,8 @@ class DistroPlugin(Protocol):
 
     def install_local(self, root: Path, log_path: Path) -> None: ...
 
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None: ...
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None: ...
 
     def configure(self, root: Path, log_path: Path, smoke_script: str) -> None: ...
 
@@ -299,7 +301,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
             if layer is None:  # the kernel comes with the bootstrap: nothing to keep apart from it
                 kernel_free_part()
                 _step("kernel", plugin.name, durations,
-                      lambda: plugin.install_kernel(root, packages, release, log_path))
+                      lambda: plugin.install_kernel(root, packages, release, log_path, epoch))
                 _step("configure", plugin.name, durations, lambda: plugin.configure(root, log_path, p.script))
             else:
                 if layer.exists():
@@ -317,7 +319,7 @@ def build(p: Plan, log_path: Path) -> dict[str, Any]:
                     finally:
                         tmp.unlink(missing_ok=True)
                 _step("kernel", plugin.name, durations,
-                      lambda: plugin.install_kernel(root, packages, release, log_path))
+                      lambda: plugin.install_kernel(root, packages, release, log_path, epoch))
             manifest = plugin.manifest(root, log_path)
             kernel, initrd = plugin.boot_files(root, release)
             inside = rootdir.Root(root)  # /boot/vmlinuz-* may be a link: followed inside the root only

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import re
 import socket
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,3 +245,52 @@ def console_tail(machine: Machine, lines: int = 25) -> list[str]:
     except OSError:
         return []
     return [line.rstrip("\r") for line in text.splitlines()[-lines:]]
+
+
+# --- waiting for a booting guest --------------------------------------------------------------
+
+SSH_POLL = 3.0  # seconds between SSH attempts while a VM boots
+# what the console shows when the guest cannot come up: the kernel's panic, or systemd (PID 1) killed
+# -- seen here on a riscv64 guest under TCG, once in a few boots: systemd 257 "unhandled signal 11"
+BOOT_CRASH = re.compile(r"Kernel panic - not syncing|Attempted to kill init|systemd\[1\]: (unhandled signal|Caught <)"
+                        r"|Freezing execution")
+
+
+def crashed(m: Machine) -> str | None:
+    """The console line that says the guest died while booting, if one does."""
+    try:
+        text = m.path(CONSOLE).read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    found = BOOT_CRASH.search(text)
+    return text[found.start():].split("\n", 1)[0].strip() if found else None
+
+
+@dataclass(frozen=True)
+class Booted:
+    """How waiting for a guest's SSH ended: ``up``, ``crashed`` (``line`` says how), ``exited`` (QEMU
+    is gone) or ``timeout``; ``seconds`` waited."""
+
+    outcome: str
+    seconds: float
+    line: str = ""
+
+
+def wait_for_ssh(m: Machine, answers: Callable[[], bool], alive: Callable[[], bool], limit: float,
+                 cancelled: Callable[[], bool] = lambda: False, poll: float = SSH_POLL) -> Booted:
+    """Ask ``answers()`` (one SSH attempt) until it says yes, ``limit`` seconds at most; between attempts
+    a console line that says the guest died, or QEMU gone (``alive()``), ends the wait at once.
+    ``cancelled()`` true raises KeyboardInterrupt (Ctrl-C seen by another thread)."""
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if cancelled():
+            raise KeyboardInterrupt
+        line = crashed(m)
+        if line is not None:
+            return Booted("crashed", time.monotonic() - started, line)
+        if not alive():
+            return Booted("exited", time.monotonic() - started)
+        if answers():
+            return Booted("up", time.monotonic() - started)
+        time.sleep(poll)
+    return Booted("timeout", time.monotonic() - started)

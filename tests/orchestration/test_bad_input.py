@@ -29,7 +29,7 @@ from builder import cli
 from builder.infra import lock
 from builder.tools import foreign
 from builder.tools import vm as vmt
-from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, records, sha256
+from tests.conftest import FAKELINUX, XSC_PATCH, make_patch, records, sha256, write_lock
 from tests.fakemirror import Mirror
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,6 +147,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tar.add(FAKELINUX, arcname="linux-fake")
     mirror = Mirror.create(base / "mirror")
     _sources(mirror, base / "srcpkgs")
+    mirror.add_deb("bookworm", "amd64", "base-files", "12.4", b"a package the lock names")
     mirror.publish("bookworm")
     root = base / "project"
     (root / "patches" / "kernel").mkdir(parents=True)
@@ -174,6 +175,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "kernel": {"source": {"type": "tarball", "path": "../linux-fake.tar.gz", "sha256": sha256(tarball)},
                    "profile": "ci", "fragments": ["patches/kernel/xsc.config"]},
         "glibc": {"enabled": False}}))
+    write_lock(root, {"base-files": ("12.4", "amd64")})
     canary = base / "canary"
     (canary / "etc").mkdir(parents=True)
     (canary / "etc" / "passwd").write_text("canary passwd\n")
@@ -196,6 +198,11 @@ def case(template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cas
     monkeypatch.delenv("ISOBUILD_WORK_DIR", raising=False)
     monkeypatch.chdir(base / "project")
     return Case(base, monkeypatch)
+
+
+def _relock(case: Case, pins: dict[str, tuple[str, str]]) -> None:
+    (case.project / "distros" / "debian.lock").unlink()
+    write_lock(case.project, pins)
 
 
 def _vm_record(case: Case, name: str, state: str) -> None:
@@ -496,6 +503,22 @@ CASES: list[tuple[str, Break, list[str], int, str]] = [
     ("pkg-dsc-symlink", _symlinked_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
      r"local_1.0.dsc: local_1.0.tar.xz is a symlink beside it"),
     ("pkg-list-empty", lambda c: None, ["pkg", "build"], 2, r"no packages named and .*packages.list lists none"),
+    ("lock-version-gone", lambda c: _relock(c, {"base-files": ("12.3", "amd64"), "gone": ("1.0", "all")}),
+     ["debian", "--no-smoke"], 2, r"distros/debian.lock: base-files 12.3 \(debian, amd64\) and 1 more is no longer "
+     r"on the mirror's bookworm"),
+    ("lock-packages-changed", lambda c: c.distro("debian", packages=["systemd-sysv", "live-boot", "initramfs-tools",
+                                                                     "zstd", "less"]),
+     ["debian", "--no-smoke"], 2, r"distros/debian.lock: debian amd64 was locked for bookworm:main "
+     r"initramfs-tools,live-boot,systemd-sysv,zstd; distros/debian.yaml now asks for bookworm:main "
+     r"initramfs-tools,less,live-boot,systemd-sysv,zstd"),
+    ("lock-malformed", lambda c: _write(c.project / "distros" / "debian.lock", "debian amd64 libc6\n"),
+     ["debian", "--no-smoke"], 2, r"distros/debian.lock:1: not 'ROOT ARCH PACKAGE VERSION PACKAGE-ARCH': "
+     r"'debian amd64 libc6'"),
+    ("hook-missing", lambda c: c.distro("debian", hooks=["hooks/nosuch.sh"]), ["debian", "--no-smoke"], 2,
+     r"distros/debian.yaml: hooks: 'hooks/nosuch.sh' .*(not found|does not exist)"),
+    ("hook-outside", lambda c: c.distro("debian", hooks=["../canary/secret"]), ["debian", "--no-smoke"], 2,
+     r"distros/debian.yaml: hooks: '../canary/secret' resolves to .*canary/secret, outside the project"),
+    ("lock-el", lambda c: None, ["lock", "alma"], 2, r"locks are made for Debian-family distros \(alma is el\)"),
     ("pkg-dsc-tampered", _tampered_dsc, ["pkg", "build", "../canary/local_1.0.dsc"], 2,
      r"local_1.0.dsc: local_1.0.tar.xz has sha256 [0-9a-f]{64}; the .dsc says"),
     ("pkg-shard", lambda c: None, ["pkg", "build", "tiny", "--shard", "3/2"], 2, r"--shard '3/2': expected I/N"),

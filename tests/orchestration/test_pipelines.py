@@ -59,9 +59,11 @@ GITHUB = REPO / ".github" / "workflows" / "isobuild.yml"
 GITLAB = REPO / ".gitlab-ci.yml"
 STAGES = {"kernel", "glibc", "iso-debian", "iso-el", "smoke-debian", "smoke-el", "release", "report"}
 # the package builds: on GitHub a job reading the list and one leg per entry, on GitLab shards alone
-GH_JOBS = STAGES | {"pkg-matrix", "pkg-build"}
-GL_JOBS = STAGES | {"pkg-build"}
-VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg"}
+# rebuild-check builds the Debian ISO and then builds it again from nothing to compare (not a stage of its own)
+GH_JOBS = STAGES | {"pkg-matrix", "pkg-build", "rebuild-check"}
+GL_JOBS = STAGES | {"pkg-build", "rebuild-check"}
+VERBS = {"kernel", "glibc", "debian", "alma", "rocky", "test", "release", "report", "status", "pkg", "cache",
+         "rebuild-check"}
 # what follows .venv/bin/isobuild, up to a pipe, a list, a redirection or the end of a $(...)
 INVOCATION = re.compile(r"\.venv/bin/isobuild\s+([^\n|;&>)]*)")
 GH_MATRIX = re.compile(r"\$\{\{\s*matrix\.([\w-]+)\s*\}\}")  # ${{ matrix.arch }}
@@ -126,15 +128,23 @@ def layout(project: Project) -> set[str]:
     return paths
 
 
+# the shared stage store both pipelines set (ISOBUILD_CACHE_STORE), and the stages whose entries
+# their jobs keep in the CI system's cache: the two that take minutes to build
+STORE = ".isobuild-store"
+STORED_STAGES = {kernel.KernelStage.kind: "kernel", glibc.GlibcStage.kind: "glibc"}  # stage kind -> job
+
+
 def caches(project: Project) -> set[str]:
     """The source and package caches: work-dir entries that clean keeps and distclean removes, and
-    the cross glibc build's (its build-root tarballs and verified source packages) inside the latter."""
+    the cross glibc build's (its build-root tarballs and verified source packages) inside the latter;
+    and the shared stage store's entries of the kernel and glibc stages."""
     assert {"sources", "cache"} <= set(clean.WORK_ENTRIES)
     code = inspect.getsource(glibc)
     for name in GLIBC_CACHES:
         assert f'"cache" / "{name}"' in code, f"builder/stages/glibc.py no longer keeps <work>/cache/{name}"
     return ({rel(project, project.work_dir / name) for name in ("sources", "cache")}
-            | {rel(project, project.work_dir / "cache" / name) for name in GLIBC_CACHES})
+            | {rel(project, project.work_dir / "cache" / name) for name in GLIBC_CACHES}
+            | {f"{STORE}/{kind}" for kind in STORED_STAGES})
 
 
 def junit_name(tmp_path: Path, distro: str, arch: str) -> str:
@@ -359,6 +369,11 @@ def check_legs(project: Project, legs: list[Leg], where: str) -> None:
     for lg in legs:
         for args in lg.commands:
             check_arch(project, args, f"{where} job {lg}")
+        if lg.job == "rebuild-check":  # builds a distro's ISO, then rebuilds that one from nothing to compare
+            verbs = [(a.verb, getattr(a, "distro", None) or a.verb, a.arch) for a in lg.commands]
+            assert [v for v, _, _ in verbs] == ["debian", "rebuild-check"], f"{where} job {lg}: {verbs}"
+            assert verbs[0][1:] == verbs[1][1:], f"{where} job {lg} checks another distro or arch than it built"
+            continue
         stages = lg.stages()
         assert len(stages) <= 1, f"{where} job {lg} runs several stages {stages}"
         for kind, distro in stages:
@@ -1005,3 +1020,35 @@ def test_kernel_artifacts_alone_let_the_next_job_reuse_the_kernel(fake_project: 
     assert fake_project.run("kernel") == 0
     assert "is up to date" in capsys.readouterr().out
     assert (records(fake_project.root, fresh) / "current" / "kernel-ci-x86_64").is_symlink()
+
+
+def test_the_kernel_and_glibc_jobs_pull_an_unchanged_stage_from_the_store(project: Project) -> None:
+    """Both pipelines set the store (pushing into it); each stored stage's job keeps the store's entries of
+    that stage in the CI cache under its arch and stage key (GitHub: the key isobuild cache key prints
+    for the leg's arch, so a changed kernel is a new entry; GitLab: per arch and branch, pruned to the
+    current key after the build) -- and the job then runs the stage's verb, which pulls it."""
+    gh = yaml.safe_load(GITHUB.read_text())
+    gl = yaml.safe_load(GITLAB.read_text())
+    for where, env in (("github", gh["env"]), ("gitlab", gl["variables"])):
+        assert env["ISOBUILD_CACHE_STORE"] == STORE and env["ISOBUILD_CACHE_PUSH"] == "1", where
+        assert os.path.normpath(env["ISOBUILD_CACHE_STORE"]) != env["ISOBUILD_WORK_DIR"]
+    assert f"{STORE}/" in (REPO / ".gitignore").read_text().splitlines()
+    for kind, job in STORED_STAGES.items():
+        steps = gh["jobs"][job]["steps"]
+        (cache_step,) = [s for s in steps if str(s.get("uses", "")).startswith("actions/cache")
+                         and s["with"]["path"] == f"{STORE}/{kind}"]
+        ref = GH_STEP_OUTPUT.search(cache_step["with"]["key"])
+        assert ref and "${{ matrix.arch }}" in cache_step["with"]["key"], cache_step
+        (key_step,) = [s for s in steps if s.get("id") == ref.group(1)]
+        assert f"isobuild cache key {kind} --arch ${{{{ matrix.arch }}}})" in key_step["run"]
+        assert f'{ref.group(2)}=$(' in key_step["run"] and "$GITHUB_OUTPUT" in key_step["run"]
+        runs = [str(s.get("run", "")) for s in steps]
+        assert steps.index(key_step) < steps.index(cache_step) < \
+            next(i for i, r in enumerate(runs) if f"isobuild {job} --arch" in r), f"{job}: key, cache, then the build"
+        (store,) = [c for c in gl[job]["cache"] if c["paths"] == [f"{STORE}/{kind}/"]]
+        assert "$ARCH" in store["key"] and "$CI_COMMIT_REF_SLUG" in store["key"], store
+        assert store.get("policy", "pull-push") == "pull-push"
+        assert store["fallback_keys"] == [store["key"].replace("$CI_COMMIT_REF_SLUG", "$CI_DEFAULT_BRANCH")]
+        script = gl[job]["script"]
+        assert script.index(".venv/bin/isobuild cache prune") > \
+            next(i for i, line in enumerate(script) if line.startswith(f'.venv/bin/isobuild {job} --arch "$ARCH"'))

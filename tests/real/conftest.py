@@ -25,7 +25,8 @@ def copy_project(root: Path) -> Path:
     root.mkdir(parents=True)
     shutil.copy(REPO / "isobuild.yaml", root)
     for sub in ("profiles", "patches", "distros", "kickstart"):
-        shutil.copytree(REPO / sub, root / sub)
+        # no lock a build of the checkout wrote: each test project locks its roots on its first build
+        shutil.copytree(REPO / sub, root / sub, ignore=shutil.ignore_patterns("*.lock"))
     return root
 
 

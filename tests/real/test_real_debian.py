@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from builder.infra.errors import ExitCode
-from builder.tools import iso9660
+from builder.tools import aptlock, iso9660
 from tests.conftest import Events
 from tests.real.conftest import WORK, current, run
 
@@ -65,6 +65,12 @@ def test_debian_iso_builds_boots_and_describes_itself(project: Path, capsys: pyt
     assert glibc_meta["version"].endswith("+isobuild1")
     libc6 = next(s for s in status.split("\n\n") if s.startswith("Package: libc6\n"))
     assert "Status: hold ok installed" in libc6
+    # the first build locked the root: every package it bootstrapped is at its locked version (ours aside)
+    lock = aptlock.read(project / "distros/debian.lock")[("debian", "amd64")]
+    ours = {p["package"] for p in glibc_meta["packages"]}
+    pins = {p.name: p.version for p in aptlock.pins(lock)}
+    assert {"base-files", "systemd", "live-boot"} <= set(pins)
+    assert {n: packages.get(n) for n in pins if n not in ours} == {n: v for n, v in pins.items() if n not in ours}
     results = json.loads((project / "logs/smoke-debian.json").read_text())
     assert [r["markers"] for r in results] == [
         {"UNAME": release, "MARKER": "1.0.0", "GLIBC": glibc_meta["version"], "LIBC": "XSC extensions: xsc-glibc 1.0",
@@ -94,6 +100,29 @@ def test_unchanged_inputs_rebuild_nothing_and_the_iso_is_reproducible(project: P
     assert run(project, "status", "--profile", "ci", "--json") == 0
     rows = {(r["stage"], r["name"]): r for r in json.loads(capsys.readouterr().out)}
     assert rows[("rootfs", "debian")]["state"] == "built" and rows[("iso", "debian")]["state"] == "built"
+
+
+def test_a_locked_version_gone_from_the_mirror_is_named_until_the_lock_is_refreshed(
+        project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0, capsys.readouterr().err
+    path = project / "distros/debian.lock"
+    good = path.read_text()
+    real = aptlock.read(path)[("debian", "amd64")]["base-files"].version
+    path.write_text(good.replace(f"debian amd64 base-files {real} ", "debian amd64 base-files 0.0-isobuild "))
+    events = Events(project / "logs")
+    capsys.readouterr()
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == ExitCode.USER
+    err = capsys.readouterr().err
+    assert "distros/debian.lock: base-files 0.0-isobuild (debian, amd64) is no longer on the mirror's bookworm" in err
+    assert "hint: refresh the lock: isobuild lock debian --arch x86_64" in err
+    assert events.built() == set() and "mmdebstrap" not in events.commands()
+    assert run(project, "lock", "debian", "--arch", "x86_64") == 0
+    out = capsys.readouterr().out
+    assert f"base-files 0.0-isobuild -> {real}" in out and "debian amd64:" in out
+    assert aptlock.read(path)[("debian", "amd64")] == aptlock.parse(good, path)[("debian", "amd64")]
+    events = Events(project / "logs")
+    assert run(project, "debian", "--profile", "ci", "--no-smoke") == 0
+    assert events.built() == set(), "the refreshed lock is the one the root was built with: nothing to build"
 
 
 def test_test_debian_reruns_only_the_boot_check(project: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -342,10 +342,11 @@ class DebianRootEL(ELPlugin):
     def bootstrap(self, root: Path, cache: Path, log_path: Path) -> None:
         self.debian.bootstrap(root, cache.parent.parent / "debian" / "bookworm", log_path)
 
-    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path) -> None:
+    def install_kernel(self, root: Path, kernel_packages: list[Path], release: str, log_path: Path,
+                       epoch: int) -> None:
         (deb,) = [p for p in kernel_packages if p.name.startswith(f"linux-image-{release}_")]
         self.debian.install_packages(root, [deb], True, log_path)
-        self.make_initramfs(root, release, log_path)
+        self.make_initramfs(root, release, log_path, epoch)
 
     def manifest(self, root: Path, log_path: Path) -> list[dict[str, str]]:
         return self.debian.manifest(root, log_path)

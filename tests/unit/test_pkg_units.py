@@ -17,6 +17,7 @@ from builder.infra import atomic
 from builder.infra.arch import ARCHES
 from builder.infra.config import PkgSettings, Project, Settings
 from builder.infra.errors import UserError
+from builder.stages import glibc
 from builder.tools import aptproxy, distcc, pkglist, relay
 from builder.tools import vm as vmt
 from builder.tools.pkglist import Entry
@@ -126,10 +127,11 @@ def test_changelog_entry_gives_our_version_dated_after_debian(tmp_path: Path) ->
     changelog = tmp_path / "changelog"
     changelog.write_text("hello (2.10-3) unstable; urgency=medium\n\n  * x\n\n"
                          " -- Someone <s@example.invalid>  Sun, 14 Aug 2022 10:00:00 +0200\n")
-    pkg.changelog_entry(changelog, "hello", "2.10-3+isobuild1", [])
+    glibc.changelog_entry(changelog, "2.10-3+isobuild1", [], heading="our series (pkg.patches/hello) applied")
     head = changelog.read_text().splitlines()
     assert head[0] == "hello (2.10-3+isobuild1) unstable; urgency=medium"
     assert any("Sun, 14 Aug 2022 10:00:01 +0200" in line for line in head[:8])
+    assert "  * isobuild: our series (pkg.patches/hello) applied:" in head
 
 
 def test_parallel_from_cpus_and_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -300,18 +302,6 @@ def test_scratch_names_are_temps_the_sweep_recognises() -> None:
     assert atomic.TEMP.fullmatch(name), name
 
 
-@pytest.mark.parametrize(("console", "found"), [
-    ("systemd[1]: Started journald.\nsystemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004\nCPU: 1\n",
-     "systemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004"),
-    ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
-     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
-    ("Debian GNU/Linux 12 isobuild ttyS0\nisobuild login:\n", None),
-])
-def test_a_boot_crash_is_read_off_the_console(tmp_path: Path, console: str, found: str | None) -> None:
-    m = vmt.Machine(tmp_path)
-    m.path(vmt.CONSOLE).write_text(console)
-    assert pkg.crashed(m) == found
-    assert pkg.crashed(vmt.Machine(tmp_path / "none")) is None
 
 
 def test_a_build_dependency_pinned_to_debians_glibc_is_explained(tmp_path: Path) -> None:

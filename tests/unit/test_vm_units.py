@@ -347,3 +347,38 @@ def test_clean_drops_images_no_project_nor_vm_points_at(tmp_path: Path) -> None:
     assert sorted(p.name for p in targets) == [".tree-abc.123.tmp", "old"]
     assert vmt.running(tmp_path) == []
     assert "images" in image.ImageStage.work_entries
+
+
+# --- waiting for a booting guest ------------------------------------------------------------
+
+@pytest.mark.parametrize(("console", "found"), [
+    ("systemd[1]: Started journald.\nsystemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004\nCPU: 1\n",
+     "systemd[1]: unhandled signal 11 code 0x1 at 0x0000000000000004"),
+    ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n",
+     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
+    ("Debian GNU/Linux 12 isobuild ttyS0\nisobuild login:\n", None),
+])
+def test_a_boot_crash_is_read_off_the_console(tmp_path: Path, console: str, found: str | None) -> None:
+    m = vmt.Machine(tmp_path)
+    m.path(vmt.CONSOLE).write_text(console)
+    assert vmt.crashed(m) == found
+    assert vmt.crashed(vmt.Machine(tmp_path / "none")) is None
+
+
+def test_waiting_ends_when_ssh_answers_the_guest_crashes_or_qemu_is_gone(tmp_path: Path) -> None:
+    m = vmt.Machine(tmp_path)
+    m.path(vmt.CONSOLE).write_text("booting\n")
+    tries: list[int] = []
+
+    def third_time() -> bool:
+        tries.append(1)
+        return len(tries) == 3
+
+    assert vmt.wait_for_ssh(m, third_time, lambda: True, 60, poll=0.01).outcome == "up" and len(tries) == 3
+    assert vmt.wait_for_ssh(m, lambda: False, lambda: False, 60, poll=0.01).outcome == "exited"
+    assert vmt.wait_for_ssh(m, lambda: False, lambda: True, 0.05, poll=0.01).outcome == "timeout"
+    m.path(vmt.CONSOLE).write_text("[ 2.0] Kernel panic - not syncing: Attempted to kill init!\n")
+    booted = vmt.wait_for_ssh(m, lambda: True, lambda: True, 60, poll=0.01)
+    assert (booted.outcome, booted.line) == ("crashed", "Kernel panic - not syncing: Attempted to kill init!")
+    with pytest.raises(KeyboardInterrupt):
+        vmt.wait_for_ssh(m, lambda: False, lambda: True, 60, cancelled=lambda: True)
