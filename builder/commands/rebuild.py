@@ -38,6 +38,7 @@ class Compared:
     files: int = 0
     differing: list[str] = field(default_factory=list)  # relative paths
     missing: str | None = None  # why the rebuilt artifact is not there
+    first: tuple[Path, Path] | None = None  # the first differing file: ours, the rebuild's
 
 
 @dataclass
@@ -120,6 +121,8 @@ def compare(ours: list[Stage], project: Project, copy_root: Path, work: Path) ->
         a, b = files_of(mine), files_of(twin)
         c.files = len(a)
         c.differing = sorted(n for n in set(a) | set(b) if n not in a or n not in b or not _same(a[n], b[n]))
+        if c.differing:
+            c.first = (a.get(c.differing[0], mine), b.get(c.differing[0], twin))
         out.append(c)
     return out
 
@@ -168,20 +171,7 @@ def run(project: Project, stages: DistroStages, distro: str, profile: str | None
             runner.run(argv, log_path=log_path, cwd=config.parent, env=env)
         with log.stage("rebuild-check.compare", distro=distro, arch=arch):
             compared = compare(ours, project, config.parent, work)
-        first = None
-        for c in compared:
-            if c.missing is None and c.differing:
-                stage = next(s for s in ours if s.label == c.label)
-                mine = files_of(stage.artifact)
-                twin_root = config.parent / stage.artifact.relative_to(project.root) if stage.kind == "iso" \
-                    else work / stage.artifact.relative_to(project.work_dir)
-                twins = files_of(twin_root)
-                name = c.differing[0]
-                if name in mine and name in twins:
-                    first = (f"{c.label}/{name}", mine[name], twins[name])
-                else:
-                    first = (f"{c.label}/{name}", mine.get(name, stage.artifact), twins.get(name, twin_root))
-                break
+        first = next(((f"{c.label}/{c.differing[0]}", *c.first) for c in compared if c.first), None)
         summary: list[str] = []
         if first is not None and first[1].is_file() and first[2].is_file():
             with log.stage("rebuild-check.diffoscope", file=first[0]):
