@@ -98,11 +98,17 @@ def check_jsonschema(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def project() -> Iterator[Project]:
+def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
+    """The repository's project as a checkout the pipelines run in, copied: what planning writes
+    under its work dir (.work, as both pipelines set it) never lands in this checkout."""
+    root = tmp_path_factory.mktemp("checkout")
+    shutil.copy(REPO / "isobuild.yaml", root)
+    for sub in ("profiles", "patches", "distros", "kickstart"):
+        shutil.copytree(REPO / sub, root / sub, ignore=shutil.ignore_patterns("*.lock"))
     old = os.environ.get("ISOBUILD_WORK_DIR")
     os.environ["ISOBUILD_WORK_DIR"] = ".work"  # what both pipelines set
     try:
-        yield load_project(REPO / "isobuild.yaml")
+        yield load_project(root / "isobuild.yaml")
     finally:
         if old is None:
             del os.environ["ISOBUILD_WORK_DIR"]
