@@ -741,8 +741,8 @@ VERBS: tuple[Verb, ...] = (
                           "check the release and the patched marker"),
                       arg("--force", action="store_true", help="rebuild even if an artifact with this key exists"),
                       arg("--packages", metavar="KINDS", type=_kinds, help="also make these of its packages "
-                          "(comma-separated: deb-image, deb-libc-dev, rpm); the distro verbs make the one they "
-                          "install"),
+                          "(comma-separated: deb-image, deb-libc-dev, rpm, rpm-headers); the distro verbs make "
+                          "the ones they install"),
                       arg("--json", action="store_true", help="print the build's metadata (and the boot verdict) "
                           "as JSON"))),
     Verb("debian", "build the Debian live ISO (kernel, glibc, rootfs, ISO as needed) and boot-test it",

@@ -23,6 +23,7 @@ from builder.infra.arch import ARCHES, Arch
 from builder.infra.config import Project
 from builder.infra.errors import InfraError, UserError
 from builder.infra.schema import at_least, matches, setting
+from builder.stages.guesttests import TestsRoot
 from builder.stages.iso import LiveLayout
 from builder.stages.kpackage import Kind
 from builder.tools import rootdir
@@ -113,6 +114,8 @@ class Plugin(ABC):
     # the package format of the glibc stage's output this plugin installs; None: the
     # distribution's own glibc stays (the glibc stage is not run for it)
     glibc_format: ClassVar[str | None] = None
+    # the kernel's package of uapi headers the guest tests' build root takes (builder.stages.kpackage)
+    tests_headers: ClassVar[Kind] = "deb-libc-dev"
 
     def __init__(self, name: str, settings: Any, project: Project, origin: str | None = None):
         self.name = name
@@ -137,6 +140,12 @@ class Plugin(ABC):
     def glibc_target(self) -> Any:
         """The suite a glibc stage builds this distro's glibc packages for (Debian family), or None."""
         return None
+
+    def tests_root(self) -> TestsRoot:
+        """The build root the guest tests compile in (builder.stages.guesttests): the image's own
+        distribution and arch with its compiler.  Families that have none say why."""
+        raise UserError(f"{self.where}: isobuild cannot build guest tests for {self.family} images",
+                        hint="set smoke.guest_tests: null")
 
     def takes_glibc(self) -> bool:
         """Whether this distro's root gets the patched glibc (the project's glibc.enabled aside)."""

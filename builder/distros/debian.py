@@ -24,7 +24,7 @@ from builder.infra.errors import InfraError, IsobuildError, UserError
 from builder.infra.schema import matches, setting
 from builder.stages import glibc
 from builder.stages.iso import LiveLayout
-from builder.tools import aptlock, aptrepo, aptsources, chroot, foreign, pkglist
+from builder.tools import aptlock, aptrepo, aptsources, buildroot, chroot, foreign, pkglist
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
@@ -137,6 +137,11 @@ class DebianPlugin(Plugin):
 
     def glibc_target(self) -> glibc.Target:
         return glibc.Target(self.suite, self.mirror(), self.keyring(), lambda: self.release)
+
+    def tests_root(self) -> buildroot.CrossRoot:
+        """The suite's buildd root of this arch (another arch's compiler runs through qemu-user)."""
+        return buildroot.CrossRoot(self.suite, self.mirror(), self.keyring(), self.arch, self.release,
+                                   self.project.work_dir / "cache" / "cross-roots", cross=False)
 
     def check(self) -> None:
         """The overlay, the bootstrap tool (debootstrap needs root), and the mirror: reachable, its

@@ -154,6 +154,7 @@ def rpm_version(release: str) -> str:
 class ELPlugin(Plugin):
     family = "el"
     kernel_package: ClassVar[Kind] = "rpm"
+    tests_headers: ClassVar[Kind] = "rpm-headers"
     kernel_in_bootstrap = True
     # builder/stages/glibcrpm.py: the distribution's glibc source RPM with our series
     glibc_format: ClassVar[str | None] = "rpm"
@@ -210,6 +211,12 @@ class ELPlugin(Plugin):
         """The distribution's repositories and ours; ours wins every name it has (priority)."""
         return [dnf.Repo(r.name, r.baseurl, r.mirrorlist, r.gpgkey, r.gpgcheck) for r in self.settings.repositories] \
             + [dnf.Repo(LOCAL_REPO, baseurl=f"file://{self.local_repo}", gpgcheck=False, priority=1)]
+
+    def tests_root(self) -> dnf.BuildRoot:
+        """The release's gcc from the distribution's repositories, by dnf (on any host with dnf)."""
+        return dnf.BuildRoot(tuple(self.repos()[:-1]), self.settings.release, ARCH, ("gcc",),
+                             self.work / "tests-root", self.project.work_dir / "cache" / self.family /
+                             f"el{self.settings.release}", self.where)
 
     def check(self) -> None:
         """Overlay, host tools of the build path, kickstart sections the dnf path cannot run, and every

@@ -127,13 +127,13 @@ class Graph:
         return stages, ImageStage(stages.rootfs, plugin.name, ssh.public_key(key_dir(self.project)))
 
     def guest_tests(self, plugin: Plugin, glibc: Stage | None) -> GuestTestsStage | None:
-        """The project's guest tests for this distro's image: a Debian-family distro's (built in a root
-        of its suite against the kernel's linux-libc-dev and our glibc), when smoke.guest_tests names a
-        directory that exists."""
+        """The project's guest tests for this distro's image (built in its plugin's build root against
+        the kernel's uapi headers package and our glibc), when smoke.guest_tests names a directory
+        that exists."""
         where = self.project.settings.smoke.guest_tests
-        if not where or plugin.glibc_format != "deb" or not (self.project.root / where).is_dir():
+        if not where or not (self.project.root / where).is_dir():
             return None
-        return GuestTestsStage(plugin, self.kernel_package("deb-libc-dev"), glibc)
+        return GuestTestsStage(plugin, self.kernel_package(plugin.tests_headers), glibc)
 
 
 def _blocked(kind: str, name: str, exc: IsobuildError, arch: str) -> Row:

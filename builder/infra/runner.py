@@ -246,7 +246,8 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=2)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+            proc.wait(timeout=10)  # reaped: whoever asks next sees it gone, with its exit status
+    except (ProcessLookupError, subprocess.TimeoutExpired):
         pass
 
 

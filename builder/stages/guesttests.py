@@ -3,10 +3,13 @@ against what isobuild built, packed on a small drive the boot check runs them fr
 
 One file is one test, named by its stem: ``NAME.c`` is compiled (``gcc -O2 -Wall -Werror``), ``NAME.sh``
 is run by ``/bin/sh``; a test passes by exiting 0 (it may print TAP).  The C tests are compiled in a
-build root of the image's own suite and arch (``mmdebstrap --variant=buildd``; another arch's compiler
-runs through qemu-user-static) into which the kernel's ``linux-libc-dev`` and our glibc's packages are
-installed with dpkg first: the headers and libc a test sees are the built ones, never the host's, so a
-header or ABI change in a series breaks the test's build, by name, before any boot.
+build root of the image's own distribution and arch, which its plugin gives (``tests_root``): on Debian
+the suite's buildd root (``mmdebstrap --variant=buildd``; another arch's compiler runs through
+qemu-user-static) with the kernel's ``linux-libc-dev`` and our glibc's packages installed by dpkg; on
+EL a dnf root of the release's gcc with the kernel's ``kernel-headers`` and our glibc RPMs winning over
+the distribution's (builder.tools.dnf.BuildRoot).  The headers and libc a test sees are the built ones,
+never the host's, so a header or ABI change in a series breaks the test's build, by name, before any
+boot.
 
 The artifact is ``tests.img`` -- a squashfs with ``manifest`` (one ``NAME KIND TIMEOUT`` line per test)
 and the programs under ``tests/`` --, the same tree unpacked (``files/``) and ``metadata.json``.  The
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,18 +32,21 @@ from builder.infra.config import Project
 from builder.infra.digests import sha256_file
 from builder.infra.errors import InfraError, UserError
 from builder.stages.base import PlannedStage, Stage, keyed_targets
-from builder.stages.glibc import Target, debs_for
+from builder.stages.glibc import debs_for
+from builder.stages.glibcrpm import rpms_for
 from builder.stages.kpackage import KernelPackageStage
 from builder.tools import buildroot
+from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
-STAGE_VERSION = 1
+STAGE_VERSION = 2  # 2: the build root is the plugin's (EL: dnf), its key in the inputs
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 KINDS = {".c": "c", ".sh": "sh"}
 CFLAGS = ["-O2", "-Wall", "-Werror"]
 SRC, OUT = "/build/guest-tests/src", "/build/guest-tests/out"
-# our glibc's packages a test build needs (each installed only if the stage made it)
+# our glibc's packages a test build needs (each installed only if the stage made it): Debian's, EL's
 GLIBC_DEV = ("libc6", "libc6-dev", "libc-bin", "libc-dev-bin")
+GLIBC_DEVEL = ("glibc", "glibc-common", "glibc-devel", "glibc-headers", "glibc-minimal-langpack")
 
 
 @dataclass(frozen=True)
@@ -81,20 +88,32 @@ def choose(tests: list[GuestTest], wanted: list[str] | None) -> list[GuestTest]:
     return [by_name[n] for n in dict.fromkeys(wanted)]
 
 
+class TestsRoot(Protocol):
+    """Where the C tests compile: a root of the image's distribution with its compiler, made fresh for
+    a build with the packages the build hands in (builder.tools.buildroot.CrossRoot,
+    builder.tools.dnf.BuildRoot)."""
+
+    @property
+    def key(self) -> str: ...
+
+    def check(self) -> None: ...
+
+    def make(self, root: Path, packages: Sequence[Path], log_path: Path) -> Chroot: ...
+
+
 class TestsDistro(Protocol):
-    """What the stage takes of a distro plugin: the suite its image is built from."""
+    """What the stage takes of a distro plugin: the build root of its image's distribution."""
 
     name: str
 
-    def glibc_target(self) -> Any: ...
+    def tests_root(self) -> TestsRoot: ...
 
 
 @dataclass
 class Plan(state.KeyedPlan):
     project: Project
     tests: list[GuestTest]
-    target: Target
-    root: buildroot.CrossRoot
+    root: TestsRoot
     inputs: dict[str, Any]
     layout: state.KeyedLayout
     key: str
@@ -116,22 +135,21 @@ class GuestTestsStage(PlannedStage):
 
     def make_plan(self) -> Plan:
         tests = discover(self.project.input_dir(self.where, "smoke.guest_tests"), self.where)
-        target: Target = self.plugin.glibc_target()
-        arch = ARCHES[self.arch]
-        root = buildroot.CrossRoot(target.suite, target.mirror, target.keyring, arch, target.release(),
-                                   self.project.work_dir / "cache" / "cross-roots", cross=False)
+        root = self.plugin.tests_root()
         inputs = {"stage": "guest-tests", "stage_version": STAGE_VERSION, "arch": self.arch,
                   "tests": [{"name": t.name, "kind": t.kind, "sha256": t.sha256} for t in tests],
                   "libc_dev": self.libc_dev.key, "glibc": self.glibc.key if self.glibc else None,
                   "root": root.key, "cflags": CFLAGS, "timeout": self.project.settings.smoke.test_timeout}
         layout = state.KeyedLayout(self.project.work_dir / "guest-tests")
-        return Plan(self.project, tests, target, root, inputs, layout, keys.compute(inputs))
+        return Plan(self.project, tests, root, inputs, layout, keys.compute(inputs))
 
     def check(self) -> None:
-        """The tests on disk (names, kinds, no links) and the suite's mirror: before any build."""
+        """The tests on disk (names, kinds, no links) and what their build root needs: before any build."""
         if not self.plan.tests:
             raise UserError(f"{self.where}: no guest tests (NAME.c or NAME.sh)",
                             hint="add one, or set smoke.guest_tests: null in isobuild.yaml")
+        if any(t.kind == "c" for t in self.plan.tests):
+            self.plan.root.check()
 
     def upstream(self) -> dict[str, Stage]:
         return {"linux-libc-dev": self.libc_dev, **({"glibc": self.glibc} if self.glibc is not None else {})}
@@ -150,15 +168,20 @@ class GuestTestsStage(PlannedStage):
 
 
 def _packages(stage: GuestTestsStage) -> list[Path]:
-    """The built packages the tests compile against: linux-libc-dev, our glibc's -dev set."""
-    debs = [d for d in stage.libc_dev.files() if d.name.startswith("linux-libc-dev_")]
+    """The built packages the tests compile against: the kernel's uapi headers (linux-libc-dev or
+    kernel-headers), our glibc's development set (Debian's or EL's names)."""
+    packages = stage.libc_dev.files()
     if stage.glibc is not None:
         meta = stage.glibc.built()
         if meta is None:
+            flag = "" if ARCHES[stage.arch].native() else f" --arch {stage.arch}"
             raise UserError(f"the glibc packages for {stage.instance} are missing or stale ({stage.glibc.artifact})",
-                            hint=f"run: isobuild glibc --arch {stage.arch}")
-        debs += debs_for(meta, stage.glibc.artifact, set(GLIBC_DEV))
-    return debs
+                            hint=f"run: isobuild {stage.instance}{flag}")
+        if stage.libc_dev.what == "rpm-headers":
+            packages += rpms_for(meta, stage.glibc.artifact, set(GLIBC_DEVEL))
+        else:
+            packages += debs_for(meta, stage.glibc.artifact, set(GLIBC_DEV))
+    return packages
 
 
 def compile_tests(stage: GuestTestsStage, p: Plan, log_path: Path, out: Path) -> None:
@@ -167,13 +190,8 @@ def compile_tests(stage: GuestTestsStage, p: Plan, log_path: Path, out: Path) ->
     tree = p.tree / "root"
     buildroot.remove(tree)
     try:
-        inside = p.root.unpack(tree, log_path)
+        inside = p.root.make(tree, _packages(stage), log_path)
         r = Root(tree)
-        packages = _packages(stage)
-        for deb in packages:
-            r.copy_in(deb, f"/tmp/isobuild-debs/{deb.name}")
-        with log.stage("guest-tests.packages", packages=[d.name for d in packages]):
-            inside.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{d.name}" for d in packages)])
         r.mkdir("/build/guest-tests/out")
         for test in p.tests:
             r.copy_in(test.path, f"{SRC}/{test.path.name}")

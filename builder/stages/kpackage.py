@@ -1,7 +1,8 @@
 """The kernel's packages, one kind at a time, made on demand from the compiled kernel's artifact.
 
 A Debian ISO takes ``deb-image`` (linux-image), guest tests and glibc builds ``deb-libc-dev``
-(linux-libc-dev), an EL ISO ``rpm`` (its kernel RPM).  Each kind is its own keyed artifact --
+(linux-libc-dev), an EL ISO ``rpm`` (its kernel RPM), the guest tests of an EL image ``rpm-headers``
+(kernel-headers, for their build root only).  Each kind is its own keyed artifact --
 the kernel's key, the kind and the packager's version -- built from the kernel artifact (no make,
 no build tree needed, so a kind first asked for later is made then, and never twice) by
 builder.tools.kpkg.
@@ -23,8 +24,8 @@ from builder.stages.kernel import KernelStage
 from builder.tools import kconfig, kpkg
 
 PACKAGER_VERSION = 1
-Kind = Literal["deb-image", "deb-libc-dev", "rpm"]
-KINDS: tuple[Kind, ...] = ("deb-image", "deb-libc-dev", "rpm")
+Kind = Literal["deb-image", "deb-libc-dev", "rpm", "rpm-headers"]
+KINDS: tuple[Kind, ...] = ("deb-image", "deb-libc-dev", "rpm", "rpm-headers")
 
 
 def parse_kinds(text: str) -> list[Kind]:
@@ -50,7 +51,8 @@ class KernelPackageStage(PlannedStage):
         self.what = what
 
     def make_plan(self) -> Plan:
-        hosttools.require(["rpmbuild"] if self.what == "rpm" else ["dpkg-deb"], f"the kernel's {self.what} package")
+        hosttools.require(["rpmbuild"] if self.what.startswith("rpm") else ["dpkg-deb"],
+                          f"the kernel's {self.what} package")
         inputs = {"stage": self.kind, "packager": PACKAGER_VERSION, "kernel": self.kernel.key, "kind": self.what}
         key = keys.compute(inputs)
         return Plan(self.what, inputs, key, self.project.work_dir / "kernel" / "packages" / key)
@@ -88,6 +90,8 @@ class KernelPackageStage(PlannedStage):
                                           log_path, initrd=initrd)
                 elif self.what == "deb-libc-dev":
                     made = kpkg.deb_libc_dev(self.kernel.artifact, f"{release}-1", arch, out, scratch, epoch, log_path)
+                elif self.what == "rpm-headers":
+                    made = kpkg.rpm_headers(self.kernel.artifact, release, arch, out, scratch, epoch, log_path)
                 else:
                     made = kpkg.rpm_kernel(self.kernel.artifact, release, arch, out, scratch, epoch, log_path)
                 metadata = {"stage": self.kind, "key": self.key, "inputs": self.inputs, "kind": self.what,

@@ -14,6 +14,7 @@ download are kept in a cache beside the tarballs for the next build.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,6 +96,20 @@ class CrossRoot:
         for deb in sorted(self.archives.glob("*.deb")) if self.archives.is_dir() else []:
             inside.copy_in(deb, f"{ARCHIVES}/{deb.name}")
         return Chroot(root, log_path, env={"DEBIAN_FRONTEND": "noninteractive"})
+
+    def check(self) -> None:
+        """Nothing beyond the suite's mirror, which the distro's own check has answered."""
+
+    def make(self, root: Path, packages: Sequence[Path], log_path: Path) -> Chroot:
+        """The root unpacked at ``root`` (which must not exist) with ``packages`` (.debs a build hands
+        in: the headers and libc it compiles against) installed over the suite's with dpkg."""
+        inside = self.unpack(root, log_path)
+        r = Root(root)
+        for deb in packages:
+            r.copy_in(deb, f"/tmp/isobuild-debs/{deb.name}")
+        with log.stage("buildroot.packages", packages=[d.name for d in packages]):
+            inside.run(["dpkg", "-i", *(f"/tmp/isobuild-debs/{d.name}" for d in packages)])
+        return inside
 
     def keep_archives(self, root: Path) -> None:
         """Keep the packages apt downloaded into the root for the next build of this suite and arch."""

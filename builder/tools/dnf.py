@@ -19,12 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.infra import runner
+from builder.infra import keys, log, runner
 from builder.infra.errors import InfraError, UserError
+from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
 DBPATH = "/var/lib/rpm"
 # name, [epoch:]version-release, arch: what the manifest lists
+_NEVRA = "%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
 _QUERY_FORMAT = "%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\n"
 _NO_MATCH = re.compile(r"(?:No match for argument|Unable to find a match): *(\S+)")
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -209,3 +211,57 @@ def hold(root: Path, names: Sequence[str]) -> None:
     else:
         lines = ["[main]", f"excludepkgs={' '.join(names)}", *lines]
     r.write_text(conf, "\n".join(lines) + "\n")
+
+
+def nevra(package: Path, root: Path) -> str:
+    """``name-[epoch:]version-release.arch`` of a package file (rpm reads ``root``'s database, never
+    the host user's): what dnf installs by exact name, whatever a repository has of that name."""
+    return runner.output(["rpm", f"--root={root}", f"--dbpath={DBPATH}", "--nosignature", "-qp", "--qf", _NEVRA,
+                          str(package)]).strip()
+
+
+@dataclass(frozen=True)
+class BuildRoot:
+    """A root of an EL release made with dnf for one build: its ``packages`` (a compiler) from the
+    distribution's repositories, and the packages a build hands in from a repository of their own
+    that wins every name it has (priority 1) -- the headers and libc the build compiles against are
+    those, not the distribution's.  The guest tests' build root on EL (builder.stages.guesttests)."""
+
+    repos: tuple[Repo, ...]
+    release: str
+    arch: str
+    packages: tuple[str, ...]
+    scratch: Path  # dnf's configuration and the handed-in repository, for one build
+    cache: Path  # dnf's package cache, kept between builds
+    where: str  # the settings file that names the repositories
+
+    @property
+    def key(self) -> str:
+        """What the root is made from (the repositories' contents aside: they are not pinned)."""
+        return keys.compute({"tool": "dnf", "repos": [[r.name, r.baseurl, r.mirrorlist, r.gpgcheck, r.priority]
+                                                      for r in self.repos],
+                             "release": self.release, "arch": self.arch, "packages": list(self.packages)})
+
+    def check(self) -> None:
+        """The host tools, and every repository answering, before any build."""
+        missing = [tool for tool in ("dnf", "rpm", "createrepo_c") if shutil.which(tool) is None]
+        if missing:
+            raise InfraError(f"{missing[0]} not found: an EL build root (dnf --installroot) needs it",
+                             hint="build on an EL host, or on one with dnf, rpm and createrepo_c")
+        for repo in self.repos:
+            probe(repo, self.release, self.arch, self.where)
+
+    def make(self, root: Path, packages: Sequence[Path], log_path: Path) -> Chroot:
+        """The root at ``root`` (which must not exist): ``packages`` installed by exact version, the
+        compiler and what they all need from the distribution's repositories."""
+        root.mkdir(parents=True)
+        handed = make_repo(self.scratch / "packages", packages, log_path)
+        ours = Repo("isobuild-build", baseurl=f"file://{handed}", gpgcheck=False, priority=1)
+        wanted = [*self.packages, *(nevra(p, root) for p in packages)]
+        try:
+            with log.stage("buildroot.dnf", release=self.release, packages=wanted):
+                install(root, [*self.repos, ours], self.release, wanted, self.scratch / "dnf", self.cache, log_path,
+                        self.where, what="build root package(s)")
+        finally:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+        return Chroot(root, log_path)

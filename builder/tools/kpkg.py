@@ -6,7 +6,8 @@ the image package alone.  Here each package is made from what the kernel stage a
 (the image, System.map, config, the installed modules, the uapi headers), one kind at a time, with
 the file layout, control fields and maintainer scripts of the kernel's own
 ``scripts/package/builddeb`` and ``mkspec`` (6.1): no make traversal, no headers package nobody
-installs.  Every file time is the build's SOURCE_DATE_EPOCH.
+installs (``kernel-headers`` is made only for EL build roots, see ``rpm_headers``).  Every file
+time is the build's SOURCE_DATE_EPOCH.
 """
 
 from __future__ import annotations
@@ -132,18 +133,74 @@ def deb_libc_dev(kernel: Path, version: str, arch: Arch, out_dir: Path, scratch:
     return _build_deb(tree, control, out_dir, epoch, log_path)
 
 
-def rpm_kernel(kernel: Path, release: str, arch: Arch, out_dir: Path, scratch: Path, epoch: int,
-               log_path: Path) -> Path:
-    """kernel-<release with _ for ->: what binrpm-pkg's main package holds (never its kernel-headers,
-    which would obsolete the distribution's), with mkspec's scripts."""
-    version = release.replace("-", "_")
-    work = _fresh(scratch / "rpm")
+def _rpm_work(scratch: Path, name: str, epoch: int) -> tuple[Path, Path, Path]:
+    """(work dir, HOME with the macros, rpmbuild's topdir) for one RPM made at ``epoch``."""
+    work = _fresh(scratch / name)
     home, top = work / "home", work / "rpmbuild"
     home.mkdir()
     (home / ".rpmmacros").write_text(f"%_topdir {top}\n%_buildhost isobuild\n%use_source_date_epoch_as_buildtime 1\n"
                                      "%clamp_mtime_to_source_date_epoch 1\n%_binary_payload w9.zstdio\n"
                                      f"%_tmppath {work / 'tmp'}\n")
     (work / "tmp").mkdir()
+    return work, home, top
+
+
+def _rpmbuild(spec: Path, name: str, arch: Arch, home: Path, top: Path, out_dir: Path, epoch: int,
+              log_path: Path) -> Path:
+    runner.run(["rpmbuild", "--target", f"{arch.rpm_arch}-linux", "-bb", str(spec)], log_path=log_path,
+               env={"HOME": str(home), "SOURCE_DATE_EPOCH": str(epoch)})
+    built = sorted(top.glob(f"RPMS/*/{name}-[0-9]*.rpm"))
+    if len(built) != 1:
+        raise UserError(f"rpmbuild made {len(built)} {name} RPMs, not one", hint=f"see {log_path}")
+    out = out_dir / built[0].name
+    shutil.copyfile(built[0], out)
+    return out
+
+
+def rpm_headers(kernel: Path, release: str, arch: Arch, out_dir: Path, scratch: Path, epoch: int,
+                log_path: Path) -> Path:
+    """kernel-headers-<release with _ for ->: the kernel's uapi headers under /usr/include as EL's
+    kernel-headers has them (asm/ directly there).  For build roots (the guest tests compile against
+    it), never for an image: it would replace the distribution's in a root users keep."""
+    uapi = kernel / "uapi" / "include"
+    if not uapi.is_dir():
+        raise UserError(f"{kernel}: no uapi headers in the kernel artifact (made before they were collected)",
+                        hint="rebuild it: isobuild kernel --force")
+    work, home, top = _rpm_work(scratch, "rpm-headers", epoch)
+    spec = work / "kernel-headers.spec"
+    spec.write_text(f"""Name: kernel-headers
+Summary: Header files for the Linux kernel for use by glibc
+Version: {release.replace("-", "_")}
+Release: 1
+License: GPL
+Group: Development/System
+Vendor: The Linux Community
+URL: https://www.kernel.org
+Provides: kernel-headers = %{{version}}
+%define __spec_install_post /usr/lib/rpm/brp-compress || :
+%define debug_package %{{nil}}
+
+%description
+Kernel-headers includes the C header files that specify the interface
+between the Linux kernel and userspace libraries and programs.
+
+%install
+mkdir -p %{{buildroot}}/usr
+cp -a {uapi} %{{buildroot}}/usr/include
+
+%files
+%defattr (-, root, root)
+/usr/include
+""")
+    return _rpmbuild(spec, "kernel-headers", arch, home, top, out_dir, epoch, log_path)
+
+
+def rpm_kernel(kernel: Path, release: str, arch: Arch, out_dir: Path, scratch: Path, epoch: int,
+               log_path: Path) -> Path:
+    """kernel-<release with _ for ->: what binrpm-pkg's main package holds (never its kernel-headers,
+    which would obsolete the distribution's), with mkspec's scripts."""
+    version = release.replace("-", "_")
+    work, home, top = _rpm_work(scratch, "rpm", epoch)
     modules = kernel / "modules" / "lib" / "modules" / release
     spec = work / "kernel.spec"
     spec.write_text(f"""Name: kernel
@@ -191,11 +248,4 @@ fi
 /boot/*
 {f"/lib/modules/{release}" if modules.is_dir() else ""}
 """)
-    runner.run(["rpmbuild", "--target", f"{arch.rpm_arch}-linux", "-bb", str(spec)], log_path=log_path,
-               env={"HOME": str(home), "SOURCE_DATE_EPOCH": str(epoch)})
-    built = sorted(top.glob("RPMS/*/kernel-*.rpm"))
-    if len(built) != 1:
-        raise UserError(f"rpmbuild made {len(built)} kernel RPMs, not one", hint=f"see {log_path}")
-    out = out_dir / built[0].name
-    shutil.copyfile(built[0], out)
-    return out
+    return _rpmbuild(spec, "kernel", arch, home, top, out_dir, epoch, log_path)

@@ -21,6 +21,7 @@ import yaml
 from builder import cli, distros
 from builder.distros import el
 from builder.distros.el import ELPlugin
+from builder.distros.graph import Graph
 from builder.infra.config import Project, Settings
 from builder.infra.errors import ExitCode, InfraError, UserError
 from builder.tools import dnf, kickstart
@@ -477,3 +478,20 @@ def test_rootfs_without_its_kernel_or_glibc_rpms_names_what_to_run(tmp_path: Pat
     assert f"glibc packages for alma are missing or stale ({glibc_dir})" in exc.value.message
     assert exc.value.hint == "run: isobuild alma"
     assert not (tmp_path / "d").exists()  # refused before anything was made
+
+
+def test_el_guest_tests_compile_in_a_dnf_root_of_gcc_against_our_kernel_headers(tmp_path: Path) -> None:
+    """An EL image's guest tests: built in a dnf root of the release's gcc (the distribution's
+    repositories, not ours: the handed-in packages come with the build), against the kernel's
+    kernel-headers RPM -- a package kind no image installs."""
+    p = project(tmp_path)
+    (tmp_path / "tests/guest").mkdir(parents=True)
+    (tmp_path / "tests/guest/t.c").write_text("int main(void) { return 0; }\n")
+    graph = Graph(p, "ci", "x86_64")
+    stages = graph.distro(graph.load("alma"))
+    assert stages.guest_tests is not None
+    assert stages.guest_tests.libc_dev.what == "rpm-headers" and stages.kernel_package.what == "rpm"
+    root = stages.guest_tests.plugin.tests_root()
+    assert isinstance(root, dnf.BuildRoot)
+    assert [r.name for r in root.repos] == ["baseos", "appstream"] and root.packages == ("gcc",)
+    assert (root.release, root.arch, root.where) == ("9", "x86_64", "distros/alma.yaml")
