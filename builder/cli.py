@@ -898,7 +898,9 @@ VERBS: tuple[Verb, ...] = (
          "A directory shared by machines or CI runners (cache.store, env ISOBUILD_CACHE_STORE) holding built stage "
          "artifacts by kind and key. Every build pulls a missing stage from it before building (each file checked "
          "against the sha256 its entry recorded; an entry that fails is refused and the stage built here) and, with "
-         "cache.push (env ISOBUILD_CACHE_PUSH=1), pushes what it built or reused.",
+         "cache.push (env ISOBUILD_CACHE_PUSH=1), pushes what it built or reused. With env ISOBUILD_CACHE_SECRET "
+         "(a secret the trusting machines share) entries are signed (HMAC-SHA256 of the manifest) and unsigned or "
+         "otherwise signed ones refused.",
          cmd_cache, actions=(
              Verb("list", "the store's entries (kind, key, size; this project's marked)", "", None),
              Verb("push", "put every current artifact of this project into the store", "", None),

@@ -30,7 +30,7 @@ def store(project: Project) -> tuple[stagestore.Store, bool]:
     found = project.stage_store()
     if found is None:
         raise UserError("no stage store is configured", hint="set cache.store in isobuild.yaml or ISOBUILD_CACHE_STORE")
-    return stagestore.Store(found[0]), found[1]
+    return stagestore.Store(found[0], stagestore.secret_from_env()), found[1]
 
 
 def current(project: Project) -> list[Current]:

@@ -422,7 +422,7 @@ def store_of(stage: Stage) -> tuple[stagestore.Store, bool] | None:
     found = stage.project.stage_store()
     if found is None or stage.project.work_dir.resolve() not in stage.artifact.resolve().parents:
         return None
-    return stagestore.Store(found[0]), found[1]
+    return stagestore.Store(found[0], stagestore.secret_from_env()), found[1]
 
 
 def pulled(stage: Stage) -> dict[str, Any] | None:

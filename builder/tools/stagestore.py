@@ -12,11 +12,18 @@ the manifest's, every member is a plain file, directory or symlink that stays in
 each file's bytes hash to the manifest's sha256 as they are written, and nothing is missing or
 extra; the artifact is unpacked under a temp name beside its final place and renamed there only
 then.  Anything else is ``Refused`` -- the caller builds instead.
+
+The manifest proves the tar is the one pushed; on its own it cannot prove who pushed it (whoever
+can write the store can rewrite both).  With a secret shared by the machines that trust each other
+(``ISOBUILD_CACHE_SECRET``: a CI secret), a push also writes ``manifest.hmac`` -- HMAC-SHA256 of the
+manifest's bytes under it -- and a pull refuses an entry whose HMAC is missing or does not match,
+before the manifest is even parsed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -33,6 +40,8 @@ from builder.infra.errors import InfraError
 FORMAT = 1
 TAR = "artifact.tar"
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.hmac"
+SECRET_ENV = "ISOBUILD_CACHE_SECRET"
 _CHUNK = 1 << 20
 
 
@@ -78,9 +87,20 @@ def manifest_of(artifact: Path) -> dict[str, dict[str, Any]]:
     return members
 
 
+def secret_from_env() -> bytes | None:
+    """The secret that signs and checks entries (``ISOBUILD_CACHE_SECRET``), or None: unsigned."""
+    value = os.environ.get(SECRET_ENV, "")
+    return value.encode() if value else None
+
+
+def _mac(secret: bytes, manifest: bytes) -> str:
+    return hmac.new(secret, manifest, hashlib.sha256).hexdigest()
+
+
 class Store:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, secret: bytes | None = None):
         self.root = root
+        self.secret = secret  # set: entries are signed on push, and a pull takes signed ones only
 
     def entry_dir(self, kind: str, key: str) -> Path:
         return self.root / kind / key
@@ -114,7 +134,10 @@ class Store:
             manifest = {"format": FORMAT, "kind": kind, "key": key,
                         "tar": {"sha256": _file_sha256(tar_path), "size": tar_path.stat().st_size},
                         "members": members}
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+            text = (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+            (tmp / MANIFEST).write_bytes(text)
+            if self.secret is not None:
+                (tmp / SIGNATURE).write_text(_mac(self.secret, text) + "\n")
             try:
                 os.rename(tmp, self.entry_dir(kind, key))
             except OSError:
@@ -137,8 +160,14 @@ class Store:
             return False
         where = f"stage store entry {entry}"
         try:
-            manifest = json.loads((entry / MANIFEST).read_text())
-        except (OSError, ValueError) as exc:
+            text = (entry / MANIFEST).read_bytes()
+        except OSError as exc:
+            raise Refused(f"{where}: unreadable manifest ({exc.strerror or exc})") from exc
+        if self.secret is not None:
+            self._check_signature(entry, text, where)
+        try:
+            manifest = json.loads(text)
+        except ValueError as exc:
             raise Refused(f"{where}: unreadable manifest ({exc})") from exc
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("kind") != kind \
                 or manifest.get("key") != key or not isinstance(manifest.get("members"), dict):
@@ -165,6 +194,19 @@ class Store:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return True
+
+    def _check_signature(self, entry: Path, manifest: bytes, where: str) -> None:
+        assert self.secret is not None
+        try:
+            signed = (entry / SIGNATURE).read_text().strip()
+        except FileNotFoundError:
+            raise Refused(f"{where}: not signed ({SIGNATURE} missing) and {SECRET_ENV} is set: "
+                          "only entries signed with that secret are taken") from None
+        except OSError as exc:
+            raise Refused(f"{where}: {SIGNATURE} unreadable ({exc.strerror or exc})") from exc
+        if not hmac.compare_digest(signed, _mac(self.secret, manifest)):
+            raise Refused(f"{where}: its manifest's HMAC does not match {SECRET_ENV} "
+                          "(changed since it was pushed, or pushed with another secret)")
 
     def discard(self, kind: str, key: str) -> None:
         """An entry removed (one that failed verification, before a good build replaces it)."""

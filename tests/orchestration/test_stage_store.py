@@ -82,6 +82,29 @@ def test_a_tampered_entry_is_refused_and_the_stage_built_then_replaced(fake_proj
     assert _tree(tmp_path / "check") == _tree(other.current("kernel-ci-x86_64"))
 
 
+def test_with_a_secret_a_runner_takes_only_entries_signed_with_it(fake_project: FakeProject, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """ISOBUILD_CACHE_SECRET: a push signs the entry; a runner with the same secret pulls it and builds
+    nothing, one with another secret refuses it (naming why) and builds."""
+    monkeypatch.setenv("ISOBUILD_CACHE_SECRET", "the ci secret")
+    store, key = _built_and_pushed(fake_project, tmp_path)
+    assert (stagestore.Store(store).entry_dir("kernel", key) / stagestore.SIGNATURE).is_file()
+    same = _second(fake_project, tmp_path, "runner2")
+    events = Events(same.root / "logs")
+    assert same.run("kernel") == 0 and events.built() == set()
+
+    monkeypatch.setenv("ISOBUILD_CACHE_SECRET", "another secret")
+    other = _second(fake_project, tmp_path, "runner3")
+    data = other.settings()
+    data["cache"]["push"] = False  # a pull-only runner: the entry stays as it is
+    other.write_settings(data)
+    events = Events(other.root / "logs")
+    assert other.run("kernel") == 0
+    refused = [e for e in events.new() if e["event"] == "cache.refused"]
+    assert len(refused) == 1 and "HMAC does not match ISOBUILD_CACHE_SECRET" in refused[0]["reason"]
+    assert "kernel" in events.built()
+
+
 def test_a_pull_only_store_is_not_written(fake_project: FakeProject, tmp_path: Path) -> None:
     store = tmp_path / "store"
     _with_store(fake_project, store, push=False)

@@ -192,3 +192,40 @@ def test_discard_removes_an_entry(tmp_path: Path) -> None:
     store, entry = _pushed(tmp_path)
     store.discard("kernel", KEY)
     assert not entry.exists() and store.entries() == []
+
+
+def test_with_a_secret_a_forged_entry_is_refused_that_its_manifest_alone_would_pass(tmp_path: Path) -> None:
+    """A forger who can write the store rewrites tar and manifest to agree: the manifest alone takes
+    it; with ISOBUILD_CACHE_SECRET the manifest's HMAC does not match and it is refused unread."""
+    art = _artifact(tmp_path)
+    signed = Store(tmp_path / "store", secret=b"ci secret")
+    signed.push("kernel", KEY, art)
+    entry = signed.entry_dir("kernel", KEY)
+    assert (entry / stagestore.SIGNATURE).is_file()
+    assert signed.pull("kernel", KEY, tmp_path / "good") and _tree(tmp_path / "good") == _tree(art)
+    evil = b"#!/bin/sh\necho owned\n"
+    _rewrite(entry, [_file("bzImage", evil)],
+             {"bzImage": {"type": "file", "mode": 0o644, "size": len(evil),
+                          "sha256": hashlib.sha256(evil).hexdigest()}})
+    assert Store(tmp_path / "store").pull("kernel", KEY, tmp_path / "unsigned")  # the manifest alone: taken
+    with pytest.raises(Refused, match=r"its manifest's HMAC does not match ISOBUILD_CACHE_SECRET"):
+        signed.pull("kernel", KEY, tmp_path / "forged")
+    assert not (tmp_path / "forged").exists()
+
+
+def test_with_a_secret_unsigned_or_otherwise_signed_entries_are_refused(tmp_path: Path) -> None:
+    art = _artifact(tmp_path)
+    Store(tmp_path / "plain").push("kernel", KEY, art)
+    with pytest.raises(Refused, match=r"not signed \(manifest.hmac missing\) and ISOBUILD_CACHE_SECRET is set"):
+        Store(tmp_path / "plain", secret=b"s").pull("kernel", KEY, tmp_path / "a")
+    Store(tmp_path / "other", secret=b"theirs").push("kernel", KEY, art)
+    with pytest.raises(Refused, match="HMAC does not match"):
+        Store(tmp_path / "other", secret=b"ours").pull("kernel", KEY, tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_secret_comes_from_the_environment_and_empty_means_unsigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ISOBUILD_CACHE_SECRET", "x")
+    assert stagestore.secret_from_env() == b"x"
+    monkeypatch.setenv("ISOBUILD_CACHE_SECRET", "")
+    assert stagestore.secret_from_env() is None
