@@ -1033,6 +1033,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_console = None if args.log_format is None else args.log_format == "json"
     log.setup(verbose=args.verbose, json_console=json_console)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C / kill -INT interrupts even when isobuild was started with SIGINT ignored (a background
+    # job of a non-interactive shell, nohup): the build VMs and tools it started are stopped, exit 130
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.verb not in ("doctor", "distclean"):  # distclean removes logs/: it must not open a log there
             try:

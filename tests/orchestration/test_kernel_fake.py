@@ -386,11 +386,11 @@ def test_interrupted_build_keeps_last_good_and_status_says_so(fake_project: Fake
     good = build_good_then(fake_project, capsys)
     fake_project.set_series({"0001-xsc.patch": XSC_PATCH.replace("= 1", "= 4")})
     env = dict(os.environ, FAKE_SLEEP="30", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    # Ctrl-C's default action in the child, as at a terminal: a test run started in the background
-    # (`cmd &` in a script, CI wrappers) inherits SIGINT ignored, and Python then installs no handler
+    # started with SIGINT ignored, as a background job of a script (`cmd &`, nohup, CI wrappers) is:
+    # Python would install no handler of its own, isobuild does -- kill -INT still interrupts it
     proc = subprocess.Popen([sys.executable, "-m", "builder", "-c", str(fake_project.root / "isobuild.yaml"),
                              "kernel"], env=env, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     state = fake_project.record_path("kernel-ci-x86_64")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
