@@ -60,7 +60,6 @@ MOCK_RESULT = "/root/isobuild-result"
 MOCK_LOGS = "/root/isobuild-logs"
 # what EL calls its kernel: held out of the image's own dnf so an update cannot bring a second one
 KERNEL_NAMES = ("kernel", "kernel-core", "kernel-modules", "kernel-modules-core", "kernel-modules-extra")
-_NAME_NEVRA = "%{NAME}\\t%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
 
 
 def _release(value: Any) -> str | None:
@@ -340,9 +339,7 @@ class ELPlugin(Plugin):
         """With the root's package manager: dnf, from a repository of ``packages`` that wins over the
         distribution's (which still provide what they depend on)."""
         repo = dnf.make_repo(self.work / "packages-repo", packages, log_path)
-        # rpm opens a database even to read a package file: the root's, not a ~/.rpmdb of the host user's
-        fields = [runner.output(["rpm", f"--root={root}", f"--dbpath={dnf.DBPATH}", "-qp", "--qf", _NAME_NEVRA,
-                                 str(p)]).strip().split("\t") for p in packages]
+        fields = [dnf.name_nevra(p, root) for p in packages]
         names = [name for name, _ in fields]
         ours = dnf.Repo("isobuild-packages", baseurl=f"file://{repo}", gpgcheck=False, priority=1)
         try:

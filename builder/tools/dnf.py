@@ -19,14 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.infra import keys, log, runner
+from builder.infra import hosttools, keys, log, runner
 from builder.infra.errors import InfraError, UserError
 from builder.tools.chroot import Chroot
 from builder.tools.rootdir import Root
 
 DBPATH = "/var/lib/rpm"
 # name, [epoch:]version-release, arch: what the manifest lists
-_NEVRA = "%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
+_NAME_NEVRA = "%{NAME}\\t%{NAME}-%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}.%{ARCH}"
 _QUERY_FORMAT = "%{NAME}\\t%|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\t%{ARCH}\\n"
 _NO_MATCH = re.compile(r"(?:No match for argument|Unable to find a match): *(\S+)")
 _VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
@@ -213,11 +213,13 @@ def hold(root: Path, names: Sequence[str]) -> None:
     r.write_text(conf, "\n".join(lines) + "\n")
 
 
-def nevra(package: Path, root: Path) -> str:
-    """``name-[epoch:]version-release.arch`` of a package file (rpm reads ``root``'s database, never
-    the host user's): what dnf installs by exact name, whatever a repository has of that name."""
-    return runner.output(["rpm", f"--root={root}", f"--dbpath={DBPATH}", "--nosignature", "-qp", "--qf", _NEVRA,
-                          str(package)]).strip()
+def name_nevra(package: Path, root: Path) -> tuple[str, str]:
+    """(name, ``name-[epoch:]version-release.arch``) of a package file: the second is what dnf
+    installs by exact version, whatever a repository has of that name.  rpm opens a database even to
+    read a package file: ``root``'s, never a ~/.rpmdb of the host user's."""
+    name, nevra = runner.output(["rpm", f"--root={root}", f"--dbpath={DBPATH}", "--nosignature", "-qp", "--qf",
+                                 _NAME_NEVRA, str(package)]).strip().split("\t")
+    return name, nevra
 
 
 @dataclass(frozen=True)
@@ -243,13 +245,8 @@ class BuildRoot:
                              "release": self.release, "arch": self.arch, "packages": list(self.packages)})
 
     def check(self) -> None:
-        """The host tools, and every repository answering, before any build."""
-        missing = [tool for tool in ("dnf", "rpm", "createrepo_c") if shutil.which(tool) is None]
-        if missing:
-            raise InfraError(f"{missing[0]} not found: an EL build root (dnf --installroot) needs it",
-                             hint="build on an EL host, or on one with dnf, rpm and createrepo_c")
-        for repo in self.repos:
-            probe(repo, self.release, self.arch, self.where)
+        """The host tools, before any build (the repositories are the distro's: its check probes them)."""
+        hosttools.require(["dnf", "rpm", "createrepo_c"], "an EL build root (dnf --installroot)")
 
     def make(self, root: Path, packages: Sequence[Path], log_path: Path) -> Chroot:
         """The root at ``root`` (which must not exist): ``packages`` installed by exact version, the
@@ -257,7 +254,7 @@ class BuildRoot:
         root.mkdir(parents=True)
         handed = make_repo(self.scratch / "packages", packages, log_path)
         ours = Repo("isobuild-build", baseurl=f"file://{handed}", gpgcheck=False, priority=1)
-        wanted = [*self.packages, *(nevra(p, root) for p in packages)]
+        wanted = [*self.packages, *(name_nevra(p, root)[1] for p in packages)]
         try:
             with log.stage("buildroot.dnf", release=self.release, packages=wanted):
                 install(root, [*self.repos, ours], self.release, wanted, self.scratch / "dnf", self.cache, log_path,
