@@ -26,27 +26,32 @@ from builder.tools import dnf, kpkg
 RELEASE = "6.1.192-isobuild"
 EPOCH = 1700000000
 
+# a shell (busybox) and the account files EL's 'setup' ships: tests/real/test_real_el.py's root too
 BASE_SPEC = """\
 Name: isobuild-test-base
 Version: 1
 Release: 1
-Summary: a shell for the stand-in root
+Summary: what isobuild's EL steps need of a root, for the test
 License: GPL
 AutoReqProv: no
 Provides: /bin/sh
 %description
 test root
 %install
-mkdir -p %{buildroot}/bin %{buildroot}/usr/bin
+mkdir -p %{buildroot}/bin %{buildroot}/etc %{buildroot}/usr/lib
 cp /bin/busybox %{buildroot}/bin/busybox
 ln -s busybox %{buildroot}/bin/sh
-for tool in grep cat test; do ln -s ../../bin/busybox %{buildroot}/usr/bin/$tool; done
+echo 'root:x:0:0:root:/root:/bin/sh' > %{buildroot}/etc/passwd
+echo 'root:*:19000:0:99999:7:::' > %{buildroot}/etc/shadow
+echo 'root:x:0:' > %{buildroot}/etc/group
+printf 'ID=isobuild-test\\nID_LIKE="rhel"\\n' > %{buildroot}/usr/lib/os-release
 %files
 /bin/busybox
 /bin/sh
-/usr/bin/grep
-/usr/bin/cat
-/usr/bin/test
+/etc/passwd
+%attr(0000,root,root) /etc/shadow
+/etc/group
+/usr/lib/os-release
 """
 
 # the distribution's own kernel-headers and glibc-devel: what ours must win over
@@ -106,10 +111,13 @@ done
 printf '#!/bin/sh\\ncat /usr/include/linux/xsc.h\\n' > "$out"
 EOF
 chmod 755 %{buildroot}/usr/bin/gcc
-ln -s ../../bin/busybox %{buildroot}/usr/bin/sed
+for tool in sed grep cat test; do ln -s ../../bin/busybox %{buildroot}/usr/bin/$tool; done
 %files
 /usr/bin/gcc
 /usr/bin/sed
+/usr/bin/grep
+/usr/bin/cat
+/usr/bin/test
 """
 
 

@@ -45,6 +45,7 @@ from builder.stages.kpackage import KernelPackageStage
 from builder.stages.rootfs import RootfsStage
 from builder.tools import iso9660
 from tests.conftest import Events, sha256
+from tests.orchestration.test_el_tests_root import BASE_SPEC
 from tests.orchestration.test_elglibc_fake import SPEC, XSC_PATCH, host_rebuild, make_srpm
 from tests.orchestration.test_elglibc_fake import rpmbuild as fake_rpmbuild
 from tests.real.conftest import WORK, current, run
@@ -54,34 +55,8 @@ pytestmark = pytest.mark.real
 MODES = "bios-cd,bios-usb,uefi-cd,uefi-usb" if os.environ.get("ISOBUILD_FULL") else "bios-cd,uefi-usb"
 RELEASE_RPM = "6.1.192_isobuild"  # the kernel RPM's Version for the ci kernel's release (binrpm-pkg's form)
 
-# Stand-ins for the distribution's packages: a shell (the kernel RPM's scriptlets need /bin/sh),
-# the account files EL's 'setup' ships, and a dracut that records how it was called.
-BASE_SPEC = """\
-Name: isobuild-test-base
-Version: 1
-Release: 1
-Summary: what isobuild's EL steps need of a root, for the test
-License: GPL
-AutoReqProv: no
-Provides: /bin/sh
-%description
-test root
-%install
-mkdir -p %{buildroot}/bin %{buildroot}/etc %{buildroot}/usr/lib
-cp /bin/busybox %{buildroot}/bin/busybox
-ln -s busybox %{buildroot}/bin/sh
-echo 'root:x:0:0:root:/root:/bin/sh' > %{buildroot}/etc/passwd
-echo 'root:*:19000:0:99999:7:::' > %{buildroot}/etc/shadow
-echo 'root:x:0:' > %{buildroot}/etc/group
-printf 'ID=isobuild-test\\nID_LIKE="rhel"\\n' > %{buildroot}/usr/lib/os-release
-%files
-/bin/busybox
-/bin/sh
-/etc/passwd
-%attr(0000,root,root) /etc/shadow
-/etc/group
-/usr/lib/os-release
-"""
+# Stand-ins for the distribution's packages: a shell and the account files (BASE_SPEC, shared with the
+# orchestration tier's EL build-root test), and a dracut that records how it was called.
 DRACUT_SPEC = """\
 Name: dracut-live
 Version: 1
