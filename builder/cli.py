@@ -734,7 +734,8 @@ VERBS: tuple[Verb, ...] = (
     Verb("kernel", "build the kernel (if its inputs changed)",
          "Apply patches/kernel/series with quilt at fuzz 0, merge the profile's config fragments, fail if any "
          "requested CONFIG_* did not land, build the kernel image + modules out of tree. Its packages (linux-image, "
-         "linux-libc-dev, the kernel RPM) are made from that build when something needs them. "
+         "linux-libc-dev, the kernel RPM, kernel-headers for EL guest tests) are made from that build when "
+         "something needs them. "
          "Nothing is rebuilt when the stage key (source, patches, config, arch, toolchain) is unchanged.",
          cmd_kernel, (PROFILE, ARCH,
                       arg("--boot", action="store_true", help="then boot it in QEMU with a busybox initramfs and "
