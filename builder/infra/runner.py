@@ -331,24 +331,30 @@ def in_child(func: Callable[[], None], argv: Sequence[str], log_path: Path) -> N
 class Spawned:
     """A command running in the background while isobuild does other work (a package build's QEMU,
     a loopback distccd): contained like every command (its own PID namespace, the parent-death
-    signal), its output appended to a log.  ``stop()`` ends it and everything it started."""
+    signal), its output appended to a log.  ``stop()`` ends it and everything it started; only the
+    first call of several (its owner's, Ctrl-C's from another thread) does anything, so the owner
+    may remove the log's tree once its own call returns."""
 
     def __init__(self, argv: list[str], proc: subprocess.Popen[bytes], log_path: Path, started: float):
         self.argv = argv
         self.proc = proc
         self.log_path = log_path
         self.started = started
+        self._stopping = threading.Lock()
+        self._stopped = False
 
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
 
     def stop(self) -> int | None:
-        _kill_group(self.proc)
-        rc = self.proc.poll()
-        with self.log_path.open("a") as sink:
-            sink.write(f"[stopped: exit {rc} after {time.monotonic() - self.started:.1f} s]\n")
-        return rc
+        with self._stopping:
+            if not self._stopped:
+                _kill_group(self.proc)
+                with self.log_path.open("a") as sink:
+                    sink.write(f"[stopped: exit {self.proc.poll()} after {time.monotonic() - self.started:.1f} s]\n")
+                self._stopped = True
+        return self.proc.poll()
 
 
 def spawn(argv: Sequence[str | os.PathLike[str]], *, log_path: Path, cwd: Path | None = None,

@@ -3,6 +3,7 @@ a loopback server, the registry that stops every background process on Ctrl-C.""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,6 +28,31 @@ def test_registry_stops_everything_on_cancel(tmp_path: Path) -> None:
     late = runner.spawn(["sleep", "60"], log_path=tmp_path / "late.log")
     registry.add(late)  # a process started after Ctrl-C is stopped at once
     assert not late.alive
+
+
+def test_ctrl_c_stopping_a_vm_its_build_already_stopped_and_cleaned_is_no_error(tmp_path: Path) -> None:
+    # the race seen in a full test run: Ctrl-C reached a build thread (stop, scratch tree removed)
+    # before the main thread's stop_all came to the same QEMU, whose log was in that tree
+    registry = pkg.Registry()
+    scratch = tmp_path / "scratch"
+    sleeper = runner.spawn(["sleep", "60"], log_path=scratch / "qemu.log")
+    registry.add(sleeper)
+    assert sleeper.stop() == -15
+    assert (scratch / "qemu.log").read_text().count("[stopped: exit -15") == 1
+    shutil.rmtree(scratch)
+    registry.stop_all()
+    assert sleeper.stop() == -15 and not scratch.exists()
+
+
+def test_concurrent_stops_stop_once(tmp_path: Path) -> None:
+    sleeper = runner.spawn(["sleep", "60"], log_path=tmp_path / "s.log")
+    threads = [threading.Thread(target=sleeper.stop) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not sleeper.alive
+    assert (tmp_path / "s.log").read_text().count("[stopped:") == 1
 
 
 def test_relay_carries_bytes_both_ways_to_a_loopback_server(tmp_path: Path) -> None:
