@@ -10,6 +10,7 @@ errors (not the 10,000 lines of make around them) and the reproducer.
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -351,9 +352,10 @@ class Spawned:
         with self._stopping:
             if not self._stopped:
                 _kill_group(self.proc)
-                with self.log_path.open("a") as sink:
-                    sink.write(f"[stopped: exit {self.proc.poll()} after {time.monotonic() - self.started:.1f} s]\n")
                 self._stopped = True
+                # the process is gone whatever this note meets (a full disk): stopping the others goes on
+                with contextlib.suppress(OSError), self.log_path.open("a") as sink:
+                    sink.write(f"[stopped: exit {self.proc.poll()} after {time.monotonic() - self.started:.1f} s]\n")
         return self.proc.poll()
 
 

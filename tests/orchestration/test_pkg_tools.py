@@ -44,6 +44,18 @@ def test_ctrl_c_stopping_a_vm_its_build_already_stopped_and_cleaned_is_no_error(
     assert sleeper.stop() == -15 and not scratch.exists()
 
 
+def test_a_log_that_cannot_take_the_note_does_not_keep_the_others_running(tmp_path: Path) -> None:
+    registry = pkg.Registry()
+    first = runner.spawn(["sleep", "60"], log_path=tmp_path / "a" / "qemu.log")
+    second = runner.spawn(["sleep", "60"], log_path=tmp_path / "b" / "qemu.log")
+    registry.add(first)
+    registry.add(second)
+    shutil.rmtree(tmp_path / "a")  # its note has nowhere to go (as on a full disk: an OSError)
+    shutil.rmtree(tmp_path / "b")
+    registry.stop_all()
+    assert not first.alive and not second.alive
+
+
 def test_concurrent_stops_stop_once(tmp_path: Path) -> None:
     sleeper = runner.spawn(["sleep", "60"], log_path=tmp_path / "s.log")
     threads = [threading.Thread(target=sleeper.stop) for _ in range(4)]
